@@ -1,0 +1,1 @@
+"""embedders: pure computation (arrays, tensors, dataclasses); never imports taskreg.registry."""

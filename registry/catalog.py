@@ -1,0 +1,430 @@
+"""The DuckDB catalog: schema, migrations and typed queries. The source of truth for every record.
+
+Plain functions over a ``duckdb.DuckDBPyConnection``, in the style of DuckDB's own Python API.
+Vectors are stored as ``FLOAT[]`` columns; names of tasks, experts and probes are unique.
+
+Schema versions (each a migration applied in order, recorded in ``schema_version``):
+
+1. probes, tasks, task_embeddings, experts, expert_task_results, model2vec, transfers,
+   transfer_losses, winrates, affinity_sets, affinities, policies.
+2. ``index_state`` (a generation counter per vector kind, bumped in the same transaction as any
+   change to the vectors, so a persisted Faiss index can tell that it is stale) and
+   ``trivial_embeddings`` (the trivial task embedding t0 per probe and estimator).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from taskreg.errors import TaskregError
+
+_MIGRATION_1 = """
+CREATE SEQUENCE IF NOT EXISTS task_id_seq START 1;
+CREATE SEQUENCE IF NOT EXISTS expert_id_seq START 1;
+CREATE SEQUENCE IF NOT EXISTS embedding_id_seq START 1;
+CREATE SEQUENCE IF NOT EXISTS policy_id_seq START 1;
+
+CREATE TABLE probes (
+    name        VARCHAR PRIMARY KEY,
+    arch        VARCHAR NOT NULL,
+    input_size  INTEGER NOT NULL,
+    in_chans    INTEGER NOT NULL,
+    mean        FLOAT[] NOT NULL,
+    std         FLOAT[] NOT NULL,
+    sha256      VARCHAR NOT NULL,
+    weights     VARCHAR NOT NULL,          -- path relative to the registry root
+    origin      VARCHAR NOT NULL,          -- 'trained' | 'added'
+    run_id      VARCHAR,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE tasks (
+    id          INTEGER PRIMARY KEY DEFAULT nextval('task_id_seq'),
+    name        VARCHAR NOT NULL UNIQUE,
+    source      VARCHAR NOT NULL,
+    domain      VARCHAR NOT NULL,
+    n_samples   INTEGER NOT NULL,
+    n_classes   INTEGER NOT NULL,
+    fingerprint VARCHAR NOT NULL,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE task_embeddings (
+    id          INTEGER PRIMARY KEY DEFAULT nextval('embedding_id_seq'),
+    task_id     INTEGER NOT NULL,
+    probe       VARCHAR NOT NULL,
+    method      VARCHAR NOT NULL,          -- 'montecarlo' | 'variational' | 'domain'
+    vector      FLOAT[] NOT NULL,
+    norm        DOUBLE NOT NULL,
+    n_samples   INTEGER NOT NULL,
+    seed        INTEGER NOT NULL,
+    seconds     DOUBLE,
+    run_id      VARCHAR,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    UNIQUE (task_id, probe, method)
+);
+
+CREATE TABLE experts (
+    id          INTEGER PRIMARY KEY DEFAULT nextval('expert_id_seq'),
+    name        VARCHAR NOT NULL UNIQUE,
+    arch        VARCHAR NOT NULL,
+    sha256      VARCHAR NOT NULL,
+    weights     VARCHAR NOT NULL,
+    trained_on  VARCHAR,                   -- task name, may be unknown
+    origin      VARCHAR NOT NULL,          -- 'trained' | 'added' | 'task_network'
+    n_train     INTEGER,
+    n_classes   INTEGER,
+    run_id      VARCHAR,
+    model_version VARCHAR,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE expert_task_results (
+    expert_id   INTEGER NOT NULL,
+    task_id     INTEGER NOT NULL,
+    test_error  DOUBLE NOT NULL,
+    train_error DOUBLE,
+    protocol    VARCHAR NOT NULL,          -- JSON of the linear-probe protocol
+    seconds     DOUBLE,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (expert_id, task_id)
+);
+
+CREATE TABLE model2vec (
+    expert_id   INTEGER NOT NULL,
+    probe       VARCHAR NOT NULL,
+    method      VARCHAR NOT NULL,
+    vector      FLOAT[] NOT NULL,
+    bias        FLOAT[] NOT NULL,
+    fit_loss    DOUBLE,
+    fitted_at   TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (expert_id, probe, method)
+);
+
+CREATE TABLE transfers (
+    dictionary  VARCHAR NOT NULL,
+    key         VARCHAR NOT NULL,          -- stable job key, e.g. 'edges+rotation->depth'
+    kind        VARCHAR NOT NULL,          -- 'transfer' | 'scratch' | 'self'
+    sources     VARCHAR[] NOT NULL,
+    target      VARCHAR NOT NULL,
+    "order"     INTEGER NOT NULL,
+    mean_loss   DOUBLE NOT NULL,
+    train_size  INTEGER,
+    seconds     DOUBLE,
+    run_id      VARCHAR,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (dictionary, key)
+);
+
+CREATE TABLE transfer_losses (
+    dictionary  VARCHAR NOT NULL,
+    key         VARCHAR NOT NULL,
+    image       INTEGER NOT NULL,
+    loss        DOUBLE NOT NULL,
+    PRIMARY KEY (dictionary, key, image)
+);
+
+-- Pairwise win rates among the options for one target: fraction of test images on which
+-- option a beats option b (ties count half). Gain is b = 'scratch' ('pixels' in the published
+-- tables), Quality is b = 'self'.
+CREATE TABLE winrates (
+    dictionary  VARCHAR NOT NULL,
+    target      VARCHAR NOT NULL,
+    a           VARCHAR NOT NULL,
+    b           VARCHAR NOT NULL,
+    value       DOUBLE NOT NULL,
+    n_images    INTEGER,
+    PRIMARY KEY (dictionary, target, a, b)
+);
+
+CREATE TABLE affinity_sets (
+    name        VARCHAR PRIMARY KEY,
+    origin      VARCHAR NOT NULL,          -- 'builtin' | 'import:<file>' | 'build:<dictionary>'
+    source_only VARCHAR[] NOT NULL,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE affinities (
+    name        VARCHAR NOT NULL,
+    sources     VARCHAR[] NOT NULL,
+    target      VARCHAR NOT NULL,
+    "order"     INTEGER NOT NULL,
+    value       DOUBLE NOT NULL
+);
+
+CREATE TABLE policies (
+    id          INTEGER PRIMARY KEY DEFAULT nextval('policy_id_seq'),
+    affinity    VARCHAR NOT NULL,
+    budget      DOUBLE NOT NULL,
+    max_order   INTEGER,
+    objective   DOUBLE NOT NULL,
+    supervised  VARCHAR[] NOT NULL,
+    transfers   VARCHAR NOT NULL,          -- JSON list of {target, sources, value}
+    options     VARCHAR NOT NULL,          -- JSON of the request (targets, importance, cost, ...)
+    seconds     DOUBLE,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+"""
+
+_MIGRATION_2 = """
+CREATE TABLE index_state (
+    kind        VARCHAR PRIMARY KEY,       -- e.g. 'task/default/montecarlo', 'model2vec/default/montecarlo'
+    generation  BIGINT NOT NULL
+);
+
+CREATE TABLE trivial_embeddings (
+    probe       VARCHAR NOT NULL,
+    method      VARCHAR NOT NULL,
+    vector      FLOAT[] NOT NULL,
+    PRIMARY KEY (probe, method)
+);
+"""
+
+MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+TABLES = (
+    "probes", "tasks", "task_embeddings", "experts", "expert_task_results", "model2vec",
+    "transfers", "transfer_losses", "winrates", "affinity_sets", "affinities", "policies",
+    "index_state", "trivial_embeddings",
+)
+
+
+# --------------------------------------------------------------------------- connections
+
+def connect(path: Path | str, *, read_only: bool = False, wait: float = 30.0) -> duckdb.DuckDBPyConnection:
+    """Open the catalog, retrying while another process holds DuckDB's file lock (bounded wait)."""
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise TaskregError(f"cannot open catalog {path}: {str(exc).splitlines()[0]}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All-or-nothing block: commit on success, roll back on any exception."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+# --------------------------------------------------------------------------- migrations
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The catalog's schema version; 0 for an empty database."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchone()[0]
+    if not exists:
+        return 0
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(con: duckdb.DuckDBPyConnection, *, target: int = SCHEMA_VERSION) -> list[int]:
+    """Apply the missing migrations up to ``target`` in one transaction; return the versions applied."""
+    current = schema_version(con)
+    if current > SCHEMA_VERSION:
+        raise TaskregError(
+            f"catalog schema version {current} is newer than this taskreg ({SCHEMA_VERSION}); upgrade taskreg"
+        )
+    applied: list[int] = []
+    if current >= target:
+        return applied
+    with transaction(con):
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            "version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+        )
+        for version in range(current + 1, target + 1):
+            con.execute(MIGRATIONS[version - 1])
+            con.execute("INSERT INTO schema_version(version) VALUES (?)", [version])
+            applied.append(version)
+    return applied
+
+
+# --------------------------------------------------------------------------- vectors
+
+def vectors_to_numpy(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] = ()) -> tuple[
+    np.ndarray, np.ndarray
+]:
+    """Run ``sql`` selecting ``(id, vector)`` and return ``ids (N,) int64`` and ``vectors (N, D) float32``.
+
+    Uses Arrow so a million vectors come back without a Python loop.
+    """
+    table = con.execute(sql, list(params)).to_arrow_table()
+    ids = table.column(0).to_numpy().astype(np.int64)
+    if table.num_rows == 0:
+        return ids, np.zeros((0, 0), dtype=np.float32)
+    col = table.column(1).combine_chunks()
+    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    lengths = np.diff(col.offsets.to_numpy())
+    if not np.all(lengths == lengths[0]):
+        raise TaskregError("catalog holds vectors of different lengths under one kind; run `taskreg check`")
+    return ids, flat.reshape(len(ids), int(lengths[0]))
+
+
+def vector_param(v: np.ndarray) -> list[float]:
+    """A numpy vector as a DuckDB FLOAT[] parameter."""
+    return np.asarray(v, dtype=np.float32).ravel().tolist()
+
+
+def bump_generation(con: duckdb.DuckDBPyConnection, kind: str) -> int:
+    """Increment the generation of one vector kind (call inside the transaction that changes it)."""
+    con.execute(
+        "INSERT INTO index_state VALUES (?, 1) ON CONFLICT (kind) DO UPDATE SET generation = generation + 1",
+        [kind],
+    )
+    return int(con.execute("SELECT generation FROM index_state WHERE kind = ?", [kind]).fetchone()[0])
+
+
+def generation(con: duckdb.DuckDBPyConnection, kind: str) -> int:
+    row = con.execute("SELECT generation FROM index_state WHERE kind = ?", [kind]).fetchone()
+    return int(row[0]) if row else 0
+
+
+# --------------------------------------------------------------------------- records
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    name: str
+    arch: str
+    input_size: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    sha256: str
+    weights: str
+    origin: str
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: int
+    name: str
+    source: str
+    domain: str
+    n_samples: int
+    n_classes: int
+    fingerprint: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ExpertRecord:
+    id: int
+    name: str
+    arch: str
+    sha256: str
+    weights: str
+    trained_on: str | None
+    origin: str
+    n_train: int | None
+    n_classes: int | None
+    run_id: str | None
+    model_version: str | None
+    created_at: str
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object], cls: Callable) -> list:
+    return [cls(*row) for row in con.execute(sql, list(params)).fetchall()]
+
+
+_PROBE_COLS = "name, arch, input_size, in_chans, mean, std, sha256, weights, origin, run_id"
+_TASK_COLS = "id, name, source, domain, n_samples, n_classes, fingerprint, CAST(created_at AS VARCHAR)"
+_EXPERT_COLS = (
+    "id, name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, model_version, "
+    "CAST(created_at AS VARCHAR)"
+)
+
+
+def _probe(*row: object) -> ProbeRecord:
+    r = list(row)
+    r[4], r[5] = tuple(r[4]), tuple(r[5])
+    return ProbeRecord(*r)
+
+
+def list_probes(con: duckdb.DuckDBPyConnection) -> list[ProbeRecord]:
+    return _rows(con, f"SELECT {_PROBE_COLS} FROM probes ORDER BY created_at, name", (), _probe)
+
+
+def get_probe(con: duckdb.DuckDBPyConnection, name: str) -> ProbeRecord | None:
+    rows = _rows(con, f"SELECT {_PROBE_COLS} FROM probes WHERE name = ?", (name,), _probe)
+    return rows[0] if rows else None
+
+
+def insert_probe(con: duckdb.DuckDBPyConnection, p: ProbeRecord) -> None:
+    con.execute(
+        f"INSERT INTO probes ({_PROBE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [p.name, p.arch, p.input_size, p.in_chans, list(p.mean), list(p.std), p.sha256, p.weights,
+         p.origin, p.run_id],
+    )
+
+
+def list_tasks(con: duckdb.DuckDBPyConnection, *, limit: int | None = None) -> list[TaskRecord]:
+    sql = f"SELECT {_TASK_COLS} FROM tasks ORDER BY id"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return _rows(con, sql, (), TaskRecord)
+
+
+def get_task(con: duckdb.DuckDBPyConnection, name: str) -> TaskRecord | None:
+    rows = _rows(con, f"SELECT {_TASK_COLS} FROM tasks WHERE name = ?", (name,), TaskRecord)
+    return rows[0] if rows else None
+
+
+def insert_task(
+    con: duckdb.DuckDBPyConnection, *, name: str, source: str, domain: str, n_samples: int,
+    n_classes: int, fingerprint: str,
+) -> int:
+    row = con.execute(
+        "INSERT INTO tasks (name, source, domain, n_samples, n_classes, fingerprint) "
+        "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        [name, source, domain, n_samples, n_classes, fingerprint],
+    ).fetchone()
+    return int(row[0])
+
+
+def list_experts(con: duckdb.DuckDBPyConnection) -> list[ExpertRecord]:
+    return _rows(con, f"SELECT {_EXPERT_COLS} FROM experts ORDER BY id", (), ExpertRecord)
+
+
+def get_expert(con: duckdb.DuckDBPyConnection, name: str) -> ExpertRecord | None:
+    rows = _rows(con, f"SELECT {_EXPERT_COLS} FROM experts WHERE name = ?", (name,), ExpertRecord)
+    return rows[0] if rows else None
+
+
+def insert_expert(
+    con: duckdb.DuckDBPyConnection, *, name: str, arch: str, sha256: str, weights: str,
+    trained_on: str | None, origin: str, n_train: int | None = None, n_classes: int | None = None,
+    run_id: str | None = None, model_version: str | None = None,
+) -> int:
+    row = con.execute(
+        "INSERT INTO experts (name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, "
+        "model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        [name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, model_version],
+    ).fetchone()
+    return int(row[0])
+
+
+def counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Row count of every table (for `taskreg status` and tests)."""
+    return {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES}

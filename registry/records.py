@@ -1,0 +1,101 @@
+"""Listing, showing and removing tasks and experts (the records every other operation builds on)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from taskreg.errors import TaskregError
+from taskreg.registry import catalog
+from taskreg.registry.core import RegistryCore
+
+
+class RecordOps(RegistryCore):
+    # ------------------------------------------------------------------ tasks
+    def list_tasks(self, *, limit: int | None = None) -> list[catalog.TaskRecord]:
+        with self.read() as con:
+            return catalog.list_tasks(con, limit=limit)
+
+    def get_task(self, name: str) -> catalog.TaskRecord:
+        with self.read() as con:
+            rec = catalog.get_task(con, name)
+        if rec is None:
+            raise TaskregError(f"unknown task {name!r} (see `taskreg task list`)")
+        return rec
+
+    def show_task(self, name: str) -> dict[str, Any]:
+        rec = self.get_task(name)
+        with self.read() as con:
+            embeddings = con.execute(
+                "SELECT probe, method, len(vector), norm, n_samples, seed, seconds, run_id "
+                "FROM task_embeddings WHERE task_id = ? ORDER BY probe, method", [rec.id]
+            ).fetchall()
+            results = con.execute(
+                "SELECT e.name, r.test_error FROM expert_task_results r JOIN experts e ON e.id = r.expert_id "
+                "WHERE r.task_id = ? ORDER BY r.test_error", [rec.id]
+            ).fetchall()
+        cols = ("probe", "method", "dim", "norm", "n_samples", "seed", "seconds", "run_id")
+        return {
+            **asdict(rec),
+            "embeddings": [dict(zip(cols, row, strict=True)) for row in embeddings],
+            "expert_errors": [{"expert": e, "test_error": err} for e, err in results],
+        }
+
+    def remove_task(self, name: str) -> None:
+        rec = self.get_task(name)
+        with self.write() as con:
+            runs = [r[0] for r in con.execute(
+                "SELECT run_id FROM task_embeddings WHERE task_id = ? AND run_id IS NOT NULL", [rec.id]
+            ).fetchall()]
+            kinds = [r[0] for r in con.execute(
+                "SELECT DISTINCT 'task/' || probe || '/' || method FROM task_embeddings WHERE task_id = ?",
+                [rec.id],
+            ).fetchall()]
+            con.execute("DELETE FROM task_embeddings WHERE task_id = ?", [rec.id])
+            con.execute("DELETE FROM expert_task_results WHERE task_id = ?", [rec.id])
+            con.execute("DELETE FROM tasks WHERE id = ?", [rec.id])
+            for kind in kinds:
+                catalog.bump_generation(con, kind)
+        for kind in kinds:
+            self.rebuild_index(kind)
+        for run_id in runs:
+            self.tracker.delete_run(run_id)
+
+    # ------------------------------------------------------------------ experts
+    def list_experts(self) -> list[catalog.ExpertRecord]:
+        with self.read() as con:
+            return catalog.list_experts(con)
+
+    def get_expert(self, name: str) -> catalog.ExpertRecord:
+        with self.read() as con:
+            rec = catalog.get_expert(con, name)
+        if rec is None:
+            raise TaskregError(f"unknown expert {name!r} (see `taskreg expert list`)")
+        return rec
+
+    def show_expert(self, name: str) -> dict[str, Any]:
+        rec = self.get_expert(name)
+        with self.read() as con:
+            results = con.execute(
+                "SELECT t.name, r.test_error FROM expert_task_results r JOIN tasks t ON t.id = r.task_id "
+                "WHERE r.expert_id = ? ORDER BY r.test_error", [rec.id]
+            ).fetchall()
+        return {**asdict(rec), "task_errors": [{"task": t, "test_error": e} for t, e in results]}
+
+    def remove_expert(self, name: str) -> None:
+        rec = self.get_expert(name)
+        with self.write() as con:
+            kinds = [r[0] for r in con.execute(
+                "SELECT DISTINCT 'model2vec/' || probe || '/' || method FROM model2vec WHERE expert_id = ?",
+                [rec.id],
+            ).fetchall()]
+            con.execute("DELETE FROM expert_task_results WHERE expert_id = ?", [rec.id])
+            con.execute("DELETE FROM model2vec WHERE expert_id = ?", [rec.id])
+            con.execute("DELETE FROM experts WHERE id = ?", [rec.id])
+            for kind in kinds:
+                catalog.bump_generation(con, kind)
+        for kind in kinds:
+            self.rebuild_index(kind)
+        self.tracker.delete_registered_model(f"expert-{rec.name}")
+        if rec.run_id:
+            self.tracker.delete_run(rec.run_id)

@@ -1,0 +1,183 @@
+"""MLflow tracking inside the registry: runs, artifacts and registered models.
+
+The tracking store is ``sqlite:///<root>/mlflow.db`` and every experiment's artifact location
+is ``<root>/artifacts/<experiment>``, so nothing is ever written to ``./mlruns`` in the caller's
+directory. Telemetry is switched off before mlflow is imported.
+
+Experts, probes and task networks are registered models whose weights are a ``state_dict``
+artifact (loaded back with ``torch.load(weights_only=True)``), tagged with ``arch`` and
+``trained_on``. MLflow 3 reserves the alias ``latest`` (``models:/NAME/latest`` already resolves to
+the newest version), so the version taskreg uses carries the alias ``current``.
+
+Runs are created with the tag ``taskreg.state=pending`` and marked ``committed`` once the catalog
+row that references them is committed; ``taskreg check`` reports pending runs as orphans.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+EXPERIMENTS = ("tasks", "experts", "probes", "taskonomy", "model2vec")
+ALIAS = "current"
+
+
+def _quiet_mlflow() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "alembic", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class RunRef:
+    run_id: str
+    artifact_dir: Path  # local directory holding the run's artifacts
+
+
+class Tracker:
+    """Thin wrapper over ``MlflowClient`` bound to one registry root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.uri = f"sqlite:///{self.root / 'mlflow.db'}"
+        self._client: MlflowClient | None = None
+        self._experiments: dict[str, str] = {}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            _quiet_mlflow()
+            from mlflow.tracking import MlflowClient
+
+            _quiet_mlflow()  # mlflow configures its loggers on import
+            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        return self._client
+
+    def experiment_id(self, name: str) -> str:
+        if name not in self._experiments:
+            full = f"taskreg-{name}"
+            exp = self.client.get_experiment_by_name(full)
+            if exp is None:
+                location = self.root / "artifacts" / name
+                location.mkdir(parents=True, exist_ok=True)
+                eid = self.client.create_experiment(full, artifact_location=location.as_uri())
+            else:
+                eid = exp.experiment_id
+            self._experiments[name] = eid
+        return self._experiments[name]
+
+    def init(self) -> None:
+        """Create the tracking database and the experiments."""
+        for name in EXPERIMENTS:
+            self.experiment_id(name)
+
+    # ------------------------------------------------------------------ runs
+    def start_run(
+        self, experiment: str, run_name: str, *, params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> RunRef:
+        all_tags = {"taskreg.state": "pending", **(tags or {})}
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=all_tags)
+        rid = run.info.run_id
+        for key, value in (params or {}).items():
+            self.client.log_param(rid, key, str(value)[:6000])
+        return RunRef(rid, _local_path(run.info.artifact_uri))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key, float(value), step=step)
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> Path:
+        """Copy a local file into the run's artifacts; return the stored file's path."""
+        self.client.log_artifact(run_id, str(path), artifact_path)
+        run = self.client.get_run(run_id)
+        base = _local_path(run.info.artifact_uri)
+        return (base / artifact_path / Path(path).name) if artifact_path else base / Path(path).name
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def commit(self, run_id: str) -> None:
+        """Mark a run as referenced by a committed catalog row."""
+        self.client.set_tag(run_id, "taskreg.state", "committed")
+
+    def delete_run(self, run_id: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_run(run_id)
+        except MlflowException:
+            pass
+
+    def run_state(self, run_id: str) -> str | None:
+        """'committed', 'pending', 'deleted' or None when the run does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.lifecycle_stage == "deleted":
+            return "deleted"
+        return run.data.tags.get("taskreg.state", "committed")
+
+    def pending_runs(self) -> list[str]:
+        ids = [self.experiment_id(n) for n in EXPERIMENTS]
+        found: list[str] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                ids, filter_string="tags.`taskreg.state` = 'pending'", max_results=1000, page_token=token
+            )
+            found += [r.info.run_id for r in page]
+            token = page.token
+            if not token:
+                return found
+
+    # ------------------------------------------------------------------ registered models
+    def register(self, name: str, run: RunRef, artifact_path: str, tags: Mapping[str, str]) -> str:
+        """Register the artifact directory of ``run`` as a new version of model ``name``; alias it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, tags=dict(tags))
+        source = (run.artifact_dir / artifact_path).as_uri()
+        mv = self.client.create_model_version(name, source=source, run_id=run.run_id, tags=dict(tags))
+        self.client.set_registered_model_alias(name, ALIAS, mv.version)
+        return str(mv.version)
+
+    def delete_registered_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_registered_model(name)
+        except MlflowException:
+            pass
+
+    def registered_models(self) -> dict[str, dict[str, str]]:
+        models: dict[str, dict[str, str]] = {}
+        token = None
+        while True:
+            page = self.client.search_registered_models(max_results=1000, page_token=token)
+            models.update({m.name: dict(m.tags) for m in page})
+            token = page.token
+            if not token:
+                return models
+
+
+def _local_path(uri: str) -> Path:
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme in ("file", "") else Path(uri)

@@ -1,0 +1,1 @@
+"""selection: pure computation (arrays, tensors, dataclasses); never imports taskreg.registry."""

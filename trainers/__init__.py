@@ -1,0 +1,1 @@
+"""trainers: pure computation (arrays, tensors, dataclasses); never imports taskreg.registry."""
