@@ -15,6 +15,7 @@ Schema versions (each a migration applied in order, recorded in ``schema_version
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -269,7 +270,9 @@ def vectors_to_numpy(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[
 
     Uses Arrow so a million vectors come back without a Python loop.
     """
-    table = con.execute(sql, list(params)).to_arrow_table()
+    with warnings.catch_warnings():  # DuckDB notes the one extra copy; fine for catalog-sized results
+        warnings.simplefilter("ignore", UserWarning)
+        table = con.execute(sql, list(params)).to_arrow_table()
     ids = table.column(0).to_numpy().astype(np.int64)
     if table.num_rows == 0:
         return ids, np.zeros((0, 0), dtype=np.float32)

@@ -1,0 +1,47 @@
+"""Shared fixtures: real registries (DuckDB + MLflow sqlite + Faiss) in temporary directories."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session")
+def registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One freshly initialised registry per test session (MLflow's first open costs a few seconds)."""
+    from taskreg.registry import Registry
+
+    root = tmp_path_factory.mktemp("template") / "reg"
+    Registry.init(root)
+    return root
+
+
+@pytest.fixture
+def registry_root(registry_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the template registry."""
+    root = tmp_path / "reg"
+    shutil.copytree(registry_template, root)
+    return root
+
+
+@pytest.fixture
+def registry(registry_root: Path):  # noqa: ANN201
+    from taskreg.registry import Registry
+
+    return Registry.open(registry_root)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (the lock file excluded): 'byte-for-byte unchanged' checks."""
+    out: dict[str, str] = {}
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file() and path.name != ".lock":
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out

@@ -1,0 +1,111 @@
+"""The CLI through Typer's runner, against a real registry; bad inputs leave it byte-for-byte unchanged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from taskreg.cli import app
+from tests.conftest import snapshot
+
+runner = CliRunner()
+
+
+def run(*args: str):  # noqa: ANN201
+    return runner.invoke(app, list(args))
+
+
+def test_init_list_check(tmp_path) -> None:
+    root = tmp_path / "reg"
+    res = run("--registry", str(root), "init")
+    assert res.exit_code == 0, res.output
+    assert (root / "catalog.duckdb").exists() and (root / "mlflow.db").exists()
+    assert (root / "artifacts").is_dir() and (root / "index").is_dir()
+    res = run("--registry", str(root), "task", "list", "--json")
+    assert res.exit_code == 0 and json.loads(res.output) == []
+    res = run("--registry", str(root), "expert", "list", "--json")
+    assert res.exit_code == 0 and json.loads(res.output) == []
+    res = run("--registry", str(root), "check", "--json")
+    assert res.exit_code == 0 and json.loads(res.output)["ok"] is True
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_sql_and_json(registry_root) -> None:
+    res = run("--registry", str(registry_root), "sql", "SELECT max(version) AS v FROM schema_version", "--json")
+    assert res.exit_code == 0
+    assert json.loads(res.output) == [{"v": 2}]
+
+
+def test_data_inspect_json() -> None:
+    res = run("data", "inspect", "builtin:digits?classes=1,7&split=test", "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["n_classes"] == 2
+
+
+def test_check_exits_1_on_problems(registry_root) -> None:
+    import duckdb
+
+    con = duckdb.connect(str(registry_root / "catalog.duckdb"))
+    con.execute("INSERT INTO task_embeddings (task_id, probe, method, vector, norm, n_samples, seed) "
+                "VALUES (42, 'p', 'montecarlo', [1.0, 2.0], 0, 1, 0)")
+    con.close()
+    res = run("--registry", str(registry_root), "check")
+    assert res.exit_code == 1
+    assert "task_embeddings without task" in res.output
+
+
+def _bad_npz(tmp_path, name: str, **arrays: np.ndarray) -> str:
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+BAD_SOURCES = {
+    "missing file": lambda p: str(p / "nope.npz"),
+    "unknown builtin": lambda p: "builtin:cifar100",
+    "unknown selector": lambda p: "builtin:digits?colour=red",
+    "one class": lambda p: "builtin:digits?classes=3",
+    "bad class": lambda p: "builtin:digits?classes=3,42",
+    "nan pixels": lambda p: _bad_npz(p, "nan", x=np.full((10, 8, 8), np.nan), y=np.arange(10) % 2),
+    "length mismatch": lambda p: _bad_npz(p, "len", x=np.zeros((10, 8, 8)), y=np.arange(9) % 2),
+    "wrong rank": lambda p: _bad_npz(p, "rank", x=np.zeros((10, 8)), y=np.arange(10) % 2),
+    "empty": lambda p: _bad_npz(p, "empty", x=np.zeros((0, 8, 8)), y=np.zeros(0, dtype=int)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SOURCES))
+def test_bad_data_is_one_line_exit_2_and_leaves_registry_unchanged(case, tmp_path, registry_root) -> None:
+    source = BAD_SOURCES[case](tmp_path)
+    before = snapshot(registry_root)
+    res = run("--registry", str(registry_root), "data", "inspect", source)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert snapshot(registry_root) == before
+
+
+def test_unknown_names_exit_2(registry_root) -> None:
+    before = snapshot(registry_root)
+    for args in (("task", "show", "ghost"), ("task", "rm", "ghost"), ("expert", "show", "ghost"),
+                 ("expert", "rm", "ghost")):
+        res = run("--registry", str(registry_root), *args)
+        assert res.exit_code == 2 and "unknown" in res.output
+    assert snapshot(registry_root) == before
+
+
+def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    code = ("import sys, time; t = time.perf_counter(); from taskreg.cli import app; "
+            "heavy = [m for m in ('torch', 'mlflow', 'faiss', 'duckdb', 'matplotlib') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "taskreg.cli", "--help"], capture_output=True, check=True)
+    assert time.perf_counter() - t0 < 3.0  # well under 1 s on an idle machine; slack for a loaded CI box
