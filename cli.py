@@ -34,6 +34,12 @@ task_app = typer.Typer(help="Register, embed and compare tasks (labelled dataset
 expert_app = typer.Typer(help="Register, train and evaluate experts (feature extractors).", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect dataset sources.", no_args_is_help=True)
 index_app = typer.Typer(help="Faiss indexes derived from the catalog.", no_args_is_help=True)
+probe_app = typer.Typer(help="Probe networks on which Task2Vec computes Fisher embeddings.", no_args_is_help=True)
+app.add_typer(probe_app, name="probe")
+model2vec_app = typer.Typer(help="Model2Vec: learned expert embeddings m_i = F_i + b_i.", no_args_is_help=True)
+app.add_typer(model2vec_app, name="model2vec")
+affinity_app = typer.Typer(help="Taskonomy affinity sets (built-in, imported or built here).", no_args_is_help=True)
+app.add_typer(affinity_app, name="affinity")
 app.add_typer(task_app, name="task")
 app.add_typer(expert_app, name="expert")
 app.add_typer(data_app, name="data")
@@ -47,6 +53,10 @@ RegistryOpt = Annotated[
                  envvar="TASKREG_HOME", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DeviceOpt = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps ...")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed (results are deterministic given it).")]
+ProbeOpt = Annotated[str | None, typer.Option(help="Probe name (default: the probe named 'default').")]
+MethodOpt = Annotated[str, typer.Option(help="Task2Vec estimator: montecarlo or variational.")]
 
 _state: dict[str, Path | None] = {"registry": None}
 
@@ -330,6 +340,366 @@ def _print_record(info: dict[str, Any]) -> None:
                 typer.echo("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in item.items()))
         else:
             typer.echo(f"{key}: {_fmt(value)}")
+
+
+# --------------------------------------------------------------------------- probes
+
+@probe_app.command("train")
+@handle_errors
+def probe_train(
+    name: Annotated[str, typer.Argument(help="Name of the new probe.")] = "default",
+    arch: Annotated[str, typer.Option(help="Architecture (see `taskreg probe archs`).")] = "cifar_resnet20",
+    data: Annotated[list[str] | None, typer.Option("--data", help="Training source (repeatable); default: "
+                                                   "builtin:patches + builtin:mnist5k.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    registry: RegistryOpt = None,
+) -> None:
+    """Train a probe from scratch on built-in data and register it (no weights can be downloaded)."""
+    from taskreg.registry.tasks import DEFAULT_PROBE_SOURCES
+
+    reg = open_registry(registry)
+    sources = tuple(data) if data else DEFAULT_PROBE_SOURCES
+    with progress_bar(f"training probe {name} ({arch})") as bar:
+        rec = reg.train_probe(name, arch=arch, sources=sources, epochs=epochs, seed=seed, device=device,
+                              progress=bar)
+    typer.echo(f"registered probe {rec.name} ({rec.arch}, sha256 {rec.sha256[:12]})")
+
+
+@probe_app.command("add")
+@handle_errors
+def probe_add(
+    name: str,
+    arch: Annotated[str, typer.Option(help="Architecture of the weights.")],
+    weights: Annotated[Path, typer.Option(help="state_dict file (torch.save / torchvision .pth).")],
+    input_size: Annotated[int | None, typer.Option(help="Input resolution (default: the arch's).")] = None,
+    device: DeviceOpt = "cpu",
+    registry: RegistryOpt = None,
+) -> None:
+    """Register a user's probe from a weight file (read with weights_only=True: no code is unpickled)."""
+    rec = open_registry(registry).add_probe(name, arch=arch, weights=weights, input_size=input_size, device=device)
+    typer.echo(f"registered probe {rec.name} ({rec.arch}, sha256 {rec.sha256[:12]})")
+
+
+@probe_app.command("list")
+@handle_errors
+def probe_list(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered probes."""
+    from dataclasses import asdict
+
+    probes = open_registry(registry).list_probes()
+    if as_json:
+        print_json([asdict(p) for p in probes])
+    else:
+        print_table(f"{len(probes)} probe(s)", ["name", "arch", "input", "origin", "sha256"],
+                    [(p.name, p.arch, p.input_size, p.origin, p.sha256[:12]) for p in probes])
+
+
+@probe_app.command("archs")
+def probe_archs() -> None:
+    """List the architectures taskreg can build."""
+    from taskreg.embedders.probes import list_models
+
+    for name in list_models():
+        typer.echo(name)
+
+
+# --------------------------------------------------------------------------- task embeddings
+
+@task_app.command("add")
+@handle_errors
+def task_add(
+    name: str,
+    data: Annotated[str, typer.Option("--data", help="Dataset source (path.npz, image folder, builtin:...).")],
+    probe: ProbeOpt = None,
+    method: MethodOpt = "montecarlo",
+    max_samples: Annotated[int, typer.Option(help="Class-balanced subsample used for the Fisher.")] = 1000,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    registry: RegistryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a dataset, embed it with Task2Vec and register it (catalog + MLflow run + index)."""
+    reg = open_registry(registry)
+    with progress_bar(f"embedding {name} ({method})") as bar:
+        rec = reg.add_task(name, data, probe=probe, method=method, max_samples=max_samples, seed=seed,
+                           device=device, progress=bar)
+    if as_json:
+        from dataclasses import asdict
+
+        print_json(asdict(rec))
+    else:
+        typer.echo(f"registered task {rec.name} (id {rec.id}, {rec.n_samples} images, {rec.n_classes} classes)")
+
+
+@task_app.command("distance")
+@handle_errors
+def task_distance(
+    a: str, b: str,
+    asym: Annotated[bool, typer.Option("--asym", help="Asymmetric distance d_asym(a -> b).")] = False,
+    alpha: Annotated[float, typer.Option(help="Weight of the trivial-embedding term of d_asym.")] = 0.15,
+    probe: ProbeOpt = None, method: MethodOpt = "montecarlo",
+    registry: RegistryOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Task2Vec distance between two registered tasks."""
+    d = open_registry(registry).task_distance(a, b, asym=asym, probe=probe, method=method, alpha=alpha)
+    if as_json:
+        print_json({"a": a, "b": b, "method": "asym" if asym else "sym", "distance": d})
+    else:
+        typer.echo(f"{'d_asym' if asym else 'd_sym'}({a}, {b}) = {d:.6f}")
+
+
+@task_app.command("neighbors")
+@handle_errors
+def task_neighbors(
+    name: str,
+    k: Annotated[int, typer.Option("-k", help="How many neighbours.")] = 5,
+    probe: ProbeOpt = None, method: MethodOpt = "montecarlo",
+    registry: RegistryOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """The k nearest registered tasks (index candidates, exact d_sym re-rank)."""
+    found = open_registry(registry).neighbors(name, k, probe=probe, method=method)
+    if as_json:
+        print_json({"task": name, "neighbors": [{"name": n.name, "distance": n.distance, "domain": n.domain}
+                                                for n in found]})
+    else:
+        print_table(f"nearest to {name}", ["rank", "task", "d_sym", "domain"],
+                    [(i + 1, n.name, n.distance, n.domain) for i, n in enumerate(found)])
+
+
+@task_app.command("plot")
+@handle_errors
+def task_plot(
+    path: Annotated[Path, typer.Argument(help="Output PNG.")],
+    probe: ProbeOpt = None, method: MethodOpt = "montecarlo",
+    registry: RegistryOpt = None,
+) -> None:
+    """Heatmap of the task distance matrix with a dendrogram (PNG)."""
+    from taskreg.selection.plots import plot_distance_matrix
+
+    names, dist, domains = open_registry(registry).distance_matrix(probe=probe, method=method)
+    plot_distance_matrix(dist, names, path, groups=domains, title=f"Task2Vec d_sym ({method})")
+    typer.echo(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- experts and selection
+
+@expert_app.command("add")
+@handle_errors
+def expert_add(
+    name: str,
+    arch: Annotated[str, typer.Option(help="Architecture of the weights (see `taskreg probe archs`).")],
+    weights: Annotated[Path, typer.Option(help="state_dict file (read with weights_only=True).")],
+    trained_on: Annotated[str | None, typer.Option(help="Registered task the expert was trained on.")] = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Register a user's feature extractor."""
+    rec = open_registry(registry).add_expert(name, arch=arch, weights=weights, trained_on=trained_on)
+    typer.echo(f"registered expert {rec.name} ({rec.arch}, model version {rec.model_version})")
+
+
+@expert_app.command("train")
+@handle_errors
+def expert_train(
+    name: str,
+    data: Annotated[str, typer.Option("--data", help="Training dataset source.")],
+    from_probe: Annotated[bool, typer.Option("--from-probe/--from-scratch",
+                                             help="Start from the probe's weights or from scratch.")] = True,
+    arch: Annotated[str, typer.Option(help="Architecture when training from scratch.")] = "cifar_resnet20",
+    task: Annotated[str | None, typer.Option(help="Name of the training task (default: the expert's).")] = None,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 8,
+    probe: ProbeOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", registry: RegistryOpt = None,
+) -> None:
+    """Fine-tune an expert on a dataset and register it (MLflow registered model + catalog)."""
+    reg = open_registry(registry)
+    with progress_bar(f"training expert {name}") as bar:
+        rec = reg.train_expert(name, data, from_probe=from_probe, probe=probe, arch=arch, task_name=task,
+                               epochs=epochs, seed=seed, device=device, progress=bar)
+    typer.echo(f"registered expert {rec.name} trained on {rec.trained_on} (model version {rec.model_version})")
+
+
+@expert_app.command("eval")
+@handle_errors
+def expert_eval(
+    experts: Annotated[str | None, typer.Option(help="Comma-separated experts (default: all).")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks (default: all).")] = None,
+    device: DeviceOpt = "cpu", registry: RegistryOpt = None,
+) -> None:
+    """Linear probe of every expert on every task; test errors go to expert_task_results (resumable)."""
+    reg = open_registry(registry)
+    with progress_bar("measuring experts x tasks") as bar:
+        done, skipped = reg.evaluate(experts=parse_list(experts), tasks=parse_list(tasks), device=device,
+                                     progress=bar)
+    typer.echo(f"measured {done} expert/task pair(s); {skipped} already measured")
+
+
+@model2vec_app.command("fit")
+@handle_errors
+def model2vec_fit(
+    probe: ProbeOpt = None, method: MethodOpt = "montecarlo",
+    alpha: Annotated[float, typer.Option(help="d_asym's alpha.")] = 0.15,
+    epochs: Annotated[int, typer.Option(help="Optimisation steps.")] = 300,
+    seed: SeedOpt = 0, registry: RegistryOpt = None,
+) -> None:
+    """Fit Model2Vec on the measured expert x task results; store the vectors (catalog + index)."""
+    info = open_registry(registry).fit_model2vec(probe=probe, method=method, alpha=alpha, epochs=epochs, seed=seed)
+    typer.echo(f"Model2Vec fitted on {info['tasks']} tasks x {info['experts']} experts: "
+               f"loss {info['initial_loss']:.4f} -> {info['final_loss']:.4f}")
+
+
+@app.command()
+@handle_errors
+def select(
+    data: Annotated[str, typer.Option("--data", help="The dataset that needs a feature extractor.")],
+    top: Annotated[int, typer.Option(help="How many experts to show.")] = 5,
+    method: Annotated[str | None, typer.Option(help="model2vec|asym|sym|domain|logme|leep|nce|hscore|generic|"
+                                                    "random (default: model2vec when fitted, else asym).")] = None,
+    verify: Annotated[int, typer.Option(help="Also measure the top K with a linear probe on the data.")] = 0,
+    probe: ProbeOpt = None, embedding: MethodOpt = "montecarlo",
+    alpha: Annotated[float, typer.Option(help="d_asym's alpha.")] = 0.15,
+    seed: SeedOpt = 0, device: DeviceOpt = "cpu", registry: RegistryOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Rank the registered experts for a dataset: the best feature extractor first."""
+    reg = open_registry(registry)
+    with progress_bar("scoring experts") as bar:
+        out = reg.select(data, top=top, method=method, verify=verify, probe=probe, embedding=embedding,
+                         alpha=alpha, seed=seed, device=device, progress=bar)
+    if as_json:
+        print_json(out.to_json())
+        return
+    print_table(f"best experts for {data} ({out.method})", ["rank", "expert", "score", "trained_on", "measured error"],
+                [(r["rank"], r["expert"], r["score"], r["trained_on"], r["measured_error"]) for r in out.results])
+    if out.verified:
+        print_table(f"verified top {len(out.verified)} (linear probe on the query)", ["expert", "test error"],
+                    [(v["expert"], v["test_error"]) for v in out.verified])
+        typer.echo(f"measured winner: {out.measured_winner}")
+    typer.echo(f"cost: {out.cost}; {out.seconds:.2f} s")
+
+
+# --------------------------------------------------------------------------- taxonomy: affinities and policies
+
+@affinity_app.command("list")
+@handle_errors
+def affinity_list(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
+    """List affinity sets (the built-in Taskonomy ones are always available)."""
+    rows = open_registry(registry).affinity_names()
+    if as_json:
+        print_json(rows)
+    else:
+        print_table("affinity sets", ["name", "origin", "transfers", "targets", "max order"],
+                    [(r["name"], r["origin"], r["transfers"], r["targets"], r["max_order"]) for r in rows])
+
+
+@affinity_app.command("import")
+@handle_errors
+def affinity_import(
+    path: Annotated[Path, typer.Argument(help="CSV with columns sources,target,order,value.")],
+    name: Annotated[str, typer.Option(help="Name of the new affinity set.")],
+    source_only: Annotated[str | None, typer.Option(help="Comma-separated source-only tasks.")] = None,
+    replace: Annotated[bool, typer.Option(help="Replace an existing set of that name.")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Import an affinity table in the published Taskonomy format."""
+    aff = open_registry(registry).import_affinity(path, name, source_only=parse_list(source_only), replace=replace)
+    typer.echo(f"imported {len(aff.transfers)} transfers for {len(aff.targets)} targets as {name}")
+
+
+@affinity_app.command("show")
+@handle_errors
+def affinity_show(
+    name: str,
+    plot: Annotated[Path | None, typer.Option(help="PNG: first-order matrix before/after AHP.")] = None,
+    registry: RegistryOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Show an affinity set's first-order matrix (targets x sources)."""
+    import numpy as np
+
+    reg = open_registry(registry)
+    aff = reg.affinity(name)
+    targets, sources, rows = aff.first_order_matrix()
+    if as_json:
+        print_json({"name": name, "source_only": list(aff.source_only), "targets": targets, "sources": sources,
+                    "first_order": rows})
+    else:
+        print_table(f"{name}: first-order affinities (rows: targets)", ["target", *sources],
+                    [(t, *r) for t, r in zip(targets, rows, strict=True)])
+    if plot is not None:
+        from taskreg.selection.taxonomy_plots import plot_affinity_matrices
+
+        raw = reg.first_order_winrates(name, targets, sources)
+        plot_affinity_matrices(raw, np.asarray(rows), sources, targets, str(plot))
+        typer.echo(f"wrote {plot}")
+
+
+@app.command()
+@handle_errors
+def policy(
+    affinity: Annotated[str, typer.Option(help="Affinity set (e.g. taskonomy, taskonomy-16k, or one built here).")],
+    budget: Annotated[float, typer.Option(help="Supervision budget: total label cost of supervised tasks.")],
+    max_order: Annotated[int | None, typer.Option(help="Highest transfer order considered.")] = None,
+    targets: Annotated[str | None, typer.Option(help="Comma-separated targets (default: all).")] = None,
+    source_only: Annotated[str | None, typer.Option(help="Comma-separated source-only tasks.")] = None,
+    importance: Annotated[str | None, typer.Option(help="Target weights, e.g. depth=2,edges=0.5.")] = None,
+    cost: Annotated[str | None, typer.Option(help="Label costs, e.g. depth=3 (default 1 each).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG of the taxonomy (supervised nodes, hyper-edges).")] = None,
+    registry: RegistryOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Solve the transfer policy (which tasks to supervise, how to transfer to the rest) with the BIP."""
+    reg = open_registry(registry)
+    pol = reg.policy(affinity, budget, max_order=max_order, targets=parse_list(targets),
+                     source_only=parse_list(source_only), importance=parse_mapping(importance, "importance"),
+                     cost=parse_mapping(cost, "cost"))
+    if plot is not None:
+        from taskreg.selection.taxonomy_plots import plot_policy
+
+        plot_policy(pol, str(plot), title=f"{affinity}, budget {budget:g}")
+    if as_json:
+        print_json({"affinity": affinity, "budget": budget, "max_order": pol.max_order, "objective": pol.objective,
+                    "supervised": pol.supervised,
+                    "transfers": [{"target": t.target, "sources": list(t.sources), "value": t.value}
+                                  for t in pol.transfers],
+                    "seconds": pol.seconds})
+        return
+    typer.echo(f"supervise ({len(pol.supervised)}): {', '.join(pol.supervised) or '-'}")
+    print_table(f"transfers ({affinity}, budget {budget:g}, max order {pol.max_order})", ["target", "from", "p"],
+                [(t.target, " + ".join(t.sources), t.value) for t in pol.transfers])
+    typer.echo(f"objective {pol.objective:.4f}; solved in {pol.seconds:.3f} s" + (f"; wrote {plot}" if plot else ""))
+
+
+@app.command()
+@handle_errors
+def tree(
+    name: Annotated[str, typer.Argument(help="Affinity set.")],
+    plot: Annotated[Path, typer.Option(help="Output PNG (dendrogram).")],
+    registry: RegistryOpt = None,
+) -> None:
+    """Task similarity tree: agglomerative clustering of the tasks' transfer-out patterns."""
+    from taskreg.selection.tree import plot_tree, similarity_tree
+
+    t = similarity_tree(open_registry(registry).affinity(name))
+    plot_tree(t, str(plot), title=f"task similarity tree ({name})")
+    typer.echo(f"wrote {plot}")
+
+
+@app.command()
+@handle_errors
+def winrate(
+    target: Annotated[str, typer.Option(help="Target task.")],
+    dictionary: Annotated[str, typer.Option(help="Dictionary or affinity set name.")] = "taskonomy",
+    vs: Annotated[str, typer.Option(help="scratch (Gain) or self (Quality).")] = "scratch",
+    registry: RegistryOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Win rates of every transfer to a target against scratch (Gain) or the supervised network (Quality)."""
+    reg = open_registry(registry)
+    if dictionary in ("taskonomy", "taskonomy-16k", "taskonomy-1k"):
+        reg.affinity(dictionary)  # loads the published tables on first use
+    rows = reg.winrates(dictionary, target, vs)
+    if as_json:
+        print_json({"dictionary": dictionary, "target": target, "vs": vs,
+                    "winrates": [{"sources": a.split("+"), "value": v} for a, v in rows]})
+    else:
+        print_table(f"{target}: win rate vs {vs} ({dictionary})", ["sources", "win rate"], rows)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -1,0 +1,439 @@
+"""Experts: register, fine-tune, evaluate (expert × task results), Model2Vec, and ``select``.
+
+``select`` answers "which feature extractor for this dataset?": the query is embedded once with the
+probe, the Faiss index proposes candidates (cosine on normalised vectors, so the cost per query does
+not grow with the number of experts), and the candidates are re-ranked exactly by the chosen
+distance. The transferability baselines (LogME, LEEP, NCE, H-score) need a forward pass of every
+expert over the query data instead; their cost is reported with the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from taskreg.errors import TaskregError
+from taskreg.registry import catalog, datasets
+from taskreg.registry.core import file_sha256
+from taskreg.registry.index import search
+from taskreg.registry.names import check_name
+from taskreg.registry.tasks import TaskOps, _head_classes
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from taskreg.embedders.probes import ProbeSpec
+    from taskreg.trainers.experts import LinearProbeProtocol
+
+Progress = Callable[[int, int], None] | None
+SELECT_METHODS = ("model2vec", "asym", "sym", "domain", "logme", "leep", "nce", "hscore", "generic", "random")
+INDEX_METHODS = ("model2vec", "asym", "sym", "domain")
+
+
+@dataclass
+class Selection:
+    """The answer of :meth:`ExpertOps.select` (the CLI's JSON shape, plus diagnostics)."""
+
+    query: str
+    method: str
+    results: list[dict[str, Any]]
+    seconds: float
+    cost: str
+    candidates_scored: int
+    n_experts: int
+    verified: list[dict[str, Any]] = field(default_factory=list)
+    measured_winner: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"query": self.query, "method": self.method, "results": self.results,
+                               "seconds": self.seconds, "cost": self.cost,
+                               "candidates_scored": self.candidates_scored, "n_experts": self.n_experts}
+        if self.verified:
+            out["verified"] = self.verified
+            out["measured_winner"] = self.measured_winner
+        return out
+
+
+class ExpertOps(TaskOps):
+    # ------------------------------------------------------------------ registration
+    def load_expert(self, name: str) -> tuple[catalog.ExpertRecord, nn.Module, ProbeSpec]:
+        from taskreg.embedders.probes import create_model, default_spec, load_state_dict_file, load_weights
+
+        rec = self.get_expert(name)
+        path = self.root / rec.weights
+        if not path.exists() or file_sha256(path) != rec.sha256:
+            raise TaskregError(f"expert {name}: weights file {rec.weights} is missing or altered (run check)")
+        state = load_state_dict_file(path)
+        model = create_model(rec.arch, num_classes=_head_classes(state))
+        load_weights(model, state, ignore_head=False)
+        return rec, model.eval(), default_spec(rec.arch)
+
+    def add_expert(self, name: str, *, arch: str, weights: Path, trained_on: str | None = None) -> catalog.ExpertRecord:
+        """Register a user's feature extractor from a weight file (read with ``weights_only=True``)."""
+        from taskreg.embedders.probes import create_model, load_state_dict_file, load_weights
+
+        check_name(name, "expert name")
+        self._refuse_existing_expert(name)
+        if trained_on is not None:
+            self.get_task(trained_on)
+        if not Path(weights).is_file():
+            raise TaskregError(f"weight file {weights} not found")
+        state = load_state_dict_file(weights)
+        model = create_model(arch, num_classes=_head_classes(state))
+        load_weights(model, state, ignore_head=False)
+        return self._register_expert(name, model, arch, trained_on, "added", {"weights_file": str(weights)})
+
+    def train_expert(
+        self, name: str, source: str, *, from_probe: bool = True, probe: str | None = None,
+        arch: str = "cifar_resnet20", task_name: str | None = None, epochs: int = 8, seed: int = 0,
+        device: str = "cpu", progress: Progress = None, embed_progress: Progress = None,
+    ) -> catalog.ExpertRecord:
+        """Fine-tune an expert on a dataset (from the probe's weights or from scratch) and register it.
+
+        The training data becomes the expert's ``trained_on`` task (named ``task_name``, default the
+        expert's name), embedded with the probe if it is not registered yet.
+        """
+        from taskreg.embedders.probes import create_model, default_spec
+        from taskreg.trainers.experts import finetune_expert
+
+        check_name(name, "expert name")
+        self._refuse_existing_expert(name)
+        ds = datasets.load(source)
+        task = self._task_by_fingerprint(ds) or task_name or name
+        check_name(task, "task name")
+        if from_probe:
+            _, base, spec = self.load_probe(probe)
+            arch = spec.arch
+        else:
+            base, spec = create_model(arch, num_classes=ds.n_classes), default_spec(arch)
+        t0 = time.perf_counter()
+        model = finetune_expert(base, spec, ds.x, ds.y, epochs=epochs, seed=seed, device=device, progress=progress)
+        metrics = {"train_seconds": time.perf_counter() - t0}
+        if not self._task_exists(task):
+            self.add_task(task, ds.source, probe=probe, seed=seed, device=device, progress=embed_progress, dataset=ds)
+        params = {"source": ds.source, "from_probe": from_probe, "epochs": epochs, "seed": seed,
+                  "n_train": ds.n, "n_classes": ds.n_classes}
+        return self._register_expert(name, model, arch, task, "trained", params, metrics, n_train=ds.n,
+                                     n_classes=ds.n_classes)
+
+    def _task_exists(self, name: str) -> bool:
+        with self.read() as con:
+            return catalog.get_task(con, name) is not None
+
+    def _task_by_fingerprint(self, ds: datasets.Dataset) -> str | None:
+        with self.read() as con:
+            row = con.execute("SELECT name FROM tasks WHERE fingerprint = ? ORDER BY id LIMIT 1",
+                              [ds.fingerprint()]).fetchone()
+        return row[0] if row else None
+
+    def _refuse_existing_expert(self, name: str) -> None:
+        with self.read() as con:
+            if catalog.get_expert(con, name) is not None:
+                raise TaskregError(f"expert {name!r} already exists")
+
+    def _register_expert(self, name: str, model: nn.Module, arch: str, trained_on: str | None, origin: str,
+                         params: dict, metrics: dict | None = None, *, n_train: int | None = None,
+                         n_classes: int | None = None) -> catalog.ExpertRecord:
+        tags = {"arch": arch, "trained_on": trained_on or "", "taskreg.kind": "expert", "origin": origin}
+        with self._pending_run("experts", f"expert-{name}", {"arch": arch, **params}, tags) as run:
+            self.tracker.log_metrics(run.run_id, metrics or {})
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            rel, sha = self._store_weights(run, state, f"{name}.pt")
+            version = self.tracker.register(f"expert-{name}", run, "weights", tags)
+            try:
+                with self.write() as con:
+                    catalog.insert_expert(con, name=name, arch=arch, sha256=sha, weights=rel, trained_on=trained_on,
+                                          origin=origin, n_train=n_train, n_classes=n_classes, run_id=run.run_id,
+                                          model_version=version)
+            except BaseException:
+                self.tracker.delete_registered_model(f"expert-{name}")
+                raise
+        self.tracker.commit(run.run_id)
+        return self.get_expert(name)
+
+    # ------------------------------------------------------------------ evaluation
+    def expert_features(self, rec: catalog.ExpertRecord, model: nn.Module, spec: ProbeSpec, ds: datasets.Dataset,
+                        *, device: str = "cpu") -> np.ndarray:
+        """Frozen features of an expert on a dataset, computed once and cached in ``cache/features``."""
+        from taskreg.trainers.experts import extract_features
+
+        path = self.cache_dir / "features" / f"{rec.sha256[:16]}-{ds.fingerprint()[:16]}.npy"
+        if path.exists():
+            try:
+                feats = np.load(path, allow_pickle=False)
+                if feats.shape[0] == ds.n:
+                    return feats
+            except (OSError, ValueError):
+                pass
+        feats = extract_features(model, spec, ds.x, device=device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, feats)
+        tmp.replace(path)
+        return feats
+
+    def evaluate(
+        self, *, experts: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
+        protocol: LinearProbeProtocol | None = None, device: str = "cpu", progress: Progress = None,
+    ) -> tuple[int, int]:
+        """Fill ``expert_task_results`` with linear-probe test errors; skips pairs already measured.
+
+        Returns (measured now, already present). Each result is committed on its own, so an
+        interrupted run resumes where it stopped.
+        """
+        from taskreg.trainers.experts import LinearProbeProtocol, linear_probe_error
+
+        protocol = protocol or LinearProbeProtocol()
+        exp_recs = [self.get_expert(n) for n in experts] if experts else self.list_experts()
+        task_recs = [self.get_task(n) for n in tasks] if tasks else self.list_tasks()
+        with self.read() as con:
+            done = set(con.execute("SELECT expert_id, task_id FROM expert_task_results").fetchall())
+        todo = [(e, t) for e in exp_recs for t in task_recs if (e.id, t.id) not in done]
+        skipped = len(exp_recs) * len(task_recs) - len(todo)
+        data: dict[int, datasets.Dataset] = {}
+        loaded: dict[int, tuple] = {}
+        for i, (erec, trec) in enumerate(todo):
+            if trec.id not in data:
+                data[trec.id] = self.task_data(trec)
+            if erec.id not in loaded:
+                loaded = {erec.id: self.load_expert(erec.name)}  # keep one network in memory at a time
+            _, model, spec = loaded[erec.id]
+            feats = self.expert_features(erec, model, spec, data[trec.id], device=device)
+            res = linear_probe_error(feats, data[trec.id].y, protocol)
+            with self.write() as con:
+                con.execute(
+                    "INSERT INTO expert_task_results (expert_id, task_id, test_error, train_error, protocol, seconds) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [erec.id, trec.id, res.test_error, res.train_error, json.dumps(asdict(protocol)), res.seconds],
+                )
+            if progress:
+                progress(i + 1, len(todo))
+        return len(todo), skipped
+
+    def task_data(self, rec: catalog.TaskRecord) -> datasets.Dataset:
+        """Reload a registered task's data from its source and check it is still the same data."""
+        ds = datasets.load(rec.source)
+        if ds.fingerprint() != rec.fingerprint:
+            raise TaskregError(f"task {rec.name}: the data at {rec.source} changed since it was registered")
+        return ds
+
+    def results_matrix(self) -> tuple[list[str], list[str], np.ndarray]:
+        """(task names, expert names, (T, E) test errors with NaN where not measured)."""
+        tasks, experts = self.list_tasks(), self.list_experts()
+        t_pos = {t.id: i for i, t in enumerate(tasks)}
+        e_pos = {e.id: j for j, e in enumerate(experts)}
+        errors = np.full((len(tasks), len(experts)), np.nan)
+        with self.read() as con:
+            rows = con.execute("SELECT expert_id, task_id, test_error FROM expert_task_results").fetchall()
+        for eid, tid, err in rows:
+            errors[t_pos[tid], e_pos[eid]] = err
+        return [t.name for t in tasks], [e.name for e in experts], errors
+
+    # ------------------------------------------------------------------ Model2Vec
+    def fit_model2vec(self, *, probe: str | None = None, method: str = "montecarlo", alpha: float = 0.15,
+                      epochs: int = 300, seed: int = 0, exclude_tasks: Sequence[str] = ()) -> dict[str, float]:
+        """Fit ``m_i = F_i + b_i`` on the measured results and store the vectors (catalog + index)."""
+        from taskreg.embedders.model2vec import fit_model2vec
+
+        prec = self.resolve_probe(probe)
+        names, experts, errors = self.results_matrix()
+        if not experts:
+            raise TaskregError("no experts registered")
+        keep = [i for i, n in enumerate(names) if n not in set(exclude_tasks) and np.sum(~np.isnan(errors[i])) >= 2]
+        with self.read() as con:
+            embedded = {r[0] for r in con.execute(
+                "SELECT t.name FROM task_embeddings e JOIN tasks t ON t.id = e.task_id WHERE probe = ? AND method = ?",
+                [prec.name, method]).fetchall()}
+        keep = [i for i in keep if names[i] in embedded]
+        if not keep:
+            raise TaskregError("no task has both an embedding and results for at least 2 experts: run `expert eval`")
+        _, task_vecs = self.task_vectors(prec.name, method, [names[i] for i in keep])
+        exp_recs = self.list_experts()
+        base = np.zeros((len(exp_recs), task_vecs.shape[1]), dtype=np.float32)
+        for j, e in enumerate(exp_recs):
+            if e.trained_on and e.trained_on in embedded:
+                base[j] = self.task_vectors(prec.name, method, [e.trained_on])[1][0]
+        t0 = self.trivial(prec.name, method)
+        fit = fit_model2vec(task_vecs, base, errors[keep], t0=t0, alpha=alpha, epochs=epochs, seed=seed)
+        kind = self.kind("model2vec", prec.name, method)
+        with self.write() as con:
+            con.execute("DELETE FROM model2vec WHERE probe = ? AND method = ?", [prec.name, method])
+            for j, e in enumerate(exp_recs):
+                con.execute("INSERT INTO model2vec (expert_id, probe, method, vector, bias, fit_loss) VALUES "
+                            "(?, ?, ?, ?, ?, ?)", [e.id, prec.name, method, catalog.vector_param(fit.vectors[j]),
+                                                   catalog.vector_param(fit.biases[j]), float(fit.loss_history[-1])])
+            catalog.bump_generation(con, kind)
+        self.rebuild_index(kind)
+        return {"tasks": len(keep), "experts": len(exp_recs), "initial_loss": float(fit.loss_history[0]),
+                "final_loss": float(fit.loss_history[-1])}
+
+    def model2vec_fitted(self, probe: str, method: str) -> bool:
+        with self.read() as con:
+            n = con.execute("SELECT count(*) FROM model2vec WHERE probe = ? AND method = ?", [probe, method]).fetchone()
+        return bool(n[0])
+
+    # ------------------------------------------------------------------ selection
+    def select(
+        self, source: str, *, top: int = 5, method: str | None = None, verify: int = 0, probe: str | None = None,
+        embedding: str = "montecarlo", alpha: float = 0.15, max_samples: int | None = 1000, seed: int = 0,
+        device: str = "cpu", dataset: datasets.Dataset | None = None, progress: Progress = None,
+    ) -> Selection:
+        """Rank the registered experts for a dataset (see the module docstring)."""
+        from taskreg.selection import select as sel
+
+        t_start = time.perf_counter()
+        if top < 1:
+            raise TaskregError(f"--top must be at least 1, got {top}")
+        if verify < 0:
+            raise TaskregError(f"--verify must be >= 0, got {verify}")
+        experts = self.list_experts()
+        if not experts:
+            raise TaskregError("no experts registered: `taskreg expert add` or `taskreg expert train` first")
+        prec = self.resolve_probe(probe)
+        if method is None:
+            method = "model2vec" if self.model2vec_fitted(prec.name, embedding) else "asym"
+        if method not in SELECT_METHODS:
+            raise TaskregError(f"unknown method {method!r}; choose one of {', '.join(SELECT_METHODS)}")
+        if method == "model2vec" and not self.model2vec_fitted(prec.name, embedding):
+            raise TaskregError("Model2Vec is not fitted for this probe: run `taskreg model2vec fit`")
+        ds = dataset if dataset is not None else datasets.load(source)
+        by_id = {e.id: e for e in experts}
+
+        if method in INDEX_METHODS:
+            ranked, scored, cost = self._rank_by_index(ds, method, prec.name, embedding, alpha, max_samples, seed,
+                                                       device, by_id, top)
+        else:
+            ranked, scored, cost = self._rank_by_forward(ds, method, experts, seed, device, progress)
+
+        measured = self._measured_errors(ds)
+        results = [{"rank": r + 1, "expert": e.name, "score": float(s), "trained_on": e.trained_on,
+                    "measured_error": measured.get(e.id)} for r, (e, s) in enumerate(ranked[:top])]
+        out = Selection(query=source, method=method, results=results, seconds=0.0, cost=cost,
+                        candidates_scored=scored, n_experts=len(experts))
+        if verify:
+            from taskreg.trainers.experts import LinearProbeProtocol
+
+            cands = [e for e, _ in ranked[: min(verify, len(ranked))]]
+            loaded = {e.name: self.load_expert(e.name) for e in cands}
+
+            def feats(name: str, x: np.ndarray) -> np.ndarray:
+                rec, model, spec = loaded[name]
+                return self.expert_features(rec, model, spec, ds, device=device)
+
+            winner, measures = sel.verify_topk(feats, [e.name for e in cands], ds.x, ds.y, LinearProbeProtocol())
+            out.verified = [{"expert": m.candidate, "test_error": m.result.test_error} for m in measures]
+            out.measured_winner = str(winner)
+        out.seconds = time.perf_counter() - t_start
+        return out
+
+    def _rank_by_index(self, ds: datasets.Dataset, method: str, probe: str, embedding: str, alpha: float,
+                       max_samples: int | None, seed: int, device: str, by_id: dict[int, catalog.ExpertRecord],
+                       top: int) -> tuple[list[tuple[catalog.ExpertRecord, float]], int, str]:
+        """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last."""
+        from taskreg.selection.select import rerank
+
+        _, emb, dom = self.embed_dataset(ds, probe=probe, method=embedding, max_samples=max_samples, seed=seed,
+                                         device=device)
+        query = dom if method == "domain" else emb.vector
+        vec_method = "domain" if method == "domain" else embedding
+        t0 = None if method in ("sym", "domain") else self.trivial(probe, embedding)
+        n_experts = len(by_id)
+        want = max(candidate_floor_for(top), top)
+        while True:
+            pairs = self._candidates(method, probe, vec_method, query, want, by_id)
+            if len({e.id for e, _ in pairs}) >= min(top, n_experts) or want >= 4 * n_experts + 64:
+                break
+            want *= 4
+        ranked: list[tuple[catalog.ExpertRecord, float]] = []
+        if pairs:
+            cands = np.stack([v for _, v in pairs])
+            order = rerank(query, cands, "asym" if method == "model2vec" else method, t0=t0, alpha=alpha)
+            seen: set[int] = set()
+            for r in order:
+                e = pairs[r.index][0]
+                if e.id not in seen:
+                    seen.add(e.id)
+                    ranked.append((e, r.score))
+        rest = [e for e in by_id.values() if e.id not in {x.id for x, _ in ranked}]
+        ranked += [(e, float("nan")) for e in rest]
+        cost = f"1 probe pass over {min(ds.n, max_samples or ds.n)} images; {len(pairs)} candidates re-ranked"
+        return ranked, len(pairs), cost
+
+    def _candidates(self, method: str, probe: str, vec_method: str, query: np.ndarray, want: int,
+                    by_id: dict[int, catalog.ExpertRecord]) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:
+        """(expert, vector) pairs for the index's top ``want`` hits."""
+        if method == "model2vec":
+            index = self.index(self.kind("model2vec", probe, vec_method))
+            if index is None:
+                return []
+            ids, _ = search(index, query, want)
+            with self.read() as con:
+                rows = con.execute("SELECT expert_id, vector FROM model2vec WHERE probe = ? AND method = ? AND "
+                                   "expert_id IN (SELECT unnest(?::INTEGER[]))",
+                                   [probe, vec_method, ids.tolist()]).fetchall()
+            return [(by_id[i], np.asarray(v, dtype=np.float32)) for i, v in rows if i in by_id]
+        # Task2Vec / domain: the index holds task vectors; an expert is represented by its training task.
+        index = self.index(self.kind("task", probe, vec_method))
+        if index is None:
+            return []
+        ids, _ = search(index, query, want)
+        with self.read() as con:
+            rows = con.execute(
+                "SELECT x.id, e.vector FROM experts x JOIN tasks t ON t.name = x.trained_on "
+                "JOIN task_embeddings e ON e.task_id = t.id WHERE e.probe = ? AND e.method = ? "
+                "AND t.id IN (SELECT unnest(?::INTEGER[]))", [probe, vec_method, ids.tolist()]).fetchall()
+        return [(by_id[i], np.asarray(v, dtype=np.float32)) for i, v in rows if i in by_id]
+
+    def _rank_by_forward(self, ds: datasets.Dataset, method: str, experts: list[catalog.ExpertRecord], seed: int,
+                         device: str, progress: Progress) -> tuple[list[tuple[catalog.ExpertRecord, float]], int, str]:
+        """Baselines that look at every expert (transferability scores) or at none (generic, random)."""
+        from taskreg.selection import select as sel
+        from taskreg.selection import transferability as tr
+        from taskreg.trainers.experts import expert_logits
+
+        if method == "random":
+            order = sel.random_ranking(len(experts), seed)
+            return [(experts[i], float(r)) for r, i in enumerate(order)], 0, "no computation"
+        if method == "generic":
+            sizes = [(e.n_classes or 0, e.n_train or 0) for e in experts]
+            first = sel.generic_expert([s[0] for s in sizes], [s[1] for s in sizes])
+            rest = sorted((i for i in range(len(experts)) if i != first), key=lambda i: -sizes[i][0] * sizes[i][1])
+            order = [first, *rest]
+            return [(experts[i], float(sizes[i][0] * sizes[i][1])) for i in order], 0, "no computation"
+        scores = []
+        t0 = time.perf_counter()
+        for i, e in enumerate(experts):
+            rec, model, spec = self.load_expert(e.name)
+            if method in ("logme", "hscore"):
+                feats = self.expert_features(rec, model, spec, ds, device=device)
+                scores.append(tr.logme(feats, ds.y) if method == "logme" else tr.hscore(feats, ds.y))
+            else:
+                logits = expert_logits(model, spec, ds.x, device=device)
+                if method == "leep":
+                    scores.append(tr.leep(tr.softmax(logits), ds.y))
+                else:
+                    scores.append(tr.nce(logits.argmax(1), ds.y))
+            if progress:
+                progress(i + 1, len(experts))
+        ranked = sel.rank_by_scores(scores, higher_is_better=True)
+        cost = f"a forward pass of all {len(experts)} experts over {ds.n} images ({time.perf_counter() - t0:.1f} s)"
+        return [(experts[r.index], r.score) for r in ranked], len(experts), cost
+
+    def _measured_errors(self, ds: datasets.Dataset) -> dict[int, float]:
+        """Measured test errors of the experts on the query, when the query is a registered task."""
+        with self.read() as con:
+            rows = con.execute(
+                "SELECT r.expert_id, r.test_error FROM expert_task_results r JOIN tasks t ON t.id = r.task_id "
+                "WHERE t.fingerprint = ?", [ds.fingerprint()]).fetchall()
+        return {int(e): float(err) for e, err in rows}
+
+
+def candidate_floor_for(top: int) -> int:
+    """How many index hits to re-rank exactly: enough slack for the non-metric d_asym."""
+    return max(50, 4 * top)

@@ -1,0 +1,182 @@
+"""Affinity sets, win rates and transfer policies in the catalog.
+
+Affinity sets are rows of ``affinities`` under a name in ``affinity_sets``. The published Taskonomy
+tables ship inside the package and are loaded into the catalog the first time they are asked for
+(``taskonomy``, ``taskonomy-16k``, ``taskonomy-1k``), together with their published win rates
+(Quality: b = 'self'; Gain: b = 'pixels') in ``winrates``. Policies are solved on demand by the BIP
+and recorded in ``policies``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from taskreg.errors import TaskregError
+from taskreg.registry import catalog
+from taskreg.registry.experts import ExpertOps
+from taskreg.registry.names import check_name
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from taskreg.selection.affinity_sets import AffinitySet
+    from taskreg.selection.bip import Policy
+
+
+class TaxonomyOps(ExpertOps):
+    # ------------------------------------------------------------------ affinity sets
+    def affinity_names(self) -> list[dict[str, Any]]:
+        from taskreg.selection.affinity_sets import BUILTIN_SETTINGS
+
+        with self.read() as con:
+            rows = con.execute(
+                "SELECT s.name, s.origin, count(a.target), count(DISTINCT a.target), max(a.\"order\") "
+                "FROM affinity_sets s LEFT JOIN affinities a ON a.name = s.name GROUP BY ALL ORDER BY s.name"
+            ).fetchall()
+        out = [{"name": n, "origin": o, "transfers": k, "targets": t, "max_order": m} for n, o, k, t, m in rows]
+        stored = {r["name"] for r in out}
+        out += [{"name": n, "origin": "builtin (not loaded yet)", "transfers": None, "targets": None,
+                 "max_order": None} for n in BUILTIN_SETTINGS if n not in stored]
+        return out
+
+    def affinity(self, name: str) -> AffinitySet:
+        """An affinity set from the catalog (built-in sets are loaded on first use)."""
+        from taskreg.selection.affinity_sets import BUILTIN_SETTINGS, AffinitySet, Transfer
+
+        with self.read() as con:
+            row = con.execute("SELECT source_only FROM affinity_sets WHERE name = ?", [name]).fetchone()
+        if row is None:
+            if name in BUILTIN_SETTINGS:
+                self._load_builtin(name)
+                return self.affinity(name)
+            known = ", ".join(sorted({r["name"] for r in self.affinity_names()}))
+            raise TaskregError(f"unknown affinity set {name!r} (known: {known})")
+        with self.read() as con:
+            rows = con.execute("SELECT sources, target, \"order\", value FROM affinities WHERE name = ? "
+                               "ORDER BY target, \"order\", sources", [name]).fetchall()
+        transfers = [Transfer(tuple(s), t, int(o), float(v)) for s, t, o, v in rows]
+        return AffinitySet(name=name, transfers=transfers, source_only=tuple(row[0]))
+
+    def _load_builtin(self, name: str) -> None:
+        from taskreg.selection.affinity_sets import builtin_affinity, builtin_winrates
+
+        aff = builtin_affinity(name)
+        quality, gain = builtin_winrates(name, vs="task"), builtin_winrates(name, vs="pixels")
+        with self.write() as con:
+            if con.execute("SELECT 1 FROM affinity_sets WHERE name = ?", [name]).fetchone():
+                return  # another process loaded it meanwhile
+            _insert_affinity_set(con, aff, "builtin")
+            for table, b in ((quality, "self"), (gain, "pixels")):
+                rows = {(tr.target, _key(tr.sources)): tr.value for tr in table.transfers}
+                catalog.insert_rows(con, "winrates", ("dictionary", "target", "a", "b", "value"),
+                                    [(name, t, a, b, v) for (t, a), v in rows.items()])
+
+    def import_affinity(self, path: Path, name: str, *, source_only: Sequence[str] | None = None,
+                        replace: bool = False) -> AffinitySet:
+        """Load a table in the published format (sources,target,order,value) under ``name``."""
+        from taskreg.selection.affinity_sets import BUILTIN_SETTINGS, TASKONOMY_SOURCE_ONLY, read_affinity_csv
+
+        check_name(name, "affinity set name")
+        if name in BUILTIN_SETTINGS:
+            raise TaskregError(f"{name!r} is the name of a built-in affinity set; choose another name")
+        if not Path(path).is_file():
+            raise TaskregError(f"affinity file {path} not found")
+        aff = read_affinity_csv(path, name)
+        if source_only is not None:
+            aff.source_only = tuple(source_only)
+        elif not set(TASKONOMY_SOURCE_ONLY) & set(aff.tasks):
+            aff.source_only = ()
+        with self.write() as con:
+            exists = con.execute("SELECT 1 FROM affinity_sets WHERE name = ?", [name]).fetchone()
+            if exists and not replace:
+                raise TaskregError(f"affinity set {name!r} already exists (use --replace)")
+            _delete_affinity_set(con, name)
+            _insert_affinity_set(con, aff, f"import:{Path(path).name}")
+        return aff
+
+    def remove_affinity(self, name: str) -> None:
+        self.affinity(name)
+        with self.write() as con:
+            _delete_affinity_set(con, name)
+
+    # ------------------------------------------------------------------ policies
+    def policy(
+        self, affinity: str, budget: float, *, max_order: int | None = None, targets: Sequence[str] | None = None,
+        source_only: Sequence[str] | None = None, importance: Mapping[str, float] | None = None,
+        cost: Mapping[str, float] | None = None, record: bool = True,
+    ) -> Policy:
+        """Solve the transfer policy with the BIP and record it in ``policies``."""
+        from taskreg.selection.bip import solve_policy
+
+        if not isinstance(budget, int | float) or not math.isfinite(budget):
+            raise TaskregError(f"budget must be a finite number, got {budget}")
+        aff = self.affinity(affinity)
+        pol = solve_policy(aff, float(budget), max_order=max_order, targets=targets, source_only=source_only,
+                           importance=importance, cost=cost)
+        if record:
+            request = {"targets": list(targets) if targets else None, "source_only": list(source_only or []) or None,
+                       "importance": dict(importance or {}), "cost": dict(cost or {})}
+            with self.write() as con:
+                con.execute(
+                    "INSERT INTO policies (affinity, budget, max_order, objective, supervised, transfers, options, "
+                    "seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [affinity, float(budget), pol.max_order, pol.objective, pol.supervised,
+                     json.dumps([asdict(t) for t in pol.transfers]), json.dumps(request), pol.seconds],
+                )
+        return pol
+
+    # ------------------------------------------------------------------ win rates
+    def winrates(self, dictionary: str, target: str, vs: str = "scratch") -> list[tuple[str, float]]:
+        """Win rate of every option against ``vs`` for one target, best first."""
+        if vs not in ("scratch", "self", "pixels"):
+            raise TaskregError(f"--vs must be scratch or self, got {vs!r}")
+        with self.read() as con:
+            rows = con.execute("SELECT a, value FROM winrates WHERE dictionary = ? AND target = ? AND b = ? "
+                               "ORDER BY value DESC, a", [dictionary, target, vs]).fetchall()
+            if not rows and vs == "scratch":  # the published tables call the scratch baseline 'pixels'
+                rows = con.execute("SELECT a, value FROM winrates WHERE dictionary = ? AND target = ? AND "
+                                   "b = 'pixels' ORDER BY value DESC, a", [dictionary, target]).fetchall()
+            if not rows:
+                targets = [r[0] for r in con.execute(
+                    "SELECT DISTINCT target FROM winrates WHERE dictionary = ? ORDER BY 1", [dictionary]).fetchall()]
+                if not targets:
+                    raise TaskregError(f"no win rates for {dictionary!r} (build it or use a built-in affinity set)")
+                raise TaskregError(f"no win rates for target {target!r} in {dictionary!r}; targets: "
+                                   f"{', '.join(targets)}")
+        return [(a, float(v)) for a, v in rows]
+
+    def first_order_winrates(self, dictionary: str, targets: Sequence[str], sources: Sequence[str]) -> np.ndarray:
+        """(T, S) first-order win rates against scratch/pixels: the matrix before AHP (NaN where absent)."""
+        with self.read() as con:
+            rows = con.execute("SELECT target, a, value FROM winrates WHERE dictionary = ? AND b IN "
+                               "('scratch', 'pixels') AND NOT contains(a, '+')", [dictionary]).fetchall()
+        t_pos = {t: i for i, t in enumerate(targets)}
+        s_pos = {s: j for j, s in enumerate(sources)}
+        out = np.full((len(targets), len(sources)), np.nan)
+        for t, a, v in rows:
+            if t in t_pos and a in s_pos:
+                out[t_pos[t], s_pos[a]] = v
+        return out
+
+
+def _key(sources: Sequence[str]) -> str:
+    return "+".join(sources)
+
+
+def _insert_affinity_set(con: duckdb.DuckDBPyConnection, aff: AffinitySet, origin: str) -> None:
+    con.execute("INSERT INTO affinity_sets (name, origin, source_only) VALUES (?, ?, ?)",
+                [aff.name, origin, list(aff.source_only)])
+    catalog.insert_rows(con, "affinities", ("name", "sources", "target", "order", "value"),
+                        [(aff.name, list(t.sources), t.target, t.order, t.value) for t in aff.transfers])
+
+
+def _delete_affinity_set(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    con.execute("DELETE FROM affinities WHERE name = ?", [name])
+    con.execute("DELETE FROM affinity_sets WHERE name = ?", [name])

@@ -1,0 +1,121 @@
+"""Figures of task spaces: distance heatmap with dendrogram, 2-D embedding map. PNG via matplotlib (Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from taskreg.errors import TaskregError
+
+
+def _pyplot():  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _group_colours(groups: Sequence[str]) -> dict[str, tuple]:
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if len(set(groups)) <= 10 else "tab20")
+    return {g: cmap(i % cmap.N) for i, g in enumerate(sorted(set(groups)))}
+
+
+def plot_distance_matrix(dist: np.ndarray, names: Sequence[str], path: Path | str, *,
+                         groups: Sequence[str] | None = None, title: str = "") -> Path:
+    """Heatmap of a symmetric distance matrix, rows ordered by an average-linkage dendrogram drawn on the left.
+
+    dist : (N, N) symmetric, zero diagonal; names : N labels; groups : optional N group names (colour strip).
+    """
+    from scipy.cluster.hierarchy import dendrogram, linkage
+    from scipy.spatial.distance import squareform
+
+    d = np.asarray(dist, dtype=np.float64)
+    n = len(names)
+    if d.shape != (n, n) or n < 2:
+        raise TaskregError(f"distance matrix must be (N, N) with N = len(names) >= 2, got {d.shape} and {n}")
+    if not np.all(np.isfinite(d)):
+        raise TaskregError("distance matrix contains NaN or inf")
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    link = linkage(squareform(np.clip(d, 0, None), checks=False), method="average")
+
+    plt = _pyplot()
+    size = max(6.0, min(0.22 * n + 3, 24.0))
+    fig = plt.figure(figsize=(size + 2, size))
+    ax_dendro = fig.add_axes((0.02, 0.1, 0.16, 0.8))
+    tree = dendrogram(link, orientation="left", no_labels=True, ax=ax_dendro, color_threshold=0,
+                      above_threshold_color="#555555")
+    ax_dendro.axis("off")
+    order = tree["leaves"][::-1]
+    ax_strip = fig.add_axes((0.185, 0.1, 0.015, 0.8))
+    ax = fig.add_axes((0.205, 0.1, 0.62, 0.8))
+    im = ax.imshow(d[np.ix_(order, order)], cmap="viridis_r", aspect="auto", interpolation="nearest")
+    fontsize = max(4, min(9, int(300 / max(n, 1))))
+    ax.set_yticks(range(n), [names[i] for i in order], fontsize=fontsize)
+    ax.yaxis.tick_right()
+    ax.set_xticks(range(n), [names[i] for i in order], fontsize=fontsize, rotation=90)
+    if groups is not None:
+        colours = _group_colours(groups)
+        strip = np.array([[colours[groups[i]] for i in order]]).transpose(1, 0, 2)
+        ax_strip.imshow(strip, aspect="auto", interpolation="nearest")
+        handles = [plt.Line2D([], [], marker="s", ls="", color=c, label=g) for g, c in colours.items()]
+        fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False, title="domain")
+    ax_strip.axis("off")
+    cax = fig.add_axes((0.9, 0.1, 0.015, 0.3))
+    fig.colorbar(im, cax=cax, label="distance")
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_embedding_map(points: np.ndarray, names: Sequence[str], groups: Sequence[str], path: Path | str, *,
+                       title: str = "") -> Path:
+    """Scatter plot of 2-D task coordinates (e.g. t-SNE of Task2Vec vectors) coloured by group.
+
+    points : (N, 2); names, groups : N labels.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) != len(names) or len(names) != len(groups):
+        raise TaskregError(f"points must be (N, 2) with N names and groups, got {pts.shape}")
+    plt = _pyplot()
+    colours = _group_colours(groups)
+    fig, ax = plt.subplots(figsize=(9, 7))
+    for g, c in colours.items():
+        idx = [i for i, gi in enumerate(groups) if gi == g]
+        ax.scatter(pts[idx, 0], pts[idx, 1], color=c, label=g, s=40, edgecolor="white", linewidth=0.5)
+    if len(names) <= 80:
+        for (x, y), name in zip(pts, names, strict=True):
+            ax.annotate(name, (x, y), fontsize=6, alpha=0.7, xytext=(3, 2), textcoords="offset points")
+    ax.legend(fontsize=8, frameon=False, title="domain")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def embedding_map(vectors: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE coordinates of task vectors (N, D) -> (N, 2), on the normalised Fisher ``v / |v|``."""
+    from sklearn.manifold import TSNE
+
+    v = np.asarray(vectors, dtype=np.float64)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    n = len(v)
+    if n < 3:
+        raise TaskregError(f"need at least 3 tasks for an embedding map, have {n}")
+    perplexity = float(max(2.0, min(30.0, (n - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine").fit_transform(v)
