@@ -643,13 +643,16 @@ def policy(
     importance: Annotated[str | None, typer.Option(help="Target weights, e.g. depth=2,edges=0.5.")] = None,
     cost: Annotated[str | None, typer.Option(help="Label costs, e.g. depth=3 (default 1 each).")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of the taxonomy (supervised nodes, hyper-edges).")] = None,
+    transfer_to_supervised: Annotated[bool, typer.Option(
+        help="The paper's variant: a supervised task may still be solved by a transfer that beats its own "
+             "network (it then appears in both lists).")] = False,
     registry: RegistryOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Solve the transfer policy (which tasks to supervise, how to transfer to the rest) with the BIP."""
     reg = open_registry(registry)
     pol = reg.policy(affinity, budget, max_order=max_order, targets=parse_list(targets),
                      source_only=parse_list(source_only), importance=parse_mapping(importance, "importance"),
-                     cost=parse_mapping(cost, "cost"))
+                     cost=parse_mapping(cost, "cost"), pin_supervised=not transfer_to_supervised)
     if plot is not None:
         from taskreg.selection.taxonomy_plots import plot_policy
 
@@ -659,9 +662,12 @@ def policy(
                     "supervised": pol.supervised,
                     "transfers": [{"target": t.target, "sources": list(t.sources), "value": t.value}
                                   for t in pol.transfers],
-                    "seconds": pol.seconds})
+                    "solved_by_self": pol.solved_by_self, "source_only_used": pol.source_only_used,
+                    "cost": pol.cost, "status": pol.status, "seconds": pol.seconds})
         return
     typer.echo(f"supervise ({len(pol.supervised)}): {', '.join(pol.supervised) or '-'}")
+    if pol.source_only_used:
+        typer.echo(f"source-only tasks read: {', '.join(pol.source_only_used)}")
     print_table(f"transfers ({affinity}, budget {budget:g}, max order {pol.max_order})", ["target", "from", "p"],
                 [(t.target, " + ".join(t.sources), t.value) for t in pol.transfers])
     typer.echo(f"objective {pol.objective:.4f}; solved in {pol.seconds:.3f} s" + (f"; wrote {plot}" if plot else ""))

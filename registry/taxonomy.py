@@ -110,7 +110,7 @@ class TaxonomyOps(ExpertOps):
     def policy(
         self, affinity: str, budget: float, *, max_order: int | None = None, targets: Sequence[str] | None = None,
         source_only: Sequence[str] | None = None, importance: Mapping[str, float] | None = None,
-        cost: Mapping[str, float] | None = None, record: bool = True,
+        cost: Mapping[str, float] | None = None, pin_supervised: bool = True, record: bool = True,
     ) -> Policy:
         """Solve the transfer policy with the BIP and record it in ``policies``."""
         from taskreg.selection.bip import solve_policy
@@ -119,10 +119,11 @@ class TaxonomyOps(ExpertOps):
             raise TaskregError(f"budget must be a finite number, got {budget}")
         aff = self.affinity(affinity)
         pol = solve_policy(aff, float(budget), max_order=max_order, targets=targets, source_only=source_only,
-                           importance=importance, cost=cost)
+                           importance=importance, cost=cost, pin_supervised=pin_supervised)
         if record:
             request = {"targets": list(targets) if targets else None, "source_only": list(source_only or []) or None,
-                       "importance": dict(importance or {}), "cost": dict(cost or {})}
+                       "importance": dict(importance or {}), "cost": dict(cost or {}),
+                       "pin_supervised": pin_supervised}
             with self.write() as con:
                 con.execute(
                     "INSERT INTO policies (affinity, budget, max_order, objective, supervised, transfers, options, "

@@ -1,0 +1,127 @@
+"""Taskonomy decision-layer benchmark: BIP solve times, the Fig. 11 significance test, data checks.
+
+Run: ``.venv/bin/python benchmarks/taskonomy_bench.py`` (about a few minutes on 2 cores).
+
+Sections (each a function, ``main`` runs them in order):
+
+* :func:`bip_timing` - seconds to solve the BIP on ``taskonomy-16k`` for budgets 1..26 and max order
+  1..4, with each order's total time as a ratio to the max-order-1 baseline of the same run.
+* :func:`significance_test` - the paper's Fig. 11: the BIP policy's Quality (mean win rate vs. the
+  fully supervised networks, ``winrate_vs_task_16k``) and Gain (vs. scratch) against 1,000 random
+  feasible policies at the same budget and max order.
+* :func:`data_checks` - properties of the published tables and of the policies they produce.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from taskreg.selection.affinity_sets import BUILTIN_SETTINGS, builtin_affinity, builtin_winrates
+from taskreg.selection.bip import evaluate_policy, minimum_budget, random_feasible_policies, solve_policy
+
+AFFINITY = "taskonomy-16k"
+
+
+def bip_timing(name: str = AFFINITY, budgets: range = range(1, 27), orders: range = range(1, 5)) -> np.ndarray:
+    """Solve time in seconds (wall clock, CBC included) as a (len(budgets), len(orders)) array."""
+    aff = builtin_affinity(name)
+    secs = np.zeros((len(budgets), len(orders)))
+    objs = np.zeros_like(secs)
+    for i, b in enumerate(budgets):
+        for j, k in enumerate(orders):
+            t0 = time.perf_counter()
+            pol = solve_policy(aff, b, max_order=k)
+            secs[i, j] = time.perf_counter() - t0
+            objs[i, j] = pol.objective
+            assert pol.status == "optimal"
+    print(f"\n== BIP solve time on {name} (seconds; objective in brackets) ==")
+    print("budget " + "".join(f"   order<={k:<14d}" for k in orders))
+    for i, b in enumerate(budgets):
+        print(f"{b:6d} " + "".join(f"  {secs[i, j]:6.3f} [{objs[i, j]:6.3f}]  " for j in range(len(orders))))
+    base = secs[:, 0].sum()
+    print("total  " + "".join(f"  {secs[:, j].sum():6.2f}s            " for j in range(len(orders))))
+    print("ratio vs order 1: " + ", ".join(f"order<={k}: {secs[:, j].sum() / base:.2f}x"
+                                           for j, k in enumerate(orders)))
+    print(f"median per solve: {np.median(secs):.3f}s, max: {secs.max():.3f}s")
+    return secs
+
+
+def significance_test(
+    name: str = AFFINITY,
+    budgets: tuple[int, ...] = (2, 4, 8, 12, 16),
+    max_orders: tuple[int, ...] = (1, 4),
+    n_random: int = 1000,
+    seed: int = 0,
+) -> None:
+    """Quality/Gain of the BIP policy vs. ``n_random`` random feasible policies (paper Fig. 11)."""
+    aff = builtin_affinity(name)
+    quality_table = builtin_winrates(name, vs="task")
+    gain_table = builtin_winrates(name, vs="pixels")
+    rng = np.random.default_rng(seed)
+    print(f"\n== Significance test (Fig. 11) on {name}: BIP policy vs {n_random} random feasible policies ==")
+    print("Quality = mean over the 22 targets of the win rate vs. the fully supervised network (self = 0.5);")
+    print("Gain = mean win rate vs. a network trained from scratch on the same 16k images.")
+    print(f"{'order':>5} {'budget':>6} {'BIP Q':>7} {'rand Q mean':>11} {'rand Q max':>10} {'Q beaten':>9} "
+          f"{'BIP G':>7} {'rand G mean':>11} {'G beaten':>9} {'AHP beaten':>10} {'sec':>6}")
+    for k in max_orders:
+        for b in budgets:
+            t0 = time.perf_counter()
+            best = solve_policy(aff, b, max_order=k)
+            q_best = float(np.mean(list(evaluate_policy(best, quality_table).values())))
+            g_best = float(np.mean(list(evaluate_policy(best, gain_table).values())))
+            q_rand, g_rand, o_rand = [], [], []
+            for pol in random_feasible_policies(aff, b, n_random, rng, max_order=k):
+                q_rand.append(np.mean(list(evaluate_policy(pol, quality_table).values())))
+                g_rand.append(np.mean(list(evaluate_policy(pol, gain_table).values())))
+                o_rand.append(pol.objective)
+            q_rand_a, g_rand_a = np.array(q_rand), np.array(g_rand)
+            print(f"{k:5d} {b:6d} {q_best:7.3f} {q_rand_a.mean():11.3f} {q_rand_a.max():10.3f} "
+                  f"{np.mean(q_rand_a < q_best):9.1%} {g_best:7.3f} {g_rand_a.mean():11.3f} "
+                  f"{np.mean(g_rand_a < g_best):9.1%} {np.mean(np.array(o_rand) < best.objective):10.1%} "
+                  f"{time.perf_counter() - t0:6.1f}")
+    print("('beaten' = fraction of random policies strictly worse than the BIP policy; 'AHP beaten' uses the")
+    print(" BIP's own objective, the sum of AHP affinities, which the BIP maximises by construction.)")
+
+
+def data_checks() -> None:
+    """Print properties of the published tables and of the policies they produce."""
+    print("\n== Data checks ==")
+    for name in BUILTIN_SETTINGS:
+        aff = builtin_affinity(name)
+        sums = [sum(o.value for o in aff.options_for(t)) for t in aff.targets]
+        beat_self = [t for t in aff.targets
+                     if max(o.value for o in aff.options_for(t) if not o.is_self) > aff.value(["self"], t)]
+        weak_self = sorted((aff.value(["self"], t), t) for t in aff.targets)[:3]
+        non_target_sources = sorted(set(aff.tasks) - set(aff.targets) - set(aff.source_only))
+        print(f"{name}: {len(aff.transfers)} rows, {len(aff.targets)} targets, {len(aff.tasks)} tasks, "
+              f"max order {aff.max_order}; per-target sums in [{min(sums):.6f}, {max(sums):.6f}]")
+        print(f"  sources that are neither targets nor source-only (cost 1 like any task): {non_target_sources}")
+        print(f"  targets where some transfer has higher p than the supervised network: {beat_self}")
+        print("  weakest self affinities: " + ", ".join(f"{t} {v:.2g}" for v, t in weak_self))
+        print(f"  minimum budget without free source-only tasks: {minimum_budget(aff, source_only=()):g}")
+        n = len(aff.tasks)
+        for k in sorted({1, 2, min(4, aff.max_order)}):
+            full = solve_policy(aff, n, max_order=k)
+            both = sorted(set(full.supervised) & {tr.target for tr in full.transfers})
+            print(f"  budget {n}, max order {k}: supervises {len(full.supervised)} tasks, "
+                  f"{len(full.transfers)} targets by transfer {[tr.target for tr in full.transfers]}, "
+                  f"supervised-but-transferred {both}")
+        small = [solve_policy(aff, b, max_order=2) for b in (1, 2, 3, 5)]
+        print("  first picks (order<=2): " + "; ".join(f"b={p.budget:g}: {p.supervised}" for p in small))
+        paper = solve_policy(aff, 26, max_order=2, cost=dict.fromkeys(aff.source_only, 1.0))
+        print(f"  paper budget convention (source-only cost 1), budget 26: cost {paper.cost:g}, "
+              f"supervised {len(paper.supervised)}, source-only used {paper.source_only_used}")
+
+
+def main() -> None:
+    t0 = time.perf_counter()
+    data_checks()
+    bip_timing()
+    significance_test()
+    print(f"\ntotal benchmark time {time.perf_counter() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
