@@ -294,8 +294,8 @@ class TaskOps(RecordOps):
 
         prec = self.resolve_probe(probe)
         va, vb = self.task_vector(a, prec.name, method), self.task_vector(b, prec.name, method)
-        if asym:
-            return float(d_asym(va, vb, self.trivial(prec.name, method), alpha=alpha))
+        if asym:  # distances.d_asym takes (target, source): the complexity term is the source's
+            return float(d_asym(vb, va, self.trivial(prec.name, method), alpha=alpha))
         return float(d_sym(va, vb))
 
     def neighbors(self, name: str, k: int = 5, *, probe: str | None = None, method: str = "montecarlo",
