@@ -27,7 +27,7 @@ import numpy as np
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
 from taskreg.registry.index import IndexStore, build_index, kind_name
-from taskreg.registry.tracking import Tracker
+from taskreg.registry.tracking import Tracker, recorded_root, relocate
 
 if TYPE_CHECKING:
     import faiss
@@ -94,6 +94,10 @@ class RegistryCore:
         reg = cls(Path(root) if root is not None else default_root())
         if not reg.catalog_path.exists():
             raise TaskregError(f"no registry at {reg.root} (run `taskreg init` or pass --registry DIR)")
+        recorded = recorded_root(reg.root / "mlflow.db")
+        if recorded is not None and recorded != reg.root:
+            with reg.lock():  # the registry was copied or restored elsewhere: point MLflow at our artifacts
+                relocate(reg.root / "mlflow.db", recorded, reg.root)
         with reg.read() as con:
             version = catalog.schema_version(con)
         if version < catalog.SCHEMA_VERSION:

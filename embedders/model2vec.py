@@ -1,0 +1,170 @@
+"""Model2Vec (Achille et al. 2019, Sect. 3.4): co-embed experts (models) with tasks for model selection.
+
+Each expert i gets a vector ``m_i = F_i + b_i`` in Task2Vec space, where F_i is the Task2Vec embedding
+of the task it was trained on (zeros if unknown) and b_i a learned "model bias". The biases are fit
+so that the expert closest to a task in the asymmetric score is the one with the lowest error:
+
+    p(best = j | t) = softmax_j( -d_asym(t, m_j) / tau ),   d_asym(t, m) = d_sym(t, m) - alpha d_sym(m, t0)
+
+minimising the cross-entropy against the measured best expert of each training task (ties share the
+target mass; experts without a measured error are masked out; tasks with fewer than two measured
+experts are skipped). The temperature tau is learned as well.
+
+Implementation notes
+--------------------
+* All embeddings are divided by one scalar (the mean of the task vectors) before fitting; d_sym and
+  d_asym are invariant to a common scale, so this only conditions the optimisation.
+* m_i is parameterised as ``exp(theta_i)`` so it stays strictly positive (d_sym needs m >= 0). It is
+  initialised at F_i (entries clamped to >= 1e-6 of the mean scale) or, when F_i is unknown (all
+  zeros), at the mean task vector, which is also the anchor of the ``l2`` penalty on log(m / anchor).
+* Full-batch Adam, deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from taskreg.embedders.distances import d_asym_many
+from taskreg.embedders.probes import to_device
+from taskreg.errors import TaskregError
+
+__all__ = ["Model2Vec", "fit_model2vec", "rank"]
+
+_REL_EPS = 1e-6
+
+
+@dataclass
+class Model2Vec:
+    """Fitted expert embeddings.
+
+    vectors : (E, D) float32, m_i = F_i + b_i (strictly positive).
+    biases : (E, D) float32, b_i = m_i - F_i.
+    loss_history : cross-entropy (data term) per epoch.
+    """
+
+    vectors: np.ndarray
+    biases: np.ndarray
+    loss_history: list[float] = field(default_factory=list)
+    temperature: float = 1.0
+    alpha: float = 0.15
+    n_tasks_used: int = 0
+
+
+def _d_sym_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Differentiable d_sym between rows: a (T, D), b (E, D), both > 0 -> (T, E)."""
+    s = a[:, None, :] + b[None, :, :]
+    u = a[:, None, :] / s
+    v = b[None, :, :] / s
+    cos = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1)).clamp_min(1e-30)
+    return 1.0 - cos
+
+
+def _check(name: str, arr: np.ndarray, ndim: int, *, allow_nan: bool = False) -> np.ndarray:
+    a = np.asarray(arr, dtype=np.float64)
+    if a.ndim != ndim:
+        raise TaskregError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if allow_nan:
+        if np.isinf(a).any():
+            raise TaskregError(f"{name} contains infinite values")
+    elif not np.isfinite(a).all():
+        raise TaskregError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def fit_model2vec(
+    task_vectors: np.ndarray,
+    expert_base: np.ndarray,
+    errors: np.ndarray,
+    *,
+    t0: np.ndarray,
+    alpha: float = 0.15,
+    epochs: int = 300,
+    lr: float = 0.05,
+    l2: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Model2Vec:
+    """Learn Model2Vec expert embeddings.
+
+    Parameters
+    ----------
+    task_vectors : (T, D) non-negative Task2Vec embeddings of the training tasks.
+    expert_base : (E, D) Task2Vec embedding of each expert's training task (a zero row if unknown).
+    errors : (T, E) test error of expert e on task t; NaN = not measured.
+    t0 : (D,) trivial embedding; alpha : weight of the complexity term of d_asym.
+    epochs, lr : full-batch Adam steps and learning rate; l2 : penalty on log(m / anchor).
+
+    Returns
+    -------
+    Model2Vec. Raises TaskregError on bad shapes/values or if no task has two measured experts.
+    """
+    tv = _check("task_vectors", task_vectors, 2)
+    eb = _check("expert_base", expert_base, 2)
+    err = _check("errors", errors, 2, allow_nan=True)
+    t0v = _check("t0", t0, 1)
+    n_t, d = tv.shape
+    n_e = eb.shape[0]
+    if eb.shape[1] != d or t0v.shape[0] != d:
+        raise TaskregError(f"dimension mismatch: task_vectors D={d}, expert_base D={eb.shape[1]}, t0 D={t0v.shape[0]}")
+    if err.shape != (n_t, n_e):
+        raise TaskregError(f"errors must have shape (T, E) = ({n_t}, {n_e}), got {err.shape}")
+    if (tv < 0).any() or (eb < 0).any() or (t0v < 0).any():
+        raise TaskregError("task_vectors, expert_base and t0 must be non-negative")
+    if int(epochs) < 1 or not lr > 0 or l2 < 0:
+        raise TaskregError(f"need epochs >= 1, lr > 0, l2 >= 0; got {epochs}, {lr}, {l2}")
+
+    measured = ~np.isnan(err)
+    keep = measured.sum(1) >= 2
+    if not keep.any():
+        raise TaskregError("nothing to fit: no task has test errors measured for at least two experts")
+    scale = float(tv[keep].mean())
+    if not scale > 0:
+        raise TaskregError("nothing to fit: the task vectors are all zero")
+
+    dev = to_device(device)
+    torch.manual_seed(seed)
+    tasks = torch.as_tensor(tv[keep] / scale, dtype=torch.float32, device=dev).clamp_min(0.0)
+    t0_t = torch.as_tensor(t0v / scale, dtype=torch.float32, device=dev)
+    mask = torch.as_tensor(measured[keep], device=dev)
+    err_k = np.where(measured[keep], err[keep], np.inf)
+    best = err_k == err_k.min(axis=1, keepdims=True)
+    target = torch.as_tensor(best / best.sum(1, keepdims=True), dtype=torch.float32, device=dev)
+
+    mean_task = tv[keep].mean(0) / scale
+    known = eb.sum(1) > 0
+    anchor = np.where(known[:, None], eb / scale, mean_task[None, :])
+    anchor = np.maximum(anchor, _REL_EPS)
+    log_anchor = torch.as_tensor(np.log(anchor), dtype=torch.float32, device=dev)
+    theta = log_anchor.clone().requires_grad_(True)
+    log_tau = torch.tensor(np.log(0.05), dtype=torch.float32, device=dev, requires_grad=True)
+    opt = torch.optim.Adam([theta, log_tau], lr=lr)
+    history: list[float] = []
+    for _ in range(int(epochs)):
+        m = theta.exp()
+        score = _d_sym_t(tasks, m) - alpha * _d_sym_t(t0_t[None, :], m)  # (T, E) d_asym
+        tau = log_tau.clamp(min=np.log(1e-3)).exp()
+        logits = (-score / tau).masked_fill(~mask, float("-inf"))
+        logp = torch.log_softmax(logits, dim=1).masked_fill(~mask, 0.0)
+        ce = -(target * logp).sum(1).mean()
+        loss = ce + l2 * (theta - log_anchor).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(float(ce.detach()))
+
+    vectors = (theta.detach().exp().cpu().numpy() * scale).astype(np.float32)
+    return Model2Vec(
+        vectors=vectors, biases=(vectors - eb).astype(np.float32), loss_history=history,
+        temperature=float(log_tau.detach().clamp(min=np.log(1e-3)).exp()), alpha=float(alpha),
+        n_tasks_used=int(keep.sum()),
+    )
+
+
+def rank(query: np.ndarray, model2vec: Model2Vec, t0: np.ndarray, alpha: float | None = None) -> np.ndarray:
+    """Expert indices, best first, by ascending d_asym(query, m_j). query, t0 : (D,). Returns (E,) int64."""
+    a = model2vec.alpha if alpha is None else alpha
+    scores = d_asym_many(query, model2vec.vectors, t0, a)
+    return np.argsort(scores, kind="stable").astype(np.int64)

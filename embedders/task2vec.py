@@ -1,0 +1,539 @@
+"""Task2Vec (Achille et al., 2019): embed a labelled image dataset as the per-filter Fisher information
+of a fixed probe network.
+
+Pipeline of :func:`embed` (paper Sect. 3.1):
+
+1. deep-copy the probe (the caller's model is never modified), BatchNorm in eval mode throughout;
+2. compute the frozen features ``z = probe.features(x)`` once and train a fresh linear head for the
+   task's classes on them (softmax regression, zero-initialised, Adam, deterministic);
+3. estimate the diagonal Fisher of the feature extractor's convolution weights (BatchNorm and the
+   head are skipped) and average it over the weights of each filter (output channel). The vector has
+   one entry per filter (4,800 for ResNet-18, 336 for cifar_resnet8), in :func:`fisher_layout` order.
+
+Estimators
+----------
+``montecarlo`` -- exact per-sample diagonal Fisher with labels sampled from the model:
+    F_f = 1/N sum_i 1/|f| sum_{k in f} (d/dw_k log p(y_i | x_i))^2,  y_i ~ p_w(y | x_i).
+    Per-sample squared gradients are computed *exactly* without per-sample backward passes
+    (the "per-example gradient" trick of Goodfellow 2015 for conv layers): forward hooks keep each
+    conv's input ``a`` and tensor hooks its output gradient ``g``; the per-sample weight gradient is
+    ``g_i @ unfold(a_i)^T``. Because only the per-filter *sum of squares* is needed, layers with few
+    output positions P use the Gram form ``sum_o g_io^T (A_i^T A_i) g_io`` instead (cost O(P^2 K)
+    rather than O(O P K)); the cheaper of the two is picked per layer. Autograd only computes the
+    gradients w.r.t. activations (the weights are frozen), so the whole pass costs about one
+    forward+backward of ordinary training. Why not the cheaper "square of the batch-sum gradient"?
+    With labels drawn from the model the scores have zero conditional mean, so it would be unbiased
+    too, but its variance grows with the batch size (cross terms g_i g_j); the exact per-sample
+    estimator has no such batch-size dependence. Why not torch.func vmap(grad)? It materialises
+    every per-sample gradient of every weight (B x 11 M floats for ResNet-18) and was slower on CPU.
+    Labels are drawn by inverse-CDF sampling over the classes sorted by probability, so a relabelling
+    of the classes (with a head that is then exactly permuted) draws exactly the same samples.
+
+``variational`` -- the paper's robust estimator: a per-filter Gaussian posterior N(w_hat, Lambda^-1)
+    around the probe's weights with one precision Lambda_f per filter, learned by minimising
+        mean CE under weight noise + beta/N * sum_f |f| KL(N(0, 1/Lambda_f) || N(0, 1/lambda2))
+    with Adam, using the local reparameterisation trick (the noise is injected on each conv output:
+    var(out_o) = Lambda_o^-1 * conv(a^2, ones)). To second order the optimum is
+    ``Lambda_f = lambda2 + (N/beta) F_f``: the learned precision is the Fisher, shifted towards the
+    prior when data are few or uninformative. The embedding is Lambda (per filter) and the trivial
+    embedding t0 is the prior precision ``lambda2`` in every coordinate.
+
+Trivial embedding of ``montecarlo``: the Fisher of a task without information is 0 (a head that
+predicts a constant distribution has zero scores), which makes d_sym(., t0) degenerate. We instead use
+a fixed reference "noise task", derived deterministically from the probe: ``TRIVIAL_N`` images of
+uniform noise labelled by a fixed random linear head (10 classes, logits of unit scale). Its labels
+carry no information about any real dataset, so distance from it measures how specific (complex) a
+task is for this probe. It is fixed per probe and seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from taskreg.embedders.probes import ProbeSpec, adapt_inputs, to_device
+from taskreg.errors import TaskregError
+
+__all__ = [
+    "METHODS",
+    "TaskEmbedding",
+    "balanced_subsample",
+    "domain_embedding",
+    "embed",
+    "fisher_layout",
+    "trivial_embedding",
+]
+
+METHODS = ("montecarlo", "variational")
+DEFAULT_PRIOR_PRECISION = 1e3  # lambda^2: prior weight-noise std 1/sqrt(1e3) ~ 0.03
+DEFAULT_BETA = 1.0
+TRIVIAL_N = 256
+_EPS = 1e-12
+_MAX_CHUNK_FLOATS = 32_000_000  # per-sample gradient buffer limit (~128 MB) before splitting the batch
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class TaskEmbedding:
+    """A Task2Vec embedding and how it was obtained.
+
+    vector : (D,) float32, one value per probe filter (order given by ``layout``).
+    layout : [(conv weight name, number of filters)], the blocks of ``vector`` in order.
+    """
+
+    vector: np.ndarray
+    method: str
+    arch: str
+    n_samples: int
+    n_classes: int
+    seed: int
+    layout: list[tuple[str, int]] = field(default_factory=list)
+    head_train_accuracy: float = float("nan")
+    head_train_loss: float = float("nan")
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Convolutions of the feature extractor (everything except the ``fc`` head), in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and not n.startswith("fc")]
+
+
+def fisher_layout(model: nn.Module) -> list[tuple[str, int]]:
+    """[(conv weight name, n filters)] -- the coordinates of a Task2Vec vector for this probe."""
+    return [(f"{n}.weight", int(m.out_channels)) for n, m in _convs(model)]
+
+
+def balanced_subsample(y: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
+    """Indices of a class-balanced random subset of at most ``max_samples`` items (sorted).
+
+    Each class gets an equal share (classes smaller than their share give all their items and the
+    rest is redistributed). Choices depend on a seeded global permutation, not on the class ids, so
+    relabelling the classes selects the same items.
+
+    y : (N,) labels. Returns (M,) int64 indices, M = min(N, max_samples).
+    """
+    n = int(y.shape[0])
+    if max_samples is None or max_samples >= n:
+        return np.arange(n, dtype=np.int64)
+    if max_samples < 1:
+        raise TaskregError(f"max_samples must be >= 1, got {max_samples}")
+    order = np.random.default_rng(seed).permutation(n)
+    classes, first_pos = [], []
+    members: dict[int, np.ndarray] = {}
+    y_perm = y[order]
+    for c in np.unique(y):
+        pos = np.flatnonzero(y_perm == c)
+        members[int(c)] = order[pos]
+        classes.append(int(c))
+        first_pos.append(int(pos[0]))
+    # water-filling of quotas; leftover single items go to classes in order of first appearance
+    classes = [c for _, c in sorted(zip(first_pos, classes, strict=True))]
+    quota = dict.fromkeys(classes, 0)
+    remaining = int(max_samples)
+    open_classes = list(classes)
+    while remaining > 0 and open_classes:
+        share = max(1, remaining // len(open_classes))
+        for c in list(open_classes):
+            if remaining == 0:
+                break
+            take = min(share, len(members[c]) - quota[c], remaining)
+            quota[c] += take
+            remaining -= take
+            if quota[c] >= len(members[c]):
+                open_classes.remove(c)
+    idx = np.concatenate([members[c][: quota[c]] for c in classes])
+    return np.sort(idx).astype(np.int64)
+
+
+def _validate_xy(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> tuple[int, np.ndarray]:
+    y_np = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if y_np.ndim != 1:
+        raise TaskregError(f"y must be a 1-D label array, got shape {y_np.shape}")
+    if not np.issubdtype(y_np.dtype, np.integer):
+        raise TaskregError(f"y must hold integer class labels, got dtype {y_np.dtype}")
+    n = int(x.shape[0]) if hasattr(x, "shape") else len(x)
+    if y_np.shape[0] != n:
+        raise TaskregError(f"x has {n} images but y has {y_np.shape[0]} labels")
+    return n, y_np
+
+
+@torch.no_grad()
+def _features(model: nn.Module, xt: torch.Tensor, batch_size: int, dev: torch.device,
+              tick: Callable[[], None] | None = None) -> torch.Tensor:
+    """Frozen probe features. xt : (N, 3, S, S) adapted -> (N, D) float32 on CPU."""
+    out = []
+    for i in range(0, xt.shape[0], batch_size):
+        out.append(model.features(xt[i : i + batch_size].to(dev)).float().cpu())
+        if tick is not None:
+            tick()
+    return torch.cat(out)
+
+
+def _train_head(z: torch.Tensor, y: torch.Tensor, k: int, *, epochs: int, lr: float, weight_decay: float,
+                batch_size: int, gen: torch.Generator) -> tuple[nn.Linear, float, float]:
+    """Zero-initialised softmax regression on standardised features, folded back to raw features.
+
+    z : (N, D) features, y : (N,) labels 0..K-1. Returns (head on raw features, train acc, train loss).
+    Zero init + a label-independent batch order make the result exactly equivariant to relabelling.
+    """
+    mu = z.mean(0)
+    sd = z.std(0, unbiased=False).clamp_min(1e-6)
+    zs = (z - mu) / sd
+    lin = nn.Linear(z.shape[1], k)
+    nn.init.zeros_(lin.weight)
+    nn.init.zeros_(lin.bias)
+    opt = torch.optim.Adam(lin.parameters(), lr=lr, weight_decay=weight_decay)
+    n = z.shape[0]
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            loss = F.cross_entropy(lin(zs[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        logits = lin(zs)
+        loss = float(F.cross_entropy(logits, y))
+        acc = float((logits.argmax(1) == y).float().mean())
+        head = nn.Linear(z.shape[1], k)
+        head.weight.copy_(lin.weight / sd)
+        head.bias.copy_(lin.bias - (lin.weight * (mu / sd)).sum(1))
+    return head, acc, loss
+
+
+def _sample_labels(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One label per row from softmax(logits), by inverse CDF over classes sorted by probability."""
+    p = torch.softmax(logits.detach().float().cpu(), dim=1)
+    p_sorted, order = torch.sort(p, dim=1, descending=True, stable=True)
+    cdf = p_sorted.cumsum(1)
+    u = torch.rand(p.shape[0], 1, generator=gen) * cdf[:, -1:]
+    pos = torch.searchsorted(cdf, u).clamp_max(p.shape[1] - 1)
+    return order.gather(1, pos).squeeze(1).to(logits.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Exact per-sample Fisher (Monte Carlo labels)
+# --------------------------------------------------------------------------------------------------
+
+
+def _per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """sum_i sum_{k in filter o} (dL_i/dW_ok)^2 for each output channel o -> (O,).
+
+    a : (B, C, H, W) conv input, g : (B, O, Ho, Wo) gradient of sum_i L_i w.r.t. the conv output.
+    """
+    if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise TaskregError("Task2Vec supports plain convolutions only (groups=1, numeric zero padding)")
+    b, o = g.shape[0], g.shape[1]
+    k = a.shape[1] * conv.kernel_size[0] * conv.kernel_size[1]
+    p = g.shape[2] * g.shape[3]
+    use_gram = p * p * k + o * p * p < o * p * k
+    per_sample = p * p if use_gram else o * k
+    chunk = max(1, _MAX_CHUNK_FLOATS // max(1, per_sample + k * p))
+    total = torch.zeros(o, dtype=torch.float32, device=g.device)
+    for s in range(0, b, chunk):
+        cols = F.unfold(a[s : s + chunk], conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (b,K,P)
+        gs = g[s : s + chunk].reshape(-1, o, p)  # (b, O, P)
+        if use_gram:
+            gram = torch.bmm(cols.transpose(1, 2), cols)  # (b, P, P)
+            total += (torch.bmm(gs, gram) * gs).sum(dim=(0, 2))
+        else:
+            grads = torch.bmm(gs, cols.transpose(1, 2))  # (b, O, K) per-sample weight gradients
+            total += grads.square().sum(dim=(0, 2))
+    return total
+
+
+class _FisherAccumulator:
+    """Hooks on every feature-extractor conv that add per-sample squared weight gradients per filter."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.convs = _convs(model)
+        self.sums = [torch.zeros(m.out_channels, dtype=torch.float64) for _, m in self.convs]
+        self.handles = [m.register_forward_hook(self._make_hook(i)) for i, (_, m) in enumerate(self.convs)]
+
+    def _make_hook(self, i: int) -> Callable[..., None]:
+        def hook(mod: nn.Conv2d, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            if not out.requires_grad:
+                return
+            a = inputs[0].detach()
+
+            def on_grad(g: torch.Tensor) -> None:
+                self.sums[i] += _per_filter_sq_grad_sum(mod, a, g.detach()).double().cpu()
+
+            out.register_hook(on_grad)
+
+        return hook
+
+    def per_filter_mean(self, n_samples: int) -> np.ndarray:
+        """(D,) mean over samples of the per-filter average squared gradient."""
+        parts = []
+        for (_, m), s in zip(self.convs, self.sums, strict=True):
+            per_filter = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            parts.append(s / max(1, n_samples) / max(1, per_filter))
+        return torch.cat(parts).numpy().astype(np.float32)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _montecarlo_fisher(net: nn.Module, xt: torch.Tensor, batch_size: int, dev: torch.device,
+                       gen: torch.Generator, tick: Callable[[], None] | None = None,
+                       labels: torch.Tensor | None = None) -> np.ndarray:
+    """Per-filter Fisher of ``net`` (head included, weights frozen) on adapted images xt (N, 3, S, S).
+
+    Labels are sampled from the model unless ``labels`` (N,) is given (then it is the empirical
+    Fisher; used by tests to check the per-sample computation against autograd).
+    """
+    for prm in net.parameters():
+        prm.requires_grad_(False)
+    acc = _FisherAccumulator(net)
+    try:
+        for i in range(0, xt.shape[0], batch_size):
+            xb = xt[i : i + batch_size].to(dev).requires_grad_(True)
+            logits = net(xb)
+            yb = _sample_labels(logits, gen) if labels is None else labels[i : i + batch_size].to(dev)
+            F.cross_entropy(logits, yb, reduction="sum").backward()
+            if tick is not None:
+                tick()
+    finally:
+        acc.remove()
+    return acc.per_filter_mean(xt.shape[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Variational (robust) estimator
+# --------------------------------------------------------------------------------------------------
+
+
+def _variational_fisher(net: nn.Module, xt: torch.Tensor, y: torch.Tensor, *, batch_size: int, epochs: int,
+                        lr: float, prior_precision: float, beta: float, dev: torch.device,
+                        gen: torch.Generator, tick: Callable[[], None] | None = None) -> np.ndarray:
+    """Learned per-filter posterior precision Lambda (D,) with the local reparameterisation trick."""
+    for prm in net.parameters():
+        prm.requires_grad_(False)
+    convs = _convs(net)
+    log_prec = [torch.full((m.out_channels,), math.log(prior_precision), device=dev, requires_grad=True)
+                for _, m in convs]
+    sizes = [float(m.in_channels * m.kernel_size[0] * m.kernel_size[1]) for _, m in convs]
+    noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+
+    def make_hook(i: int) -> Callable[..., torch.Tensor]:
+        ones = torch.ones(1, convs[i][1].in_channels, *convs[i][1].kernel_size, device=dev)
+
+        def hook(mod: nn.Conv2d, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+            a = inputs[0]
+            energy = F.conv2d(a * a, ones, None, mod.stride, mod.padding, mod.dilation)  # (B, 1, Ho, Wo)
+            var = torch.exp(-log_prec[i]).view(1, -1, 1, 1) * energy
+            eps = torch.randn(out.shape, generator=noise_gen, device=out.device, dtype=out.dtype)
+            return out + torch.sqrt(var.clamp_min(1e-20)) * eps
+
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(i)) for i, (_, m) in enumerate(convs)]
+    n = xt.shape[0]
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    total = max(1, epochs * steps_per_epoch)
+    opt = torch.optim.Adam(log_prec, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    lp2 = math.log(prior_precision)
+    try:
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=gen)
+            for j in range(steps_per_epoch):
+                idx = perm[j * batch_size : (j + 1) * batch_size]
+                ce = F.cross_entropy(net(xt[idx].to(dev)), y[idx].to(dev))
+                # KL(N(0, 1/L) || N(0, 1/l2)) per weight = 0.5 (l2/L - 1 + log L - log l2)
+                kl = sum(s * 0.5 * (torch.exp(lp2 - lp) - 1 + lp - lp2).sum()
+                         for s, lp in zip(sizes, log_prec, strict=True))
+                loss = ce + beta / n * kl
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if tick is not None:
+                    tick()
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat([lp.detach().exp().cpu() for lp in log_prec]).numpy().astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------
+
+
+def embed(
+    model: nn.Module,
+    spec: ProbeSpec,
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    *,
+    method: str = "montecarlo",
+    max_samples: int | None = None,
+    batch_size: int = 64,
+    head_epochs: int = 20,
+    head_lr: float = 0.01,
+    head_weight_decay: float = 1e-3,
+    var_epochs: int = 3,
+    var_lr: float = 0.1,
+    prior_precision: float = DEFAULT_PRIOR_PRECISION,
+    beta: float = DEFAULT_BETA,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+) -> TaskEmbedding:
+    """Task2Vec embedding of the labelled dataset (x, y) on the probe ``model``.
+
+    Parameters
+    ----------
+    model : a ProbeNet (``features`` + ``fc``); deep-copied, never modified.
+    spec : how to adapt the images to the probe (size, channels, normalisation).
+    x : (N, C, H, W) float32 in [0, 1], C = 1 or 3, any H, W.
+    y : (N,) integer labels (any K distinct values; remapped to 0..K-1, the embedding does not
+        depend on the naming of the classes).
+    method : "montecarlo" (exact per-sample Fisher, sampled labels) or "variational" (robust estimator).
+    max_samples : class-balanced seeded subsample of this size when N is larger.
+    batch_size : images per forward/backward pass (does not change the montecarlo scale).
+    head_epochs, head_lr, head_weight_decay : training of the linear head on frozen features.
+    var_epochs, var_lr, prior_precision, beta : variational estimator (epochs over the data, Adam lr
+        on log-precision, prior precision lambda^2, KL weight beta).
+    progress : called with (done, total) work units.
+
+    Returns
+    -------
+    TaskEmbedding with ``vector`` (D,) float32, D = number of probe filters.
+    """
+    t_start = time.perf_counter()
+    if method not in METHODS:
+        raise TaskregError(f"unknown Task2Vec method {method!r}; choose one of {', '.join(METHODS)}")
+    for name, v in (("batch_size", batch_size), ("head_epochs", head_epochs), ("var_epochs", var_epochs)):
+        if int(v) < 1:
+            raise TaskregError(f"{name} must be >= 1, got {v}")
+    if not (prior_precision > 0 and beta > 0):
+        raise TaskregError(f"prior_precision and beta must be > 0, got {prior_precision} and {beta}")
+    if not hasattr(model, "features") or not hasattr(model, "fc"):
+        raise TaskregError("model must be a probe with .features(x) and an .fc head (see taskreg.embedders.probes)")
+    dev = to_device(device)
+    n, y_np = _validate_xy(x, y)
+    idx = balanced_subsample(y_np, max_samples, seed)
+    classes, y_idx = np.unique(y_np[idx], return_inverse=True)
+    k = len(classes)
+    x_sel = x[torch.as_tensor(idx)] if isinstance(x, torch.Tensor) else np.asarray(x)[idx]
+    xt = adapt_inputs(x_sel, spec).cpu()
+    yt = torch.as_tensor(y_idx.reshape(-1), dtype=torch.int64)
+    m = xt.shape[0]
+
+    n_batches = math.ceil(m / batch_size)
+    fisher_units = n_batches if method == "montecarlo" else var_epochs * n_batches
+    total_units = n_batches + head_epochs + fisher_units
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(min(done, total_units), total_units)
+
+    gen = torch.Generator().manual_seed(seed)
+    net = copy.deepcopy(model).to(dev).eval()
+    z = _features(net, xt, batch_size, dev, tick)
+    head, acc, loss = _train_head(z, yt, k, epochs=head_epochs, lr=head_lr, weight_decay=head_weight_decay,
+                                  batch_size=256, gen=gen)
+    done += head_epochs - 1
+    tick()
+    net.fc = head.to(dev)
+    if method == "montecarlo":
+        vec = _montecarlo_fisher(net, xt, batch_size, dev, gen, tick)
+    else:
+        vec = _variational_fisher(net, xt, yt, batch_size=batch_size, epochs=var_epochs, lr=var_lr,
+                                  prior_precision=prior_precision, beta=beta, dev=dev, gen=gen, tick=tick)
+    vec = np.nan_to_num(vec, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+    return TaskEmbedding(
+        vector=vec, method=method, arch=str(getattr(model, "arch", type(model).__name__)), n_samples=m,
+        n_classes=k, seed=seed, layout=fisher_layout(net), head_train_accuracy=acc, head_train_loss=loss,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def trivial_embedding(
+    layout_or_model: Sequence[tuple[str, int]] | nn.Module,
+    method: str,
+    *,
+    spec: ProbeSpec | None = None,
+    prior_precision: float = DEFAULT_PRIOR_PRECISION,
+    n_classes: int = 10,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Embedding t0 of a task without information, used by ``d_asym`` (see the module docstring).
+
+    * variational: the prior precision ``prior_precision`` in every coordinate (layout or model).
+    * montecarlo: the exact Fisher of the fixed "noise task" of the probe (needs the model and spec):
+      ``TRIVIAL_N`` uniform-noise images, labels sampled from a seeded random linear head.
+
+    Returns (D,) float32.
+    """
+    if method not in METHODS:
+        raise TaskregError(f"unknown Task2Vec method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "variational":
+        layout = fisher_layout(layout_or_model) if isinstance(layout_or_model, nn.Module) else layout_or_model
+        d = sum(int(c) for _, c in layout)
+        if d == 0:
+            raise TaskregError("the probe layout has no filters")
+        return np.full(d, prior_precision, dtype=np.float32)
+    if not isinstance(layout_or_model, nn.Module) or spec is None:
+        raise TaskregError("the montecarlo trivial embedding needs the probe model and its ProbeSpec")
+    dev = to_device(device)
+    gen = torch.Generator().manual_seed(seed)
+    s = int(spec.input_size)
+    noise = torch.rand(TRIVIAL_N, spec.in_chans, s, s, generator=gen)
+    xt = adapt_inputs(noise, spec)
+    net = copy.deepcopy(layout_or_model).to(dev).eval()
+    z = _features(net, xt, batch_size, dev)
+    head = nn.Linear(z.shape[1], n_classes)
+    with torch.no_grad():
+        w = torch.randn(n_classes, z.shape[1], generator=gen)
+        zc = z - z.mean(0)
+        scale = (zc @ w.T).std().clamp_min(_EPS)  # logits of unit standard deviation
+        head.weight.copy_(w / scale)
+        head.bias.copy_(-(head.weight @ z.mean(0)))
+    net.fc = head.to(dev)
+    return _montecarlo_fisher(net, xt, batch_size, dev, gen)
+
+
+@torch.no_grad()
+def domain_embedding(
+    model: nn.Module,
+    spec: ProbeSpec,
+    x: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Baseline "domain embedding": mean probe features over the images (ignores the labels).
+
+    x : (N, C, H, W) float in [0, 1]. Returns (feature_dim,) float32.
+    """
+    if int(batch_size) < 1:
+        raise TaskregError(f"batch_size must be >= 1, got {batch_size}")
+    dev = to_device(device)
+    xt = adapt_inputs(x, spec)
+    net = copy.deepcopy(model).to(dev).eval()
+    return _features(net, xt, batch_size, dev).mean(0).numpy().astype(np.float32)

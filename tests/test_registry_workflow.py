@@ -1,0 +1,173 @@
+"""End to end on a real registry (DuckDB + MLflow + Faiss in a temp dir) with small built-in data:
+probe → tasks → experts → expert×task results → Model2Vec → select, plus the bad inputs of these commands."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from taskreg.cli import app
+from taskreg.errors import TaskregError
+from taskreg.registry import Registry
+from tests.conftest import snapshot
+
+runner = CliRunner()
+
+SOURCES = {
+    "mnist-low": "builtin:mnist5k?classes=0,1,2,3,4&n=250&split=train",
+    "patches-a": "builtin:patches?classes=astronaut,coffee,chelsea,rocket,brick&n=250&split=train",
+    "faces": "builtin:faces?split=train",
+}
+QUERIES = {
+    "mnist-low": "builtin:mnist5k?classes=0,1,2,3,4&n=150&split=test",
+    "patches-a": "builtin:patches?classes=astronaut,coffee,chelsea,rocket,brick&n=150&split=test",
+}
+
+
+@pytest.fixture(scope="module")
+def built(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with a tiny probe, three experts (one per domain), their tasks, results and Model2Vec."""
+    root = tmp_path_factory.mktemp("workflow") / "reg"
+    shutil.copytree(registry_template, root)
+    reg = Registry.open(root)
+    reg.train_probe("default", arch="cifar_resnet8", epochs=2,
+                    sources=("builtin:digits?split=train", "builtin:patches?n=1000&split=train"))
+    for task, source in SOURCES.items():
+        reg.train_expert(f"exp-{task}", source, task_name=task, epochs=2)
+    for task, source in QUERIES.items():
+        reg.add_task(f"{task}-q", source, max_samples=150)
+    done, skipped = reg.evaluate()
+    assert (done, skipped) == (15, 0)
+    info = reg.fit_model2vec(epochs=200)
+    assert info["final_loss"] < info["initial_loss"]  # Model2Vec reduces its training loss
+    return root
+
+
+@pytest.fixture
+def reg_copy(built: Path, tmp_path: Path) -> Registry:
+    root = tmp_path / "reg"
+    shutil.copytree(built, root)
+    return Registry.open(root)
+
+
+def test_registry_is_consistent_and_resumes_evaluation(reg_copy: Registry) -> None:
+    assert reg_copy.check().ok
+    assert reg_copy.evaluate() == (0, 15)  # everything already measured: nothing recomputed
+    names = [e.name for e in reg_copy.list_experts()]
+    models = reg_copy.tracker.registered_models()
+    for name in names:
+        assert models[f"expert-{name}"]["taskreg.kind"] == "expert"
+        assert models[f"expert-{name}"]["trained_on"] == name.removeprefix("exp-")
+
+
+@pytest.mark.parametrize("method", ["asym", "model2vec"])
+@pytest.mark.parametrize("task", sorted(QUERIES))
+def test_expert_of_the_query_source_ranks_first(built: Path, task: str, method: str) -> None:
+    res = runner.invoke(app, ["--registry", str(built), "select", "--data", QUERIES[task], "--method", method,
+                              "--top", "10", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["method"] == method and out["query"] == QUERIES[task]
+    assert [r["rank"] for r in out["results"]] == [1, 2, 3]  # --top larger than the experts means all
+    assert out["results"][0]["expert"] == f"exp-{task}"
+    assert out["results"][0]["trained_on"] == task
+    assert out["results"][0]["measured_error"] is not None  # the query is a registered task
+    assert set(out["results"][0]) == {"rank", "expert", "score", "trained_on", "measured_error"}
+
+
+def test_select_baselines_and_verify(built: Path) -> None:
+    reg = Registry.open(built)
+    q = QUERIES["mnist-low"]
+    for method in ("sym", "domain", "logme", "leep", "nce", "hscore", "generic", "random"):
+        out = reg.select(q, method=method, top=3)
+        assert len(out.results) == 3 and out.cost
+    out = reg.select(q, method="asym", top=1, verify=5)
+    assert len(out.verified) == 3 and out.measured_winner is not None
+    errors = [v["test_error"] for v in out.verified]
+    assert errors == sorted(errors)
+
+
+def test_task_commands(built: Path, tmp_path: Path) -> None:
+    r = str(built)
+    res = runner.invoke(app, ["--registry", r, "task", "distance", "mnist-low", "mnist-low-q", "--json"])
+    near = json.loads(res.stdout)
+    assert near["method"] == "sym" and 0 <= near["distance"] <= 1
+    far = json.loads(runner.invoke(app, ["--registry", r, "task", "distance", "mnist-low", "patches-a-q",
+                                         "--json"]).stdout)
+    assert near["distance"] < far["distance"]
+    asym = json.loads(runner.invoke(app, ["--registry", r, "task", "distance", "mnist-low", "mnist-low-q",
+                                          "--asym", "--json"]).stdout)
+    assert asym["method"] == "asym" and asym["distance"] < near["distance"]
+    nb = json.loads(runner.invoke(app, ["--registry", r, "task", "neighbors", "mnist-low-q", "-k", "2",
+                                        "--json"]).stdout)
+    assert nb["neighbors"][0]["name"] == "mnist-low"
+    png = tmp_path / "tasks.png"
+    res = runner.invoke(app, ["--registry", r, "task", "plot", str(png)])
+    assert res.exit_code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.mkdir, (self.marker,))
+
+
+def test_bad_expert_inputs_leave_the_registry_unchanged(reg_copy: Registry, tmp_path: Path) -> None:
+    root = str(reg_copy.root)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"conv1.weight": _Exploit(marker)}))
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"conv1.weight": torch.zeros(3, 3, 3, 3)}, wrong)
+    _, model, _ = reg_copy.load_expert("exp-faces")
+    good = tmp_path / "good.pt"
+    torch.save(model.state_dict(), good)
+    before = snapshot(reg_copy.root)
+    cases = [
+        ["expert", "add", "x", "--arch", "cifar_resnet8", "--weights", str(evil)],
+        ["expert", "add", "x", "--arch", "cifar_resnet8", "--weights", str(wrong)],
+        ["expert", "add", "x", "--arch", "resnet18", "--weights", str(good)],
+        ["expert", "add", "x", "--arch", "no_such_arch", "--weights", str(good)],
+        ["expert", "add", "x", "--arch", "cifar_resnet8", "--weights", str(tmp_path / "missing.pt")],
+        ["expert", "add", "exp-faces", "--arch", "cifar_resnet8", "--weights", str(good)],
+        ["expert", "add", "a/b", "--arch", "cifar_resnet8", "--weights", str(good)],
+        ["expert", "add", "x", "--arch", "cifar_resnet8", "--weights", str(good), "--trained-on", "ghost"],
+        ["expert", "show", "ghost"],
+        ["expert", "eval", "--experts", "ghost"],
+        ["select", "--data", QUERIES["mnist-low"], "--method", "nope"],
+        ["select", "--data", "builtin:digits?classes=4"],
+        ["task", "add", "mnist-low", "--data", "builtin:digits?classes=1,2"],
+        ["task", "add", "t'; DROP TABLE tasks; --", "--data", "builtin:digits?classes=1,2"],
+        ["task", "add", "x" * 10000, "--data", "builtin:digits?classes=1,2"],
+        ["task", "add", "x", "--data", "builtin:digits?classes=1,2", "--probe", "ghost"],
+        ["task", "add", "x", "--data", "builtin:digits?classes=1,2", "--method", "magic"],
+    ]
+    for args in cases:
+        res = runner.invoke(app, ["--registry", root, *args])
+        assert res.exit_code == 2, (args, res.output)
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, res.output)
+    assert not marker.exists()  # the pickle's code never ran
+    assert snapshot(reg_copy.root) == before
+
+
+def test_add_expert_from_weights_and_remove(reg_copy: Registry, tmp_path: Path) -> None:
+    _, model, _ = reg_copy.load_expert("exp-faces")
+    path = tmp_path / "w.pt"
+    torch.save(model.state_dict(), path)
+    rec = reg_copy.add_expert("user-expert", arch="cifar_resnet8", weights=path, trained_on="faces")
+    assert rec.trained_on == "faces" and rec.origin == "added"
+    assert reg_copy.check().ok
+    reg_copy.remove_expert("user-expert")
+    reg_copy.remove_task("patches-a-q")
+    assert reg_copy.check().ok
+    with pytest.raises(TaskregError, match="unknown expert"):
+        reg_copy.get_expert("user-expert")

@@ -1,0 +1,157 @@
+"""Tests of taskreg.embedders.task2vec on a tiny probe (cifar_resnet8) and sklearn digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+
+from taskreg.embedders.distances import d_sym
+from taskreg.embedders.probes import create_model, default_spec
+from taskreg.embedders.task2vec import (
+    _convs,
+    _montecarlo_fisher,
+    balanced_subsample,
+    domain_embedding,
+    embed,
+    fisher_layout,
+    trivial_embedding,
+)
+from taskreg.errors import TaskregError
+
+SPEC = default_spec("cifar_resnet8")
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    d = load_digits()
+    return (d.images[:120] / 16.0).astype(np.float32)[:, None], d.target[:120].astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def probe() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("cifar_resnet8")
+
+
+def test_layout_dimensions() -> None:
+    assert sum(c for _, c in fisher_layout(create_model("cifar_resnet8"))) == 16 + 2 * 16 + 3 * 32 + 3 * 64
+    layout18 = fisher_layout(create_model("resnet18"))
+    assert sum(c for _, c in layout18) == 64 + 4 * 64 + 5 * 128 + 5 * 256 + 5 * 512 == 4800
+    assert ("layer4.0.downsample.0.weight", 512) in layout18
+    assert all(not n.startswith("fc") for n, _ in layout18)
+
+
+def test_per_sample_fisher_matches_autograd(probe: torch.nn.Module) -> None:
+    net = create_model("cifar_resnet8", num_classes=3).eval()
+    x = torch.randn(5, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    fast = _montecarlo_fisher(net, x, 2, torch.device("cpu"), torch.Generator(), labels=y)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    sums = [torch.zeros(m.out_channels, dtype=torch.float64) for _, m in _convs(net)]
+    for i in range(5):  # one backward per sample: the definition
+        net.zero_grad()
+        F.cross_entropy(net(x[i : i + 1]), y[i : i + 1]).backward()
+        for s, (_, m) in zip(sums, _convs(net), strict=True):
+            s += m.weight.grad.double().square().flatten(1).mean(1)
+    ref = torch.cat(sums).numpy() / 5
+    assert np.allclose(fast, ref, rtol=1e-4, atol=1e-6 * ref.max())
+
+
+def test_embedding_shape_metadata_and_model_untouched(probe: torch.nn.Module, digits) -> None:
+    x, y = digits
+    before = {k: v.clone() for k, v in probe.state_dict().items()}
+    probe.train()
+    emb = embed(probe, SPEC, x, y, seed=0)
+    assert probe.training  # mode not changed
+    assert all(p.requires_grad for p in probe.parameters())
+    for k, v in probe.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert probe.fc.out_features == 10
+    assert emb.vector.shape == (336,) and emb.vector.dtype == np.float32
+    assert np.isfinite(emb.vector).all() and (emb.vector >= 0).all() and emb.vector.sum() > 0
+    assert emb.n_samples == 120 and emb.n_classes == 10 and emb.method == "montecarlo"
+    assert emb.layout == fisher_layout(probe) and emb.arch == "cifar_resnet8"
+    assert emb.head_train_accuracy > 0.5
+
+
+def test_deterministic_and_seed_dependent(probe: torch.nn.Module, digits) -> None:
+    x, y = digits
+    a = embed(probe, SPEC, x, y, seed=1)
+    b = embed(probe, SPEC, x, y, seed=1)
+    c = embed(probe, SPEC, x, y, seed=2)
+    assert np.array_equal(a.vector, b.vector)
+    assert not np.array_equal(a.vector, c.vector)
+    assert d_sym(a.vector, c.vector) < 0.1
+
+
+def test_label_permutation_invariance(probe: torch.nn.Module, digits) -> None:
+    x, y = digits
+    perm = np.array([3, 7, 1, 0, 9, 2, 5, 8, 4, 6])
+    a = embed(probe, SPEC, x, y, max_samples=90, seed=0)
+    b = embed(probe, SPEC, x, perm[y] + 100, max_samples=90, seed=0)  # renamed, shifted ids
+    assert np.allclose(a.vector, b.vector, rtol=1e-3, atol=1e-6 * a.vector.max())
+
+
+def test_montecarlo_scale_independent_of_batch_size(probe: torch.nn.Module, digits) -> None:
+    x, y = digits
+    a = embed(probe, SPEC, x, y, batch_size=30)
+    b = embed(probe, SPEC, x, y, batch_size=120)
+    assert a.vector.sum() == pytest.approx(b.vector.sum(), rel=1e-3)
+    assert d_sym(a.vector, b.vector) < 1e-4
+
+
+def test_balanced_subsample() -> None:
+    y = np.array([0] * 50 + [1] * 30 + [2] * 5)
+    idx = balanced_subsample(y, 40, seed=0)
+    counts = np.bincount(y[idx], minlength=3)
+    assert len(idx) == 40 and counts[2] == 5 and abs(counts[0] - counts[1]) <= 1
+    assert np.array_equal(idx, balanced_subsample(y, 40, seed=0))
+    assert np.array_equal(idx, balanced_subsample(np.array([2, 0, 1])[y], 40, seed=0))  # relabelling
+    assert not np.array_equal(idx, np.arange(40))
+    assert len(balanced_subsample(y, None, seed=0)) == 85
+
+
+@pytest.mark.parametrize("method", ["montecarlo", "variational"])
+def test_degenerate_tasks_give_finite_embeddings(probe: torch.nn.Module, method: str) -> None:
+    const = np.full((40, 1, 8, 8), 0.5, dtype=np.float32)
+    labels = np.arange(40) % 2
+    for yy in (labels, np.zeros(40, dtype=np.int64)):  # two classes on identical images; one class
+        emb = embed(probe, SPEC, const, yy, method=method, head_epochs=3, var_epochs=1)
+        assert np.isfinite(emb.vector).all()
+
+
+def test_variational_near_prior_for_shuffled_labels(probe: torch.nn.Module) -> None:
+    d = load_digits()  # needs more samples than the other tests: the head overfits shuffled labels less
+    x, y = (d.images[:300] / 16.0).astype(np.float32)[:, None], d.target[:300]
+    t0 = trivial_embedding(probe, "variational")
+    assert np.all(t0 == 1e3) and t0.shape == (336,)
+    real = embed(probe, SPEC, x, y, method="variational", var_epochs=2)
+    shuffled = embed(probe, SPEC, x, np.random.default_rng(0).permutation(y), method="variational", var_epochs=2)
+    d_real, d_shuf = d_sym(real.vector, t0), d_sym(shuffled.vector, t0)
+    assert d_shuf < d_real
+    assert np.median(shuffled.vector) / 1e3 < 1.3
+    assert (real.vector > 0).all()
+
+
+def test_trivial_and_domain_embeddings(probe: torch.nn.Module, digits) -> None:
+    t_mc = trivial_embedding(probe, "montecarlo", spec=SPEC)
+    assert t_mc.shape == (336,) and np.isfinite(t_mc).all() and t_mc.sum() > 0
+    assert np.array_equal(t_mc, trivial_embedding(probe, "montecarlo", spec=SPEC))
+    with pytest.raises(TaskregError):
+        trivial_embedding(fisher_layout(probe), "montecarlo")
+    dom = domain_embedding(probe, SPEC, digits[0])
+    assert dom.shape == (64,) and np.isfinite(dom).all()
+
+
+def test_input_validation(probe: torch.nn.Module, digits) -> None:
+    x, y = digits
+    with pytest.raises(TaskregError, match="method"):
+        embed(probe, SPEC, x, y, method="exact")
+    with pytest.raises(TaskregError, match="labels"):
+        embed(probe, SPEC, x, y[:10])
+    with pytest.raises(TaskregError, match="integer"):
+        embed(probe, SPEC, x, y.astype(np.float32))
