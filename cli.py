@@ -40,6 +40,9 @@ model2vec_app = typer.Typer(help="Model2Vec: learned expert embeddings m_i = F_i
 app.add_typer(model2vec_app, name="model2vec")
 affinity_app = typer.Typer(help="Taskonomy affinity sets (built-in, imported or built here).", no_args_is_help=True)
 app.add_typer(affinity_app, name="affinity")
+taskonomy_app = typer.Typer(help="The Taskonomy pipeline: task networks, transfers, win rates, affinities.",
+                            no_args_is_help=True)
+app.add_typer(taskonomy_app, name="taskonomy")
 app.add_typer(task_app, name="task")
 app.add_typer(expert_app, name="expert")
 app.add_typer(data_app, name="data")
@@ -706,6 +709,109 @@ def winrate(
                     "winrates": [{"sources": a.split("+"), "value": v} for a, v in rows]})
     else:
         print_table(f"{target}: win rate vs {vs} ({dictionary})", ["sources", "win rate"], rows)
+
+
+# --------------------------------------------------------------------------- taskonomy pipeline
+
+@contextmanager
+def stage_bars() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
+    """One rich progress bar per pipeline stage; yields ``new_stage(description) -> progress callback``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console_err()) as bars:
+
+        def new_stage(description: str) -> Callable[[int, int], None]:
+            task = bars.add_task(description, total=None)
+            return lambda done, total: bars.update(task, completed=done, total=total)
+
+        yield new_stage
+
+
+@taskonomy_app.command("build")
+@handle_errors
+def taskonomy_build(
+    dictionary: Annotated[str, typer.Option(help="'builtin', 'builtin-tiny' or a user dictionary .npz.")] = "builtin",
+    max_order: Annotated[int, typer.Option(help="Highest transfer order (beam search above 1).")] = 3,
+    beam: Annotated[int, typer.Option(help="First-order sources kept per target for higher orders.")] = 5,
+    executor: Annotated[str, typer.Option(help="local, local:N (processes) or ray[:ADDRESS].")] = "local",
+    n_images: Annotated[int, typer.Option(help="Crops in the built-in dictionary.")] = 1600,
+    self_epochs: Annotated[int | None, typer.Option(help="Epochs of the task networks.")] = None,
+    transfer_epochs: Annotated[int | None, typer.Option(help="Epochs of each transfer.")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated subset of the dictionary's tasks.")] = None,
+    seed: SeedOpt = 0, device: DeviceOpt = "cpu", registry: RegistryOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Run (or resume) the Taskonomy pipeline; produces an affinity set named after the dictionary."""
+    reg = open_registry(registry)
+    with stage_bars() as new_stage:
+        rep = reg.taskonomy_build(dictionary, max_order=max_order, beam=beam, executor=executor, n_images=n_images,
+                                  self_epochs=self_epochs, transfer_epochs=transfer_epochs, seed=seed, device=device,
+                                  tasks=parse_list(tasks), step_progress=new_stage)
+    if as_json:
+        from dataclasses import asdict
+
+        print_json(asdict(rep))
+        return
+    print_table(f"taskonomy build: {rep.dictionary} ({rep.tasks} tasks, {rep.targets} targets)",
+                ["stage", "trained", "reused", "seconds"],
+                [(k, rep.jobs_run.get(k), rep.jobs_skipped.get(k), v) for k, v in rep.seconds.items()])
+    typer.echo(f"affinity set: {rep.affinity}; task networks registered as experts: {rep.experts_registered}")
+
+
+@taskonomy_app.command("add-target")
+@handle_errors
+def taskonomy_add_target(
+    name: str,
+    data: Annotated[str, typer.Option("--data", help="The new task's labelled dataset.")],
+    dictionary: Annotated[str, typer.Option(help="The built dictionary to extend.")] = "builtin",
+    max_order: Annotated[int, typer.Option(help="Highest transfer order.")] = 3,
+    beam: Annotated[int, typer.Option(help="First-order sources kept for higher orders.")] = 5,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of each transfer.")] = None,
+    seed: SeedOpt = 0, device: DeviceOpt = "cpu", registry: RegistryOpt = None,
+) -> None:
+    """Transfer every source encoder to a new task and extend the dictionary's tables and affinity set."""
+    reg = open_registry(registry)
+    with stage_bars() as new_stage:
+        info = reg.taskonomy_add_target(name, data, dictionary=dictionary, max_order=max_order, beam=beam,
+                                        epochs=epochs, seed=seed, device=device, step_progress=new_stage)
+    typer.echo(f"added target {name} to {info['dictionary']}: {info['jobs']} transfers from {info['sources']} "
+               f"sources; best first-order source {'+'.join(info['best_first_order'])} "
+               f"(loss {info['best_loss']:.4f}). Next: taskreg policy --affinity {info['dictionary']} "
+               f"--targets {name} --budget B")
+
+
+# --------------------------------------------------------------------------- backup and restore
+
+@app.command()
+@handle_errors
+def backup(
+    dest: Annotated[Path, typer.Argument(help="New or empty directory that receives the copy.")],
+    registry: RegistryOpt = None,
+) -> None:
+    """Copy the registry consistently: catalog, MLflow database, artifacts and indexes (not the cache)."""
+    reg = open_registry(registry)
+    t0 = time.perf_counter()
+    out = reg.backup(dest)
+    typer.echo(f"backed up {reg.root} to {out} in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+@handle_errors
+def restore(
+    src: Annotated[Path, typer.Argument(help="A directory written by `taskreg backup`.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing, non-empty registry.")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Restore a backup as the registry (--registry / TASKREG_HOME); an existing one is replaced only with --force."""
+    from taskreg.registry import Registry
+
+    reg = Registry.restore(src, root(registry), force=force)
+    report = reg.check()
+    if not report.ok:
+        raise TaskregError(f"restored {reg.root}, but `taskreg check` finds {len(report.problems)} problem(s): "
+                           f"{report.problems[0]}")
+    counts = ", ".join(f"{k} {v}" for k, v in report.counts.items() if v)
+    typer.echo(f"restored {src} to {reg.root}" + (f" ({counts})" if counts else ""))
 
 
 # --------------------------------------------------------------------------- entry point

@@ -44,6 +44,7 @@ __all__ = [
     "load_state_dict_file",
     "load_weights",
     "register_model",
+    "register_spec",
     "to_device",
     "train_probe",
     "weights_sha256",
@@ -169,6 +170,10 @@ class CifarResNet(ProbeNet):
 # --------------------------------------------------------------------------------------------------
 
 _MODELS: dict[str, Callable[..., ProbeNet]] = {}
+_SPECS: dict[str, ProbeSpec] = {}
+#: modules that register further architectures (imported on first lookup, like timm's entry points)
+_PLUGINS = ("taskreg.trainers.networks",)
+_plugins_loaded = False
 
 
 def register_model(fn: Callable[..., ProbeNet]) -> Callable[..., ProbeNet]:
@@ -177,8 +182,24 @@ def register_model(fn: Callable[..., ProbeNet]) -> Callable[..., ProbeNet]:
     return fn
 
 
+def register_spec(spec: ProbeSpec) -> None:
+    """Declare the input specification of a registered architecture (used by :func:`default_spec`)."""
+    _SPECS[spec.arch] = spec
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        import importlib
+
+        for module in _PLUGINS:
+            importlib.import_module(module)
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted."""
+    _load_plugins()
     return sorted(_MODELS)
 
 
@@ -187,6 +208,7 @@ def create_model(name: str, num_classes: int = 10, **kw: Any) -> ProbeNet:
 
     Raises TaskregError for an unknown name (listing the known ones) or a bad ``num_classes``.
     """
+    _load_plugins()
     if name not in _MODELS:
         raise TaskregError(f"unknown probe architecture {name!r}; known: {', '.join(list_models())}")
     if int(num_classes) < 1:
@@ -241,6 +263,9 @@ def default_spec(arch: str) -> ProbeSpec:
 
     Both use the ImageNet mean/std (what torchvision weights expect; harmless for our own probes).
     """
+    _load_plugins()
+    if arch in _SPECS:
+        return _SPECS[arch]
     if arch not in _MODELS:
         raise TaskregError(f"unknown probe architecture {arch!r}; known: {', '.join(list_models())}")
     size = 32 if arch.startswith("cifar_") else 224

@@ -10,10 +10,10 @@ Each group of operations lives in its own module as a mixin; ``Registry`` is the
 from __future__ import annotations
 
 from taskreg.registry.core import CheckReport, default_root
-from taskreg.registry.taxonomy import TaxonomyOps
+from taskreg.registry.taskonomy import TaskonomyOps
 
 
-class Registry(TaxonomyOps):
+class Registry(TaskonomyOps):
     """The registry facade used by the CLI and by Python callers."""
 
 

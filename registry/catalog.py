@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,14 +295,45 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[st
 
     ``on_conflict`` is appended verbatim, e.g. ``"ON CONFLICT DO NOTHING"``.
     """
-    import pyarrow as pa
-
     if not rows:
         return
-    data = pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(columns)})
-    con.register("_taskreg_rows", data)
+    insert_columns(con, table, {c: [r[i] for r in rows] for i, c in enumerate(columns)}, on_conflict=on_conflict)
+
+
+def insert_columns(con: duckdb.DuckDBPyConnection, table: str, data: Mapping[str, Sequence[object] | np.ndarray],
+                   *, on_conflict: str = "") -> None:
+    """Bulk insert column-wise through Arrow, without a Python loop over numpy data.
+
+    data : column name -> values, all of one length N. A (N,) numpy array becomes an Arrow column
+    without copying; a (N, D) numpy array becomes a ``FLOAT[]``/list column (one vector per row,
+    e.g. 100,000 Task2Vec vectors in one call); a Python sequence is converted by ``pyarrow.array``
+    (``None`` is NULL). ``on_conflict`` is appended verbatim, e.g. ``"ON CONFLICT DO NOTHING"``.
+    """
+    import pyarrow as pa
+
+    lengths = {c: len(v) for c, v in data.items()}
+    if len(set(lengths.values())) > 1:
+        raise TaskregError(f"insert into {table}: columns of different lengths {lengths}")
+    if not data or not next(iter(lengths.values())):
+        return
+    arrays = {}
+    for col, values in data.items():
+        if isinstance(values, np.ndarray) and values.ndim == 2:
+            n, dim = values.shape
+            flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+            offsets = np.arange(n + 1, dtype=np.int64) * dim
+            if n * dim < 2**31:
+                arrays[col] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat)
+            else:
+                arrays[col] = pa.LargeListArray.from_arrays(pa.array(offsets), flat)
+        elif isinstance(values, np.ndarray):
+            arrays[col] = pa.array(values)
+        else:
+            arrays[col] = pa.array(list(values))
+    con.execute("SELECT 1").fetchall()  # finish a result the caller left half-read: DuckDB 2 refuses register()
+    con.register("_taskreg_rows", pa.table(arrays))
     try:
-        cols = ", ".join(f'"{c}"' for c in columns)
+        cols = ", ".join(f'"{c}"' for c in data)
         con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _taskreg_rows {on_conflict}")
     finally:
         con.unregister("_taskreg_rows")

@@ -145,15 +145,20 @@ class ExpertOps(TaskOps):
             self.tracker.log_metrics(run.run_id, metrics or {})
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             rel, sha = self._store_weights(run, state, f"{name}.pt")
-            version = self.tracker.register(f"expert-{name}", run, "weights", tags)
-            try:
-                with self.write() as con:
-                    catalog.insert_expert(con, name=name, arch=arch, sha256=sha, weights=rel, trained_on=trained_on,
-                                          origin=origin, n_train=n_train, n_classes=n_classes, run_id=run.run_id,
-                                          model_version=version)
-            except BaseException:
+            # The registered model and the catalog row are created under one hold of the lock, so a model
+            # without a row is the leftover of a killed attempt (or of a killed `expert rm`): replace it.
+            with self.lock():
+                self._refuse_existing_expert(name)  # another process may have registered it meanwhile
                 self.tracker.delete_registered_model(f"expert-{name}")
-                raise
+                version = self.tracker.register(f"expert-{name}", run, "weights", tags)
+                try:
+                    with self.write() as con:
+                        catalog.insert_expert(con, name=name, arch=arch, sha256=sha, weights=rel,
+                                              trained_on=trained_on, origin=origin, n_train=n_train,
+                                              n_classes=n_classes, run_id=run.run_id, model_version=version)
+                except BaseException:
+                    self.tracker.delete_registered_model(f"expert-{name}")
+                    raise
         self.tracker.commit(run.run_id)
         return self.get_expert(name)
 
@@ -206,11 +211,13 @@ class ExpertOps(TaskOps):
             _, model, spec = loaded[erec.id]
             feats = self.expert_features(erec, model, spec, data[trec.id], device=device)
             res = linear_probe_error(feats, data[trec.id].y, protocol)
-            with self.write() as con:
+            with self.write() as con:  # nothing is stored for an expert or task removed meanwhile
                 con.execute(
                     "INSERT INTO expert_task_results (expert_id, task_id, test_error, train_error, protocol, seconds) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    [erec.id, trec.id, res.test_error, res.train_error, json.dumps(asdict(protocol)), res.seconds],
+                    "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM experts WHERE id = ?) "
+                    "AND EXISTS (SELECT 1 FROM tasks WHERE id = ?) ON CONFLICT DO NOTHING",
+                    [erec.id, trec.id, res.test_error, res.train_error, json.dumps(asdict(protocol)), res.seconds,
+                     erec.id, trec.id],
                 )
             if progress:
                 progress(i + 1, len(todo))
@@ -264,7 +271,10 @@ class ExpertOps(TaskOps):
         kind = self.kind("model2vec", prec.name, method)
         with self.write() as con:
             con.execute("DELETE FROM model2vec WHERE probe = ? AND method = ?", [prec.name, method])
+            alive = {r[0] for r in con.execute("SELECT id FROM experts").fetchall()}  # skip experts removed since
             for j, e in enumerate(exp_recs):
+                if e.id not in alive:
+                    continue
                 con.execute("INSERT INTO model2vec (expert_id, probe, method, vector, bias, fit_loss) VALUES "
                             "(?, ?, ?, ?, ?, ?)", [e.id, prec.name, method, catalog.vector_param(fit.vectors[j]),
                                                    catalog.vector_param(fit.biases[j]), float(fit.loss_history[-1])])

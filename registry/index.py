@@ -5,28 +5,51 @@ One index per vector kind (``task/<probe>/<method>``, ``model2vec/<probe>/<metho
 inner product is cosine similarity. The asymmetric Task2Vec distance is not a metric, so the
 index only proposes candidates; the caller re-ranks them exactly.
 
+Index type (chosen by measurement, see ``benchmarks/scale_bench.py`` and the "Scale" section of
+``benchmarks/RESULTS.md``): an exact ``IndexFlatIP`` below ``APPROXIMATE_THRESHOLD`` vectors, an
+``IndexIVFFlat`` at or above it. IVF-Flat clusters the vectors with k-means into ``ivf_nlist(n)``
+lists and scans only the ``IVF_NPROBE`` lists nearest to the query, with exact inner products
+inside them. It builds in seconds where HNSW takes minutes (the index is rebuilt from DuckDB when
+stale), supports ``remove_ids``, and its search is deterministic. Vectors are normalised and added
+in chunks, so building never holds a second full copy of the vectors.
+
 Each index file ``index/<kind>.faiss`` has a manifest ``index/<kind>.json`` recording the catalog
 generation it was built from, the number of vectors, the dimension and the file size. An index
 whose manifest is missing, whose generation differs from the catalog's, or whose file is truncated
 or unreadable is stale and gets rebuilt from DuckDB. Files are written to a temporary name and
-renamed, so a crash never leaves a half-written index behind.
+renamed, so a crash never leaves a half-written index behind. Indexes are loaded memory-mapped
+(the vectors stay in the page cache instead of being copied into each process), which is safe
+because a file is never modified in place: a rebuild writes a new file and renames it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from taskreg.errors import TaskregError
+
 if TYPE_CHECKING:
     import faiss
 
-# Above this many vectors an exact flat index gets slow per query; switch to HNSW.
-APPROXIMATE_THRESHOLD = 200_000
+# At and above this many vectors the exact flat index is replaced by IVF-Flat. Below it an exact
+# query already costs little, and the exact answer needs no training.
+APPROXIMATE_THRESHOLD = 50_000
+# Lists scanned per query. Recall@10 against the exact answer on Fisher-like vectors is >= 0.95
+# with margin from 50,000 to 1,000,000 vectors (measured numbers in benchmarks/RESULTS.md).
+IVF_NPROBE = 16
+IVF_TRAIN_PER_LIST = 40  # k-means training points per list (Faiss warns below 39)
+IVF_KMEANS_ITERATIONS = 10
+ADD_CHUNK = 65_536  # rows normalised and added at a time
+INDEX_TYPES = ("flat", "ivf")
 
 
 @dataclass(frozen=True)
@@ -54,32 +77,99 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return v / np.maximum(norms, 1e-12)
 
 
-def build_index(ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
-    """An ``IndexIDMap2`` over cosine similarity: exact while small, HNSW above the threshold.
+def ivf_nlist(n: int) -> int:
+    """Number of IVF lists for ``n`` vectors: about sqrt(n) (1,000 lists of ~1,000 vectors at 1M)."""
+    return int(min(max(round(math.sqrt(max(n, 1))), 16), 4096))
 
-    ids : (N,) int64 catalog ids; vectors : (N, D) float32.
+
+def choose_index_type(n: int) -> str:
+    """'flat' (exact) below ``APPROXIMATE_THRESHOLD`` vectors, else 'ivf'."""
+    return "ivf" if n >= APPROXIMATE_THRESHOLD else "flat"
+
+
+def build_index(ids: np.ndarray, vectors: np.ndarray, *, index_type: str | None = None, seed: int = 0,
+                nprobe: int = IVF_NPROBE) -> faiss.Index:
+    """An ``IndexIDMap2`` over cosine similarity: exact while small, IVF-Flat above the threshold.
+
+    ids : (N,) int64 catalog ids; vectors : (N, D) float32 (normalised here, chunk by chunk).
+    index_type : 'flat' or 'ivf'; None chooses by size (:func:`choose_index_type`).
+    seed : k-means initialisation and training sample of the IVF lists (the build is deterministic).
+    nprobe : lists an IVF search scans by default (stored in the index file).
     """
     import faiss
 
+    ids = np.asarray(ids, dtype=np.int64).ravel()
+    if vectors.ndim != 2 or vectors.shape[0] != ids.shape[0]:
+        raise TaskregError(f"build_index: expected vectors of shape ({ids.shape[0]}, D), got {vectors.shape}")
     n, dim = vectors.shape
-    if n >= APPROXIMATE_THRESHOLD:
-        inner = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = 80
-        inner.hnsw.efSearch = 128
+    index_type = index_type or choose_index_type(n)
+    if index_type not in INDEX_TYPES:
+        raise TaskregError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+    if index_type == "ivf":
+        nlist = min(ivf_nlist(n), max(n // IVF_TRAIN_PER_LIST, 1))
+        quantizer = faiss.IndexFlatIP(dim)  # kept alive by the IVF index's Python wrapper
+        inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        inner.cp.niter = IVF_KMEANS_ITERATIONS
+        inner.cp.seed = seed
+        inner.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
+        inner.nprobe = min(nprobe, nlist)
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(n, size=min(n, IVF_TRAIN_PER_LIST * nlist), replace=False))
+        inner.train(normalise(vectors[sample]))
     else:
         inner = faiss.IndexFlatIP(dim)
     index = faiss.IndexIDMap2(inner)
-    if n:
-        index.add_with_ids(normalise(vectors), np.asarray(ids, dtype=np.int64))
+    for start in range(0, n, ADD_CHUNK):
+        stop = min(start + ADD_CHUNK, n)
+        index.add_with_ids(normalise(vectors[start:stop]), ids[start:stop])
     return index
 
 
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    return faiss.extract_index_ivf(inner) if isinstance(inner, faiss.IndexIVF) else None
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run Faiss on one OpenMP thread: a single query is faster without the thread barrier.
+
+    With two threads on a loaded machine a one-query search waits for the slower thread
+    (measured 3-4x slower p50, see benchmarks/RESULTS.md).
+    """
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def search(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k ids and cosine similarities for one query vector (D,)."""
+    """Top-k ids and cosine similarities for one query vector (D,).
+
+    On an IVF index the number of lists scanned grows with ``k`` so that the scanned lists hold
+    about twice ``k`` vectors: a large candidate request still gets ``k`` answers.
+    """
+    import faiss
+
     k = min(int(k), int(index.ntotal))
     if k <= 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    sims, ids = index.search(normalise(np.asarray(query, dtype=np.float32)[None, :]), k)
+    q = normalise(np.asarray(query, dtype=np.float32).reshape(1, -1))
+    if q.shape[1] != index.d:
+        raise TaskregError(f"query has dimension {q.shape[1]}, the index holds vectors of dimension {index.d}")
+    params = None
+    ivf = _ivf(index)
+    if ivf is not None:
+        per_list = max(index.ntotal / max(ivf.nlist, 1), 1.0)
+        params = faiss.SearchParametersIVF(nprobe=int(min(ivf.nlist, max(ivf.nprobe, math.ceil(2 * k / per_list)))))
+    with _one_thread():
+        sims, ids = index.search(q, k, params=params)
     keep = ids[0] >= 0
     return ids[0][keep], sims[0][keep]
 
@@ -121,7 +211,8 @@ class IndexStore:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         ipath, mpath = self.paths(kind)
-        tmp = ipath.with_suffix(".faiss.tmp")
+        # per-process temporary names: two processes rebuilding one index never write the same file
+        tmp = ipath.with_name(f"{ipath.name}.{os.getpid()}.tmp")
         faiss.write_index(index, str(tmp))
         _fsync(tmp)
         inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
@@ -130,19 +221,23 @@ class IndexStore:
             index_type=type(inner).__name__, file_size=tmp.stat().st_size,
         )
         os.replace(tmp, ipath)
-        mtmp = mpath.with_suffix(".json.tmp")
+        mtmp = mpath.with_name(f"{mpath.name}.{os.getpid()}.tmp")
         mtmp.write_text(json.dumps(manifest.__dict__, indent=1))
         _fsync(mtmp)
         os.replace(mtmp, mpath)
         return manifest
 
-    def load(self, kind: str) -> faiss.Index | None:
-        """Read a persisted index; None when the file cannot be read."""
+    def load(self, kind: str, *, mmap: bool = True) -> faiss.Index | None:
+        """Read a persisted index (memory-mapped unless ``mmap`` is False); None when it cannot be read.
+
+        A memory-mapped index is for searching: it loads in milliseconds whatever its size, but
+        must not be modified (build a new one with :func:`build_index` instead).
+        """
         import faiss
 
         ipath, _ = self.paths(kind)
         try:
-            return faiss.read_index(str(ipath))
+            return faiss.read_index(str(ipath), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         except (RuntimeError, OSError):
             return None
 

@@ -84,18 +84,21 @@ class RecordOps(RegistryCore):
 
     def remove_expert(self, name: str) -> None:
         rec = self.get_expert(name)
-        with self.write() as con:
-            kinds = [r[0] for r in con.execute(
-                "SELECT DISTINCT 'model2vec/' || probe || '/' || method FROM model2vec WHERE expert_id = ?",
-                [rec.id],
-            ).fetchall()]
-            con.execute("DELETE FROM expert_task_results WHERE expert_id = ?", [rec.id])
-            con.execute("DELETE FROM model2vec WHERE expert_id = ?", [rec.id])
-            con.execute("DELETE FROM experts WHERE id = ?", [rec.id])
-            for kind in kinds:
-                catalog.bump_generation(con, kind)
+        with self.lock():  # the model goes under the same hold as the row: a new `expert add` of the name waits
+            with self.write() as con:
+                if con.execute("SELECT 1 FROM experts WHERE id = ?", [rec.id]).fetchone() is None:
+                    raise TaskregError(f"unknown expert {name!r} (removed meanwhile)")
+                kinds = [r[0] for r in con.execute(
+                    "SELECT DISTINCT 'model2vec/' || probe || '/' || method FROM model2vec WHERE expert_id = ?",
+                    [rec.id],
+                ).fetchall()]
+                con.execute("DELETE FROM expert_task_results WHERE expert_id = ?", [rec.id])
+                con.execute("DELETE FROM model2vec WHERE expert_id = ?", [rec.id])
+                con.execute("DELETE FROM experts WHERE id = ?", [rec.id])
+                for kind in kinds:
+                    catalog.bump_generation(con, kind)
+            self.tracker.delete_registered_model(f"expert-{rec.name}")
         for kind in kinds:
             self.rebuild_index(kind)
-        self.tracker.delete_registered_model(f"expert-{rec.name}")
         if rec.run_id:
             self.tracker.delete_run(rec.run_id)

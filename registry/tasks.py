@@ -169,6 +169,8 @@ class TaskOps(RecordOps):
                                       mean=tuple(spec.mean), std=tuple(spec.std), sha256=sha, weights=rel,
                                       origin=origin, run_id=run.run_id)
             with self.write() as con:
+                if catalog.get_probe(con, name) is not None:  # registered by another process meanwhile
+                    raise TaskregError(f"probe {name!r} already exists")
                 catalog.insert_probe(con, rec)
                 for method, vec in trivial.items():
                     con.execute("INSERT INTO trivial_embeddings VALUES (?, ?, ?)",
@@ -237,11 +239,17 @@ class TaskOps(RecordOps):
                 for f in ("task2vec.npy", "domain.npy"):
                     self.tracker.log_artifact(run.run_id, Path(tmp) / f, "vectors")
             with self.write() as con:
+                existing = catalog.get_task(con, name)  # again: another process may have added or removed it
                 if existing is None:
                     task_id = catalog.insert_task(con, name=name, source=ds.source, domain=ds.domain,
                                                   n_samples=ds.n, n_classes=ds.n_classes, fingerprint=ds.fingerprint())
                 else:
                     task_id = existing.id
+                    if existing.fingerprint != ds.fingerprint():
+                        raise TaskregError(f"task {name!r} already exists with different data ({existing.source})")
+                    if con.execute("SELECT 1 FROM task_embeddings WHERE task_id = ? AND probe = ? AND method = ?",
+                                   [task_id, rec.name, method]).fetchone():
+                        raise TaskregError(f"task {name!r} already has a {method} embedding with probe {rec.name}")
                 _insert_embedding(con, task_id, rec.name, method, emb.vector, emb.n_samples, seed, emb.seconds,
                                   run.run_id)
                 has_domain = con.execute("SELECT 1 FROM task_embeddings WHERE task_id = ? AND probe = ? AND "

@@ -10,13 +10,17 @@ artifact (loaded back with ``torch.load(weights_only=True)``), tagged with ``arc
 the newest version), so the version taskreg uses carries the alias ``current``.
 
 Runs are created with the tag ``taskreg.state=pending`` and marked ``committed`` once the catalog
-row that references them is committed; ``taskreg check`` reports pending runs as orphans.
+row that references them is committed; ``taskreg check`` reports pending runs as orphans. Each run
+also records the process that created it (``taskreg.owner``, see :func:`process_token`), so
+``taskreg check --fix`` deletes the pending runs of dead processes only, never those of a command
+that is still computing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +89,7 @@ class Tracker:
         self, experiment: str, run_name: str, *, params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> RunRef:
-        all_tags = {"taskreg.state": "pending", **(tags or {})}
+        all_tags = {"taskreg.state": "pending", "taskreg.owner": process_token(), **(tags or {})}
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=all_tags)
         rid = run.info.run_id
         for key, value in (params or {}).items():
@@ -131,14 +135,18 @@ class Tracker:
         return run.data.tags.get("taskreg.state", "committed")
 
     def pending_runs(self) -> list[str]:
+        return list(self.runs_in_state("pending"))
+
+    def runs_in_state(self, state: str) -> dict[str, dict[str, str]]:
+        """run id -> tags of every active run tagged ``taskreg.state = state`` ('pending' or 'committed')."""
         ids = [self.experiment_id(n) for n in EXPERIMENTS]
-        found: list[str] = []
+        found: dict[str, dict[str, str]] = {}
         token = None
         while True:
             page = self.client.search_runs(
-                ids, filter_string="tags.`taskreg.state` = 'pending'", max_results=1000, page_token=token
+                ids, filter_string=f"tags.`taskreg.state` = '{state}'", max_results=1000, page_token=token
             )
-            found += [r.info.run_id for r in page]
+            found.update({r.info.run_id: dict(r.data.tags) for r in page})
             token = page.token
             if not token:
                 return found
@@ -174,6 +182,43 @@ class Tracker:
             token = page.token
             if not token:
                 return models
+
+
+def process_token(pid: int | None = None) -> str:
+    """``host:pid:start`` naming a process; the start time (Linux) guards against a reused pid."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def process_alive(token: str) -> bool:
+    """Whether the process named by :func:`process_token` still runs. Another host's process (or a token
+    that cannot be parsed) counts as alive: nothing of it is ever cleaned up from here."""
+    host, _, rest = token.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    return _start_time(pid) == start and _stat_fields(pid)[:1] != ["Z"]  # a zombie has already died
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """Fields 3... of /proc/PID/stat (state, ppid, ...), empty where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].decode().split()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return []
+
+
+def _start_time(pid: int) -> str:
+    fields = _stat_fields(pid)
+    return fields[19] if len(fields) > 19 else ""  # field 22: start time in clock ticks since boot
 
 
 _LOCATION_COLUMNS = (

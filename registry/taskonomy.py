@@ -1,0 +1,445 @@
+"""``taskonomy build`` and ``taskonomy add-target``: the Taskonomy pipeline wired to the registry.
+
+Steps (Zamir et al. 2018, Sect. 3): task-specific networks (``self``; MLflow runs and registered
+models tagged ``kind=task_network``) → frozen source representations computed once and cached in
+``cache/taskonomy/`` → first-order transfers and the ``scratch`` baseline → higher-order transfers
+from the beam of the best first-order sources → per-image test losses in ``transfer_losses`` →
+pairwise win rates in DuckDB SQL (``winrates``) → AHP per target → an affinity set named after the
+dictionary. Every job has a stable key; finished jobs are skipped, so an interrupted build resumes.
+Jobs run through an executor (``local``, ``local:N``; see :mod:`taskreg.trainers.executors`).
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from taskreg.errors import TaskregError
+from taskreg.registry import catalog
+from taskreg.registry.names import check_name
+from taskreg.registry.taxonomy import TaxonomyOps, _delete_affinity_set, _insert_affinity_set
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from taskreg.trainers.tasks import DictionaryRef
+    from taskreg.trainers.transfer import TaskNetwork, TransferJob, TransferResult
+
+Progress = Callable[[int, int], None] | None
+StepProgress = Callable[[str], Progress] | None
+
+
+@dataclass
+class BuildReport:
+    """What one ``taskonomy build`` did (counts and seconds per stage)."""
+
+    dictionary: str
+    tasks: int
+    targets: int
+    jobs_run: dict[str, int] = field(default_factory=dict)
+    jobs_skipped: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    affinity: str = ""
+    experts_registered: int = 0
+
+
+def option_label(kind: str, sources: Iterable[str]) -> str:
+    """How an option appears in ``winrates``: 'self', 'scratch', or the sources joined by '+'."""
+    return kind if kind in ("self", "scratch") else "+".join(sources)
+
+
+class TaskonomyOps(TaxonomyOps):
+    # ------------------------------------------------------------------ dictionaries
+    def dictionary_ref(self, dictionary: str, *, n_images: int = 1600, size: int = 32, seed: int = 0,
+                       tiny: bool = False) -> tuple[str, DictionaryRef]:
+        """(name, reference) of a dictionary: 'builtin' (or 'builtin-tiny') or a path to a user ``.npz``."""
+        from taskreg.trainers.tasks import DictionaryRef
+
+        if dictionary in ("builtin", "builtin-tiny"):
+            tiny = tiny or dictionary == "builtin-tiny"
+            return ("builtin-tiny" if tiny else "builtin"), DictionaryRef("builtin", size=size, n_images=n_images,
+                                                                          seed=seed, tiny=tiny)
+        path = Path(dictionary)
+        if path.suffix != ".npz":
+            raise TaskregError(f"unknown dictionary {dictionary!r}: use 'builtin' or a path to a .npz file")
+        if not path.is_file():
+            raise TaskregError(f"dictionary file {path} not found")
+        name = check_name(path.stem, "dictionary name")
+        return name, DictionaryRef("npz", path=str(path.resolve()), seed=seed)
+
+    def _done_keys(self, dictionary: str) -> set[str]:
+        with self.read() as con:
+            rows = con.execute("SELECT key FROM transfers WHERE dictionary = ?", [dictionary]).fetchall()
+        return {r[0] for r in rows}
+
+    # ------------------------------------------------------------------ persistence of one job
+    def _store_result(self, dictionary: str, job: TransferJob, result: TaskNetwork | TransferResult,
+                      net: nn.Module | None) -> None:
+        """One transfer row + its per-image losses, in one transaction.
+
+        A task network (``net`` given) is also an MLflow run and a registered model with its weights.
+        Transfers are too many and too small for a run each: :meth:`_log_stage` logs one run per stage.
+        """
+        res = result.as_result() if hasattr(result, "as_result") else result
+        losses = np.asarray(res.per_image_loss, dtype=np.float64)
+
+        def commit(run_id: str | None) -> None:
+            with self.write() as con:
+                con.execute(
+                    "INSERT INTO transfers (dictionary, key, kind, sources, target, \"order\", mean_loss, train_size, "
+                    "seconds, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [dictionary, job.key, job.kind, list(res.sources), job.target, job.order, float(res.mean_loss),
+                     int(res.train_size), float(res.seconds), run_id],
+                )
+                catalog.insert_rows(con, "transfer_losses", ("dictionary", "key", "image", "loss"),
+                                    [(dictionary, job.key, i, float(v)) for i, v in enumerate(losses)])
+
+        if net is None:
+            commit(None)
+            return
+        params = {"dictionary": dictionary, "task": job.target, "epochs": job.epochs, "seed": job.seed, "key": job.key}
+        tags = {"taskreg.kind": "task_network", "kind": "task_network", "dictionary": dictionary}
+        with self._pending_run("taskonomy", f"{dictionary}:self->{job.target}", params, tags) as run:
+            self.tracker.log_metrics(run.run_id, {"mean_loss": res.mean_loss, "seconds": res.seconds})
+            state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+            self._store_weights(run, state, f"{job.target}.pt")
+            self.tracker.register(f"tasknet-{dictionary}-{job.target}", run, "weights",
+                                  {"kind": "task_network", "dictionary": dictionary, "task": job.target})
+            commit(run.run_id)
+        self.tracker.commit(run.run_id)
+
+    def _log_stage(self, dictionary: str, stage: str, keys: list[str], seconds: float, trained: int) -> None:
+        """One MLflow run per pipeline stage: counts, time and the stage's results as a CSV artifact."""
+        if not trained:
+            return
+        with self.read() as con:
+            rows = con.execute("SELECT key, kind, array_to_string(sources, '+'), target, \"order\", mean_loss, "
+                               "seconds FROM transfers WHERE dictionary = ? AND key IN (SELECT unnest(?::VARCHAR[])) "
+                               "ORDER BY target, \"order\", key", [dictionary, keys]).fetchall()
+        params = {"dictionary": dictionary, "stage": stage, "jobs": len(keys), "trained": trained}
+        tags = {"taskreg.kind": "taskonomy_stage"}
+        with self._pending_run("taskonomy", f"{dictionary}:{stage}", params, tags) as run:
+            self.tracker.log_metrics(run.run_id, {"seconds": seconds, "trained": trained,
+                                                  "mean_loss": float(np.mean([r[5] for r in rows])) if rows else 0.0})
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"{stage.replace(' ', '_')}.csv"
+                with open(path, "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(["key", "kind", "sources", "target", "order", "mean_loss", "seconds"])
+                    w.writerows(rows)
+                self.tracker.log_artifact(run.run_id, path, "results")
+        self.tracker.commit(run.run_id)
+
+    def _task_network(self, dictionary: str, task: str, key: str) -> nn.Module:
+        """Reload a stored task network (encoder + decoder) from its MLflow artifact."""
+        from taskreg.embedders.probes import load_state_dict_file
+        from taskreg.trainers.networks import Encoder, TaskModel, make_decoder, rep_shape_for
+
+        with self.read() as con:
+            row = con.execute("SELECT run_id FROM transfers WHERE dictionary = ? AND key = ?",
+                              [dictionary, key]).fetchone()
+        if row is None:
+            raise TaskregError(f"no task network for {task!r} in {dictionary!r}")
+        run = self.tracker.client.get_run(row[0])
+        from taskreg.registry.tracking import _local_path
+
+        path = _local_path(run.info.artifact_uri) / "weights" / f"{task}.pt"
+        state = load_state_dict_file(path)
+        d = self._dictionary_cache[dictionary]
+        spec = d.task(task)
+        model = TaskModel(Encoder(), make_decoder(spec, rep_shape_for(d.image_shape[1:])))
+        model.load_state_dict(state)
+        return model.eval()
+
+    # ------------------------------------------------------------------ the pipeline
+    def taskonomy_build(
+        self, dictionary: str = "builtin", *, max_order: int = 3, beam: int = 5, executor: str = "local",
+        n_images: int = 1600, self_epochs: int | None = None, transfer_epochs: int | None = None,
+        train_fraction: float | None = None, seed: int = 0, device: str = "cpu", register_experts: bool = True,
+        tasks: Iterable[str] | None = None, step_progress: StepProgress = None,
+    ) -> BuildReport:
+        """Run (or resume) the whole Taskonomy pipeline and store the affinity set named after the dictionary."""
+        from taskreg.trainers import transfer as tr
+        from taskreg.trainers.executors import get_executor
+        from taskreg.trainers.tasks import dictionary_fingerprint
+
+        if max_order < 1:
+            raise TaskregError(f"--max-order must be at least 1, got {max_order}")
+        if beam < 1:
+            raise TaskregError(f"--beam must be at least 1, got {beam}")
+        run_executor = get_executor(executor)
+        name, ref = self.dictionary_ref(dictionary, n_images=n_images, seed=seed)
+        t0 = time.perf_counter()
+        d = ref.load()
+        self._dictionary_cache = getattr(self, "_dictionary_cache", {})
+        self._dictionary_cache[name] = d
+        tag = dictionary_fingerprint(d)[:8]
+        if tasks is not None:  # plan over a subset (jobs still carry the full dictionary's reference)
+            unknown = [t for t in tasks if t not in d.tasks]
+            if unknown:
+                raise TaskregError(f"unknown task(s) {', '.join(unknown)}; the dictionary has {', '.join(d.tasks)}")
+            d = replace(d, tasks={k: v for k, v in d.tasks.items() if k in set(tasks)})
+        report = BuildReport(dictionary=name, tasks=len(d.tasks), targets=len(d.target_names))
+        report.seconds["dictionary"] = time.perf_counter() - t0
+        hp: dict[str, Any] = {"seed": seed, "tag": tag}
+        if transfer_epochs is not None:
+            hp["epochs"] = transfer_epochs
+        if train_fraction is not None:
+            hp["train_fraction"] = train_fraction
+
+        def stage(label: str, jobs: list[TransferJob]) -> list[TransferResult]:
+            done = self._done_keys(name)
+            todo = [j for j in jobs if j.key not in done]
+            report.jobs_skipped[label] = len(jobs) - len(todo)
+            report.jobs_run[label] = len(todo)
+            start = time.perf_counter()
+            text = f"{label} ({len(todo)} to train, {len(jobs) - len(todo)} done)"
+            bar = step_progress(text) if step_progress else None
+            for job, result in run_executor.map(tr.run_job, todo, progress=bar):
+                self._store_result(name, job, result, result if job.kind == "self" else None)
+            report.seconds[label] = time.perf_counter() - start
+            if label != "task networks":
+                self._log_stage(name, label, [j.key for j in jobs], report.seconds[label], len(todo))
+            return [self._stored_result(name, j) for j in jobs]
+
+        # I. task-specific networks
+        self_jobs = tr.plan_self(d, ref=ref, **({"epochs": self_epochs} if self_epochs else {}), seed=seed, tag=tag)
+        stage("task networks", self_jobs)
+        nets = {j.target: j.key for j in self_jobs}
+
+        # II. frozen representations, computed once per (source, input key) and cached on disk
+        start = time.perf_counter()
+        cache = self.cache_dir / "taskonomy" / f"{name}-{tag}"
+        cache.mkdir(parents=True, exist_ok=True)
+        frac = train_fraction if train_fraction is not None else tr.TRAIN_FRACTION
+
+        def feature_path(source: str, key: str) -> str:
+            return str(cache / f"{source}__{key}__f{frac:.4g}.npy")
+
+        needed = [(s, k) for s in d.source_names for k in d.input_keys if not Path(feature_path(s, k)).exists()]
+        bar = step_progress(f"encoding ({len(needed)} representations)") if step_progress else None
+        for i, (source, key) in enumerate(needed):
+            enc = (self._task_network(name, source, nets[source]).encoder if source in nets
+                   else tr.source_encoder(d, source, {}, seed=seed))
+            feats = tr.encode_for_transfers(enc, d, key, train_fraction=frac, device=device)
+            tmp = Path(feature_path(source, key) + ".tmp.npy")
+            np.save(tmp, feats)
+            tmp.replace(feature_path(source, key))
+            if bar:
+                bar(i + 1, len(needed))
+        report.seconds["encoding"] = time.perf_counter() - start
+
+        # III. first order + scratch, then the beam for higher orders
+        first = stage("first order", tr.plan_first_order(d, feature_path, ref=ref, **hp))
+        higher = tr.plan_higher_order(d, [r for r in first if r is not None], feature_path, beam=beam,
+                                      max_order=max_order, ref=ref, **hp) if max_order > 1 else []
+        stage("higher order", higher)
+
+        # IV. win rates (SQL) and AHP → affinity set
+        start = time.perf_counter()
+        keys = [j.key for j in self_jobs] + [j.key for j in tr.plan_first_order(d, feature_path, ref=ref, **hp)]
+        keys += [j.key for j in higher]
+        self.compute_winrates(name, keys)
+        report.affinity = self.affinities_from_winrates(name, source_only=[n for n, t in d.tasks.items()
+                                                                           if t.source_only])
+        report.seconds["win rates + AHP"] = time.perf_counter() - start
+        if register_experts:
+            report.experts_registered = self.register_task_network_experts(name, nets)
+        return report
+
+    def _stored_result(self, dictionary: str, job: TransferJob) -> TransferResult | None:
+        from taskreg.trainers.transfer import TransferResult
+
+        with self.read() as con:
+            row = con.execute("SELECT sources, target, \"order\", mean_loss, seconds, train_size, kind FROM transfers "
+                              "WHERE dictionary = ? AND key = ?", [dictionary, job.key]).fetchone()
+        if row is None:
+            return None
+        s, t, o, m, sec, n, k = row
+        return TransferResult(tuple(s), t, int(o), np.zeros(0, np.float32), float(m), float(sec or 0), int(n or 0), k)
+
+    # ------------------------------------------------------------------ win rates and affinities
+    def compute_winrates(self, dictionary: str, keys: Iterable[str], *, targets: Iterable[str] | None = None) -> int:
+        """Pairwise win rates between every two options of each target, from per-image losses, in SQL.
+
+        ``winrates(a, b)`` = share of test images on which option a has a lower loss than b (ties
+        count one half). Options are labelled 'self', 'scratch' or 'src1+src2'. Only the jobs in
+        ``keys`` take part; the rows of ``targets`` (default: all of the dictionary) are replaced.
+        Returns the number of rows of the dictionary.
+        """
+        keys = list(dict.fromkeys(keys))
+        with self.write() as con:
+            con.execute("CREATE OR REPLACE TEMP TABLE _keys AS SELECT unnest(?::VARCHAR[]) AS key", [keys])
+            if targets is None:
+                con.execute("DELETE FROM winrates WHERE dictionary = ?", [dictionary])
+            else:
+                con.execute("DELETE FROM winrates WHERE dictionary = ? AND target IN (SELECT unnest(?::VARCHAR[]))",
+                            [dictionary, list(targets)])
+            con.execute(
+                """
+                INSERT INTO winrates (dictionary, target, a, b, value, n_images)
+                WITH opts AS (
+                    SELECT t.key, t.target,
+                           CASE WHEN t.kind IN ('self', 'scratch') THEN t.kind ELSE array_to_string(t.sources, '+')
+                           END AS label
+                    FROM transfers t JOIN _keys USING (key) WHERE t.dictionary = $1
+                )
+                SELECT $1, oa.target, oa.label, ob.label,
+                       avg(CASE WHEN la.loss < lb.loss THEN 1.0 WHEN la.loss = lb.loss THEN 0.5 ELSE 0.0 END),
+                       count(*)
+                FROM opts oa JOIN opts ob ON oa.target = ob.target AND oa.key <> ob.key
+                JOIN transfer_losses la ON la.dictionary = $1 AND la.key = oa.key
+                JOIN transfer_losses lb ON lb.dictionary = $1 AND lb.key = ob.key AND lb.image = la.image
+                GROUP BY ALL
+                """,
+                [dictionary],
+            )
+            n = con.execute("SELECT count(*) FROM winrates WHERE dictionary = ?", [dictionary]).fetchone()[0]
+            con.execute("DROP TABLE _keys")
+        return int(n)
+
+    def affinities_from_winrates(self, dictionary: str, *, source_only: Iterable[str] = (),
+                                 name: str | None = None) -> str:
+        """AHP per target over its options (transfers and 'self'; 'scratch' is only a reference) → affinity set."""
+        from taskreg.selection.ahp import Tournament, ahp_affinity_set
+
+        name = name or dictionary
+        with self.read() as con:
+            rows = con.execute("SELECT target, a, b, value FROM winrates WHERE dictionary = ? AND a <> 'scratch' "
+                               "AND b <> 'scratch'", [dictionary]).fetchall()
+        by_target: dict[str, dict[tuple[str, str], float]] = {}
+        for t, a, b, v in rows:
+            by_target.setdefault(t, {})[(a, b)] = v
+        with self.read() as con:
+            own = {r[0] for r in con.execute("SELECT DISTINCT target FROM winrates WHERE dictionary = ? AND "
+                                             "(a = 'self' OR b = 'self')", [dictionary]).fetchall()}
+            novel = con.execute("SELECT target, a, b, value FROM winrates WHERE dictionary = ? AND "
+                                "(a = 'scratch' OR b = 'scratch')", [dictionary]).fetchall()
+        for t, a, b, v in novel:  # a novel target has no 'self' network: its own little-data network stands in
+            if t not in own:
+                by_target.setdefault(t, {})[(a, b)] = v
+        tournaments = []
+        for target, wins in sorted(by_target.items()):
+            labels = sorted({a for a, _ in wins})
+            pos = {lab: i for i, lab in enumerate(labels)}
+            w = np.full((len(labels), len(labels)), 0.5)
+            for (a, b), v in wins.items():
+                w[pos[a], pos[b]] = v
+            options = [("self",) if lab in ("self", "scratch") else tuple(lab.split("+")) for lab in labels]
+            tournaments.append(Tournament(target=target, options=options, wins=w))
+        if not tournaments:
+            raise TaskregError(f"no win rates for {dictionary!r}: build it first")
+        aff = ahp_affinity_set(tournaments, name, source_only=tuple(source_only))
+        with self.write() as con:
+            _delete_affinity_set(con, name)
+            _insert_affinity_set(con, aff, f"build:{dictionary}")
+        return name
+
+    # ------------------------------------------------------------------ novel tasks ("all-for-one", Sect. 4.2)
+    def taskonomy_add_target(
+        self, name: str, source: str, *, dictionary: str = "builtin", max_order: int = 3, beam: int = 5,
+        epochs: int | None = None, seed: int = 0, device: str = "cpu", step_progress: StepProgress = None,
+    ) -> dict[str, Any]:
+        """Transfer every registered source encoder of ``dictionary`` to a new labelled dataset.
+
+        First order from every source, then the beam for higher orders, plus ``scratch`` (a network
+        trained from pixels on the same data, which stands in for the target's own network). The
+        losses and win rates join the dictionary's tables and its affinity set is re-normalised, so
+        ``taskreg policy --affinity DICT --targets NAME`` answers which sources to use.
+        """
+        from taskreg.registry import datasets
+        from taskreg.trainers import transfer as tr
+        from taskreg.trainers.experts import stratified_split
+        from taskreg.trainers.tasks import Dictionary, TaskSpec
+
+        check_name(name, "target name")
+        dname, ref = self.dictionary_ref(dictionary, seed=seed)
+        dictionary = dname
+        with self.read() as con:
+            nets = dict(con.execute("SELECT target, key FROM transfers WHERE dictionary = ? AND kind = 'self'",
+                                    [dictionary]).fetchall())
+            if not nets:
+                raise TaskregError(f"dictionary {dictionary!r} has no task networks: run `taskreg taskonomy build`")
+            if name in nets or con.execute("SELECT 1 FROM transfers WHERE dictionary = ? AND target = ? LIMIT 1",
+                                           [dictionary, name]).fetchone():
+                raise TaskregError(f"{name!r} is already a target of {dictionary!r}")
+        ds = datasets.load(source)
+        base = ref.load()
+        self._dictionary_cache = getattr(self, "_dictionary_cache", {})
+        self._dictionary_cache[dictionary] = base
+        from taskreg.registry.tasks import _to_size
+
+        images = _to_size(ds.x, base.image_shape[1])
+        train_idx, test_idx = stratified_split(ds.y, 0.25, seed)
+        spec = TaskSpec(name=name, kind="classification", out_channels=ds.n_classes)
+        d = Dictionary(images=images, train_idx=train_idx, test_idx=test_idx, tasks={name: spec},
+                       targets={name: ds.y.astype(np.int64)}, seed=seed)
+        hp: dict[str, Any] = {"train_fraction": 1.0, "seed": seed, "tag": f"novel-{ds.fingerprint()[:8]}"}
+        if epochs is not None:
+            hp["epochs"] = epochs
+        sources = [s for s in base.source_names if s in nets or not base.task(s).trainable]
+        feats: dict[str, np.ndarray] = {}
+        bar = step_progress(f"encoding {name} with {len(sources)} sources") if step_progress else None
+        for i, s in enumerate(sources):
+            enc = self._task_network(dictionary, s, nets[s]).encoder if s in nets else tr.source_encoder(
+                base, s, {}, seed=seed)
+            feats[s] = tr.encode(enc, images, device=device)
+            if bar:
+                bar(i + 1, len(sources))
+
+        def run(jobs: list[tr.TransferJob], label: str) -> list[TransferResult]:
+            results = []
+            bar = step_progress(f"{label} ({len(jobs)} jobs)") if step_progress else None
+            for i, job in enumerate(jobs):
+                if job.kind == "scratch":
+                    res = tr.train_scratch(d, name, train_fraction=1.0, epochs=job.epochs, seed=seed, device=device)
+                else:
+                    res = tr.train_transfer([feats[s] for s in job.sources], d, name, sources=job.sources,
+                                            train_fraction=1.0, epochs=job.epochs, seed=seed, device=device)
+                self._store_result(dictionary, job, res, None)
+                results.append(res)
+                if bar:
+                    bar(i + 1, len(jobs))
+            return results
+
+        first_jobs = [tr.TransferJob((s,), name, "transfer", **hp) for s in sources]
+        first = run(first_jobs + [tr.TransferJob((), name, "scratch", **hp)], "first order")
+        scores = {r.sources[0]: r.mean_loss for r in first if r.kind == "transfer"}
+        combos = tr.beam_candidates(scores, beam=beam, max_order=max_order) if max_order > 1 else []
+        higher_jobs = [tr.TransferJob(c, name, "transfer", **hp) for c in combos]
+        run(higher_jobs, "higher order")
+        keys = [j.key for j in first_jobs + higher_jobs] + [tr.TransferJob((), name, "scratch", **hp).key]
+        self.compute_winrates(dictionary, keys, targets=[name])
+        with self.read() as con:
+            so = con.execute("SELECT source_only FROM affinity_sets WHERE name = ?", [dictionary]).fetchone()
+        self.affinities_from_winrates(dictionary, source_only=so[0] if so else ())
+        best = min((r for r in first if r.kind == "transfer"), key=lambda r: r.mean_loss)
+        return {"target": name, "dictionary": dname, "sources": len(sources), "jobs": len(keys),
+                "best_first_order": best.sources, "best_loss": best.mean_loss}
+
+    # ------------------------------------------------------------------ task networks as experts
+    def register_task_network_experts(self, dictionary: str, nets: dict[str, str]) -> int:
+        """Register each task network's encoder as an expert (arch ``taskonomy_encoder``) so ``select`` sees it."""
+        from taskreg.trainers.networks import EncoderProbe
+
+        count = 0
+        for task, key in nets.items():
+            name = f"tn-{dictionary}-{task}"
+            with self.read() as con:
+                if catalog.get_expert(con, name) is not None:
+                    continue
+            enc = self._task_network(dictionary, task, key).encoder
+            probe = EncoderProbe(num_classes=1)
+            probe.encoder.load_state_dict(enc.state_dict())
+            self._register_expert(name, probe, "taskonomy_encoder", None, "task_network",
+                                  {"dictionary": dictionary, "task": task})
+            count += 1
+        return count
+
