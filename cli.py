@@ -814,6 +814,37 @@ def restore(
     typer.echo(f"restored {src} to {reg.root}" + (f" ({counts})" if counts else ""))
 
 
+# --------------------------------------------------------------------------- the main job
+
+@app.command()
+@handle_errors
+def demo(
+    root: Annotated[Path, typer.Option("--registry", "-r", help="Where to build the demo registry.")] = Path(
+        "demo-registry"),
+    executor: Annotated[str, typer.Option(help="Executor of the Taskonomy jobs.")] = "local:2",
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Build a registry from built-in data, answer select and policy questions, and write a report."""
+    from taskreg.registry.demo import DemoConfig, run_demo
+
+    out = console()
+    t0 = time.perf_counter()
+    with stage_bars() as new_stage:
+        res = run_demo(root, DemoConfig(executor=executor, device=device), new_stage,
+                       lambda msg: console_err().print(f"[dim]{msg}[/dim]"))
+    for s in res.selections:
+        verified = s["rankings"]["model2vec"]["verified"]
+        print_table(f"select --data '{s['source']}'  ({s['label']})",
+                    ["rank", "expert (Model2Vec)", "measured error"],
+                    [(i + 1, e, round(s["truth"][e], 3)) for i, e in enumerate(s["rankings"]["model2vec"]["ranking"])])
+        out.print(f"measured winner of the top 3: [bold]{verified}[/bold]; oracle: {s['oracle']}")
+    for item in res.policies:
+        pol = item["policy"]
+        out.print(f"policy at budget {item['budget']}: supervise {', '.join(pol.supervised) or '-'}; "
+                  f"{len(pol.transfers)} targets by transfer (objective {pol.objective:.3f})")
+    out.print(f"report: {res.report}  ({time.perf_counter() - t0:.0f} s)")
+
+
 # --------------------------------------------------------------------------- entry point
 
 def main(argv: Sequence[str] | None = None) -> None:
