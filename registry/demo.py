@@ -22,12 +22,12 @@ Log = Callable[[str], None]
 # The task library: (name, source). Three domains plus transformed digits; every task is a split=test
 # subset, the experts below are trained on split=train subsets, so no image is shared.
 LIBRARY: list[tuple[str, str]] = [
-    ("mnist-01", "builtin:mnist5k?classes=0,1&n=300&split=test"),
-    ("mnist-38", "builtin:mnist5k?classes=3,8&n=300&split=test"),
+    ("mnist-01", "builtin:mnist5k?classes=0,1&n=240&split=test"),
+    ("mnist-38", "builtin:mnist5k?classes=3,8&n=240&split=test"),
     ("mnist-479", "builtin:mnist5k?classes=4,7,9&n=300&split=test"),
     ("mnist-2356", "builtin:mnist5k?classes=2,3,5,6&n=300&split=test"),
-    ("mnist-inv-16", "builtin:mnist5k?classes=1,6&n=300&split=test&transform=invert"),
-    ("mnist-rot-27", "builtin:mnist5k?classes=2,7&n=300&split=test&transform=rot90"),
+    ("mnist-inv-16", "builtin:mnist5k?classes=1,6&n=240&split=test&transform=invert"),
+    ("mnist-rot-27", "builtin:mnist5k?classes=2,7&n=240&split=test&transform=rot90"),
     ("digits-05", "builtin:digits?classes=0,5&split=test"),
     ("digits-1234", "builtin:digits?classes=1,2,3,4&split=test"),
     ("digits-blur-69", "builtin:digits?classes=6,9&split=test&transform=blur"),
