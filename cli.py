@@ -79,7 +79,10 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TaskregError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            message = " ".join(str(exc).split("\n"))  # one line, whatever the input echoed in it holds
+            if len(message) > 400:  # a huge input echoed whole (a 10,000-character name): keep both ends
+                message = f"{message[:260]} … {message[-120:]}"
+            typer.echo(f"error: {message}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -148,7 +151,11 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        yield update
+        try:
+            yield update
+        except BaseException:
+            bar.live.transient = True  # a failed command prints its one error line, not a stale bar
+            raise
 
 
 def console_err() -> Any:
@@ -822,6 +829,7 @@ def demo(
     root: Annotated[Path, typer.Option("--registry", "-r", help="Where to build the demo registry.")] = Path(
         "demo-registry"),
     executor: Annotated[str, typer.Option(help="Executor of the Taskonomy jobs.")] = "local:2",
+    quick: Annotated[bool, typer.Option(help="A smoke run on a fraction of the data (checks the wiring).")] = False,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Build a registry from built-in data, answer select and policy questions, and write a report."""
@@ -830,7 +838,7 @@ def demo(
     out = console()
     t0 = time.perf_counter()
     with stage_bars() as new_stage:
-        res = run_demo(root, DemoConfig(executor=executor, device=device), new_stage,
+        res = run_demo(root, DemoConfig(executor=executor, device=device, quick=quick), new_stage,
                        lambda msg: console_err().print(f"[dim]{msg}[/dim]"))
     for s in res.selections:
         verified = s["rankings"]["model2vec"]["verified"]

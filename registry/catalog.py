@@ -206,12 +206,15 @@ def connect(path: Path | str, *, read_only: bool = False, wait: float = 30.0) ->
     delay = 0.05
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 raise TaskregError(f"cannot open catalog {path}: {str(exc).splitlines()[0]}") from None
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+            continue
+        con.execute("SET enable_progress_bar = false")  # scans of 100k+ vectors would draw one in `taskreg check`
+        return con
 
 
 @contextmanager

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -152,6 +153,35 @@ class HashCache:
             self.dirty = False
         except OSError:
             pass
+
+
+_RUN_TAGS_SQL = (
+    "SELECT r.run_uuid, r.lifecycle_stage, t.key, t.value FROM runs r "
+    "JOIN experiments e ON e.experiment_id = r.experiment_id LEFT JOIN tags t ON t.run_uuid = r.run_uuid "
+    "WHERE e.name IN ({})"
+)
+_MODEL_TAGS_SQL = (
+    "SELECT m.name, t.key, t.value FROM registered_models m LEFT JOIN registered_model_tags t ON t.name = m.name"
+)
+
+
+def _read_mlflow_db(db: Path, sql: str, params: list[str]) -> list[tuple] | None:
+    """Rows of a read-only query on MLflow's sqlite store; None when it cannot answer (no file, another schema).
+
+    ``check`` reads run states and registered models this way: the tables involved (runs, tags,
+    experiments, registered_models, registered_model_tags) have kept these columns since MLflow 1.x,
+    and the callers fall back to the MLflow client when a query fails.
+    """
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
 
 
 class RegistryCore:
@@ -325,16 +355,19 @@ class RegistryCore:
 
     def index_problems(self) -> dict[str, str]:
         problems: dict[str, str] = {}
+        on_disk = set(self.indexes.kinds_on_disk())
         with self.read() as con:
             kinds = {k: int(g) for k, g in con.execute("SELECT kind, generation FROM index_state").fetchall()}
             for kind, gen in kinds.items():
                 count = self._kind_count(con, kind)
                 if count == 0:
+                    if kind in on_disk:  # its last vectors were removed by a command killed before the rebuild
+                        problems[kind] = "index without catalog vectors"
                     continue
                 why = self.indexes.problem(kind, gen, count)
                 if why:
                     problems[kind] = why
-        for orphan in set(self.indexes.kinds_on_disk()) - set(kinds):
+        for orphan in on_disk - set(kinds):
             problems[orphan] = "index without catalog vectors"
         return problems
 
@@ -434,7 +467,7 @@ class RegistryCore:
             elif hashes.sha256(path, deep=deep) != sha:
                 report.problems.append(f"{what}: weights file {rel} does not match its sha256")
         hashes.save()
-        models = self.tracker.registered_models()
+        models = self._registered_models()
         for name in experts:
             if f"expert-{name}" not in models:
                 report.problems.append(f"expert {name}: no registered model expert-{name} in MLflow")
@@ -447,9 +480,26 @@ class RegistryCore:
         """run id -> 'committed' | 'pending' | 'deleted' for every run of the registry's experiments
         (and, into ``tags`` when given, run id -> the run's tags).
 
-        One paged ``search_runs`` (deleted runs included) instead of a ``get_run`` per catalog row:
-        about 0.5 ms instead of 10-15 ms per run.
+        One read-only query on ``mlflow.db`` instead of a ``get_run`` per catalog row: 10,000 runs in
+        well under a second, where MLflow's ORM spends ~1 ms a run (and seconds on its import). When
+        the tracking schema is not the expected one, one paged ``search_runs`` gives the same answer.
         """
+        names = [f"taskreg-{name}" for name in EXPERIMENTS]
+        rows = _read_mlflow_db(self.root / "mlflow.db", _RUN_TAGS_SQL.format(", ".join("?" for _ in names)), names)
+        if rows is None:
+            return self._run_states_via_api(tags)
+        found: dict[str, dict[str, str]] = {}
+        stage: dict[str, str] = {}
+        for run_id, lifecycle, key, value in rows:
+            stage[run_id] = lifecycle
+            run = found.setdefault(run_id, {})
+            if key is not None:
+                run[key] = value
+        if tags is not None:
+            tags.update(found)
+        return {r: "deleted" if stage[r] == "deleted" else found[r].get("taskreg.state", "committed") for r in stage}
+
+    def _run_states_via_api(self, tags: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
         from mlflow.entities import ViewType
 
         ids = [self.tracker.experiment_id(name) for name in EXPERIMENTS]
@@ -466,6 +516,19 @@ class RegistryCore:
             token = page.token
             if not token:
                 return states
+
+    def _registered_models(self) -> dict[str, dict[str, str]]:
+        """Registered model name -> tags, read like :meth:`_run_states` (10,000 models: ~20 s through the
+        MLflow client on a loaded 2-core machine); ``Tracker.registered_models`` when the schema differs."""
+        rows = _read_mlflow_db(self.root / "mlflow.db", _MODEL_TAGS_SQL, [])
+        if rows is None:
+            return self.tracker.registered_models()
+        models: dict[str, dict[str, str]] = {}
+        for name, key, value in rows:
+            model = models.setdefault(name, {})
+            if key is not None:
+                model[key] = value
+        return models
 
     def _leftovers(self, report: CheckReport, referenced: set[str], experts: list[str],
                    models: dict[str, dict[str, str]], states: dict[str, str], run_tags: dict[str, dict[str, str]],

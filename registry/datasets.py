@@ -277,7 +277,8 @@ class _Base:
 
 
 def _fail(source: str, problem: str) -> NoReturn:
-    raise TaskregError(f"dataset '{source}': {problem}")
+    shown = source if len(source) <= 160 else f"{source[:120]}…({len(source)} characters)"
+    raise TaskregError(f"dataset '{shown}': {problem}")
 
 
 # ----------------------------------------------------------------------------------------------------

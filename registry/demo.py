@@ -53,6 +53,7 @@ QUERIES: list[tuple[str, str]] = [
     ("photographs: coins, rocket, camera", "builtin:patches?classes=coins,rocket,camera&split=train"),
     ("inverted MNIST 0 vs 8", "builtin:mnist5k?classes=0,8&n=400&split=train&transform=invert"),
 ]
+QUICK_TASKS = ("edges2d", "denoising", "autoencoding", "photo", "category", "random", "jigsaw")
 SELECT_METHODS = ("model2vec", "asym", "sym", "domain", "logme", "hscore", "leep", "generic", "random")
 BUDGETS = (1, 3, 6)
 
@@ -69,6 +70,12 @@ class DemoConfig:
     executor: str = "local:2"
     seed: int = 0
     device: str = "cpu"
+    quick: bool = False  # a smoke run: 6 tasks, 3 experts, 1 query, the tiny dictionary (minutes, not quality)
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.probe_epochs, self.expert_epochs, self.max_samples = 1, 1, 150
+            self.taskonomy_self_epochs, self.taskonomy_transfer_epochs = 2, 3
 
 
 @dataclass
@@ -99,8 +106,11 @@ def run_demo(root: Path, cfg: DemoConfig, step: Step, log: Log) -> DemoResult:
                         progress=step("probe training"))
     lap("probe")
 
+    library = LIBRARY[::3] if cfg.quick else LIBRARY
+    expert_list = EXPERTS[::2] if cfg.quick else EXPERTS
+    queries = QUERIES[:1] if cfg.quick else QUERIES
     have = {t.name for t in reg.list_tasks()}
-    todo = [(n, s) for n, s in LIBRARY if n not in have]
+    todo = [(n, s) for n, s in library if n not in have]
     bar = step(f"task library ({len(todo)} to embed)")
     for i, (name, source) in enumerate(todo):
         reg.add_task(name, source, max_samples=cfg.max_samples, seed=cfg.seed, device=cfg.device)
@@ -108,7 +118,7 @@ def run_demo(root: Path, cfg: DemoConfig, step: Step, log: Log) -> DemoResult:
     lap("tasks")
 
     have_experts = {e.name for e in reg.list_experts()}
-    todo = [(n, s) for n, s in EXPERTS if f"expert-{n}" not in have_experts]
+    todo = [(n, s) for n, s in expert_list if f"expert-{n}" not in have_experts]
     bar = step(f"experts ({len(todo)} to fine-tune)")
     for i, (name, source) in enumerate(todo):
         reg.train_expert(f"expert-{name}", source, task_name=f"train-{name}", epochs=cfg.expert_epochs,
@@ -116,21 +126,22 @@ def run_demo(root: Path, cfg: DemoConfig, step: Step, log: Log) -> DemoResult:
         bar(i + 1, len(todo))
     lap("experts")
 
-    experts = [f"expert-{n}" for n, _ in EXPERTS]
+    experts = [f"expert-{n}" for n, _ in expert_list]
     measured, _ = reg.evaluate(experts=experts, device=cfg.device, progress=step("expert x task linear probes"))
     if measured or not reg.model2vec_fitted("default", "montecarlo"):
         reg.fit_model2vec(seed=cfg.seed)
     lap("evaluation + Model2Vec")
 
-    bar = step("answering select for 3 held-out datasets")
-    for i, (label, source) in enumerate(QUERIES):
+    bar = step(f"answering select for {len(queries)} held-out dataset(s)")
+    for i, (label, source) in enumerate(queries):
         out.selections.append(_answer(reg, label, source, experts, cfg))
-        bar(i + 1, len(QUERIES))
+        bar(i + 1, len(queries))
     lap("select")
 
-    rep = reg.taskonomy_build("builtin", max_order=cfg.taskonomy_max_order, executor=cfg.executor,
-                              n_images=cfg.taskonomy_images, self_epochs=cfg.taskonomy_self_epochs,
-                              transfer_epochs=cfg.taskonomy_transfer_epochs, seed=cfg.seed, device=cfg.device,
+    rep = reg.taskonomy_build("builtin-tiny" if cfg.quick else "builtin", max_order=cfg.taskonomy_max_order,
+                              executor=cfg.executor, n_images=cfg.taskonomy_images,
+                              self_epochs=cfg.taskonomy_self_epochs, transfer_epochs=cfg.taskonomy_transfer_epochs,
+                              tasks=QUICK_TASKS if cfg.quick else None, seed=cfg.seed, device=cfg.device,
                               register_experts=False, step_progress=step)
     lap("taskonomy build")
     for budget in BUDGETS:

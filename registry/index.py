@@ -6,12 +6,17 @@ inner product is cosine similarity. The asymmetric Task2Vec distance is not a me
 index only proposes candidates; the caller re-ranks them exactly.
 
 Index type (chosen by measurement, see ``benchmarks/scale_bench.py`` and the "Scale" section of
-``benchmarks/RESULTS.md``): an exact ``IndexFlatIP`` below ``APPROXIMATE_THRESHOLD`` vectors, an
-``IndexIVFFlat`` at or above it. IVF-Flat clusters the vectors with k-means into ``ivf_nlist(n)``
-lists and scans only the ``IVF_NPROBE`` lists nearest to the query, with exact inner products
-inside them. It builds in seconds where HNSW takes minutes (the index is rebuilt from DuckDB when
-stale), supports ``remove_ids``, and its search is deterministic. Vectors are normalised and added
-in chunks, so building never holds a second full copy of the vectors.
+``benchmarks/RESULTS.md``): an exact ``IndexFlatIP`` while an exact query is cheap, an
+``IndexIVFFlat`` above that. An exact query reads all n x dim floats, so the switch is at
+``n * dim >= APPROXIMATE_THRESHOLD`` floats (~10 ms for one query on an idle core): 100,000
+Task2Vec vectors of ``cifar_resnet20`` (784 filters), 16,300 of ResNet-18 (4,800), never for the
+64-dim domain vectors of a catalog below 1.2M tasks. IVF-Flat clusters the vectors with k-means
+into ``ivf_nlist(n)`` lists (sqrt(n)/2: 500 at 1M) and scans the ``ivf_nprobe(nlist)`` lists
+nearest to the query (8 %, at least 24), with exact inner products inside them. Against HNSW,
+on the same Fisher-like vectors, it builds 8x faster (the index is rebuilt from DuckDB when stale:
+4 s instead of 32 s at 100k on an idle machine), has the better recall (HNSW's falls to ~0.7 on
+queries from unseen task families), supports ``remove_ids``, and its search is deterministic.
+Vectors are normalised and added in chunks, so building never holds a second full copy of them.
 
 Each index file ``index/<kind>.faiss`` has a manifest ``index/<kind>.json`` recording the catalog
 generation it was built from, the number of vectors, the dimension and the file size. An index
@@ -40,12 +45,14 @@ from taskreg.errors import TaskregError
 if TYPE_CHECKING:
     import faiss
 
-# At and above this many vectors the exact flat index is replaced by IVF-Flat. Below it an exact
-# query already costs little, and the exact answer needs no training.
-APPROXIMATE_THRESHOLD = 50_000
-# Lists scanned per query. Recall@10 against the exact answer on Fisher-like vectors is >= 0.95
-# with margin from 50,000 to 1,000,000 vectors (measured numbers in benchmarks/RESULTS.md).
-IVF_NPROBE = 16
+# n * dim (floats read by one exact query) from which IVF-Flat replaces the exact flat index.
+APPROXIMATE_THRESHOLD = 100_000 * 784
+IVF_MIN_VECTORS = 10_000  # below this, exact whatever the dimension (k-means on a few lists is pointless)
+# Fraction of the IVF lists scanned per query, with a floor: recall@10 against the exact answer on
+# Fisher-like vectors >= 0.95 up to 1M vectors, also for queries unlike anything indexed (RESULTS.md;
+# 5 % gave 0.98 on queries like the indexed tasks but 0.91 on those from unseen task families).
+IVF_SCAN_FRACTION = 0.08
+IVF_MIN_NPROBE = 24
 IVF_TRAIN_PER_LIST = 40  # k-means training points per list (Faiss warns below 39)
 IVF_KMEANS_ITERATIONS = 10
 ADD_CHUNK = 65_536  # rows normalised and added at a time
@@ -78,23 +85,28 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 def ivf_nlist(n: int) -> int:
-    """Number of IVF lists for ``n`` vectors: about sqrt(n) (1,000 lists of ~1,000 vectors at 1M)."""
-    return int(min(max(round(math.sqrt(max(n, 1))), 16), 4096))
+    """Number of IVF lists for ``n`` vectors: sqrt(n) / 2, so lists of ~2 sqrt(n) vectors (500 of 2,000 at 1M)."""
+    return int(min(max(round(math.sqrt(max(n, 1)) / 2), 16), 4096, max(n // IVF_TRAIN_PER_LIST, 1)))
 
 
-def choose_index_type(n: int) -> str:
-    """'flat' (exact) below ``APPROXIMATE_THRESHOLD`` vectors, else 'ivf'."""
-    return "ivf" if n >= APPROXIMATE_THRESHOLD else "flat"
+def ivf_nprobe(nlist: int) -> int:
+    """Lists scanned per query: ``IVF_SCAN_FRACTION`` of them, at least ``IVF_MIN_NPROBE`` (40 of 500 at 1M)."""
+    return int(min(nlist, max(IVF_MIN_NPROBE, math.ceil(IVF_SCAN_FRACTION * nlist))))
+
+
+def choose_index_type(n: int, dim: int) -> str:
+    """'ivf' when an exact query would read ``APPROXIMATE_THRESHOLD`` floats or more, else 'flat' (exact)."""
+    return "ivf" if n >= IVF_MIN_VECTORS and n * dim >= APPROXIMATE_THRESHOLD else "flat"
 
 
 def build_index(ids: np.ndarray, vectors: np.ndarray, *, index_type: str | None = None, seed: int = 0,
-                nprobe: int = IVF_NPROBE) -> faiss.Index:
+                nprobe: int | None = None) -> faiss.Index:
     """An ``IndexIDMap2`` over cosine similarity: exact while small, IVF-Flat above the threshold.
 
     ids : (N,) int64 catalog ids; vectors : (N, D) float32 (normalised here, chunk by chunk).
     index_type : 'flat' or 'ivf'; None chooses by size (:func:`choose_index_type`).
     seed : k-means initialisation and training sample of the IVF lists (the build is deterministic).
-    nprobe : lists an IVF search scans by default (stored in the index file).
+    nprobe : lists an IVF search scans by default (stored in the index file); None: :func:`ivf_nprobe`.
     """
     import faiss
 
@@ -102,17 +114,17 @@ def build_index(ids: np.ndarray, vectors: np.ndarray, *, index_type: str | None 
     if vectors.ndim != 2 or vectors.shape[0] != ids.shape[0]:
         raise TaskregError(f"build_index: expected vectors of shape ({ids.shape[0]}, D), got {vectors.shape}")
     n, dim = vectors.shape
-    index_type = index_type or choose_index_type(n)
+    index_type = index_type or choose_index_type(n, dim)
     if index_type not in INDEX_TYPES:
         raise TaskregError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
     if index_type == "ivf":
-        nlist = min(ivf_nlist(n), max(n // IVF_TRAIN_PER_LIST, 1))
+        nlist = ivf_nlist(n)
         quantizer = faiss.IndexFlatIP(dim)  # kept alive by the IVF index's Python wrapper
         inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         inner.cp.niter = IVF_KMEANS_ITERATIONS
         inner.cp.seed = seed
         inner.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
-        inner.nprobe = min(nprobe, nlist)
+        inner.nprobe = min(nprobe or ivf_nprobe(nlist), nlist)
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, size=min(n, IVF_TRAIN_PER_LIST * nlist), replace=False))
         inner.train(normalise(vectors[sample]))

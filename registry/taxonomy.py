@@ -115,8 +115,8 @@ class TaxonomyOps(ExpertOps):
         """Solve the transfer policy with the BIP and record it in ``policies``."""
         from taskreg.selection.bip import solve_policy
 
-        if not isinstance(budget, int | float) or not math.isfinite(budget):
-            raise TaskregError(f"budget must be a finite number, got {budget}")
+        if not isinstance(budget, int | float) or not math.isfinite(budget) or budget < 0:
+            raise TaskregError(f"budget must be a finite number >= 0, got {budget}")
         aff = self.affinity(affinity)
         pol = solve_policy(aff, float(budget), max_order=max_order, targets=targets, source_only=source_only,
                            importance=importance, cost=cost, pin_supervised=pin_supervised)

@@ -213,6 +213,8 @@ def read_affinity_csv(
                 transfers = _parse_rows(csv.DictReader(fh), label)
         except FileNotFoundError:
             raise TaskregError(f"affinity table file not found: {path}") from None
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise TaskregError(f"affinity table '{label}' is not a CSV text file ({exc})") from None
     else:
         label = name or getattr(path_or_fileobj, "name", None) or "affinities"
         transfers = _parse_rows(csv.DictReader(path_or_fileobj), str(label))

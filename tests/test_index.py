@@ -81,3 +81,133 @@ def test_check_reports_a_stale_index_and_a_dangling_row(registry: Registry) -> N
         con.execute("DELETE FROM tasks WHERE name = 't0'")
     report = registry.check()
     assert any("task_embeddings without task" in p for p in report.problems)
+
+
+# --------------------------------------------------------------------------- scale: IVF, mmap, bulk inserts, check
+
+
+def clustered(n: int, dim: int, seed: int, centres: int = 20) -> np.ndarray:
+    """Non-negative, heavy-tailed, clustered vectors (log-normal around a few centres), like Fisher embeddings."""
+    rng = np.random.default_rng(seed)
+    c = np.random.default_rng(99).normal(0, 1.5, (centres, dim))
+    return np.exp(c[rng.integers(0, centres, n)] + rng.normal(0, 0.3, (n, dim))).astype(np.float32)
+
+
+def test_ivf_index_finds_the_exact_neighbours_and_survives_a_memory_mapped_reload(tmp_path) -> None:
+    from taskreg.registry import index as ix
+
+    vecs, queries = clustered(4000, 24, seed=0), clustered(50, 24, seed=1)
+    ids = np.arange(4000, dtype=np.int64) * 3 + 7  # catalog ids are not positions
+    assert ix.choose_index_type(99_999, 784) == "flat" and ix.choose_index_type(100_000, 784) == "ivf"
+    assert ix.choose_index_type(20_000, 4800) == "ivf" and ix.choose_index_type(1_000_000, 64) == "flat"
+    assert ix.ivf_nlist(1_000_000) == 500 and ix.ivf_nprobe(500) == 40 and ix.ivf_nprobe(100) == 24
+    index = build_index(ids, vecs, index_type="ivf")
+    assert ix._ivf(index) is not None and index.ntotal == 4000
+    exact = normalise(queries) @ normalise(vecs).T
+    hits = [len(set(search(index, q, 10)[0].tolist()) & set(ids[np.argsort(-e)[:10]].tolist())) / 10
+            for q, e in zip(queries, exact, strict=True)]
+    assert np.mean(hits) >= 0.95
+    store = ix.IndexStore(tmp_path)
+    manifest = store.save(KIND, index, generation=3)
+    assert manifest.index_type == "IndexIVFFlat" and store.problem(KIND, 3, 4000) is None
+    loaded = store.load(KIND)  # memory-mapped
+    for q in queries[:5]:
+        a, b = search(index, q, 10), search(loaded, q, 10)
+        assert a[0].tolist() == b[0].tolist()
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+    got, sims = search(loaded, queries[0], 1500)  # more than the default lists hold: nprobe grows with k
+    assert len(got) == 1500 and len(set(got.tolist())) == 1500 and np.all(np.diff(sims) <= 1e-6)
+
+
+def test_chunked_build_equals_exact_search_and_bad_shapes_are_refused(monkeypatch) -> None:
+    import pytest
+
+    from taskreg.errors import TaskregError
+    from taskreg.registry import index as ix
+
+    monkeypatch.setattr(ix, "ADD_CHUNK", 7)  # many chunks: every row normalised and added exactly once
+    vecs = clustered(100, 12, seed=2)
+    index = build_index(np.arange(100) + 1, vecs)
+    assert index.ntotal == 100
+    q = clustered(1, 12, seed=3)[0]
+    sims = normalise(vecs) @ normalise(q[None])[0]
+    assert search(index, q, 5)[0].tolist() == (np.argsort(-sims)[:5] + 1).tolist()
+    with pytest.raises(TaskregError, match="dimension"):
+        search(index, np.ones(5, dtype=np.float32), 3)
+    with pytest.raises(TaskregError, match="expected vectors of shape"):
+        build_index(np.arange(3), vecs)
+    with pytest.raises(TaskregError, match="unknown index type"):
+        build_index(np.arange(100), vecs, index_type="hnsw")
+
+
+def test_insert_columns_round_trips_vectors_after_a_half_read_result(registry: Registry) -> None:
+    import pytest
+
+    from taskreg.errors import TaskregError
+
+    vecs = clustered(300, 16, seed=4)
+    with registry.write() as con:
+        catalog.insert_columns(con, "tasks", {"name": [f"b{i}" for i in range(300)], "source": ["s"] * 300,
+                                              "domain": ["d"] * 300, "n_samples": np.ones(300, np.int32),
+                                              "n_classes": np.full(300, 2, np.int32), "fingerprint": ["f"] * 300})
+        ids = np.array([r[0] for r in con.execute("SELECT id FROM tasks ORDER BY name").fetchall()])
+        con.execute("SELECT count(*) FROM tasks").fetchone()  # leaves a result unfinished (DuckDB 2)
+        order = np.argsort([f"b{i}" for i in range(300)])
+        catalog.insert_columns(con, "task_embeddings", {
+            "task_id": ids, "probe": ["p"] * 300, "method": ["montecarlo"] * 300, "vector": vecs[order],
+            "norm": np.zeros(300), "n_samples": np.ones(300, np.int32), "seed": np.zeros(300, np.int32),
+            "run_id": [None] * 300})
+        catalog.bump_generation(con, KIND)
+        with pytest.raises(TaskregError, match="different lengths"):
+            catalog.insert_columns(con, "tasks", {"name": ["x", "y"], "source": ["s"]})
+    with registry.read() as con:
+        got_ids, got = catalog.vectors_to_numpy(con, registry._KIND_SQL["task"], ("p", "montecarlo"))
+    np.testing.assert_array_equal(got, vecs[order][np.argsort(ids)])
+    assert registry.index(KIND).ntotal == 300
+
+
+def test_hash_cache_rehashes_a_file_rewritten_with_the_same_size_and_mtime(tmp_path, monkeypatch) -> None:
+    import hashlib
+    import os
+
+    from taskreg.registry.core import HashCache
+
+    monkeypatch.setattr(HashCache, "RACY_SECONDS", 0.0)  # the file is written just now
+    path, store = tmp_path / "w.pt", tmp_path / "cache" / "sha.json"
+    path.write_bytes(b"weights" * 1000)
+    cache = HashCache(store)
+    assert cache.sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    cache.save()
+    reloaded = HashCache(store)
+    assert reloaded.entries == cache.entries and not reloaded.dirty
+    before = path.stat()
+    path.write_bytes(b"WEIGHTS" * 1000)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size and mtime: only the ctime tells
+    assert reloaded.sha256(path) == hashlib.sha256(b"WEIGHTS" * 1000).hexdigest()
+    store.write_text("{not json")
+    assert HashCache(store).entries == {}  # a damaged cache is ignored, never trusted
+
+
+def test_check_finds_a_deleted_run_and_an_altered_weights_file(registry: Registry) -> None:
+    import hashlib
+
+    rel = "artifacts/probes/p.pt"
+    path = registry.root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"state" * 100)
+    run = registry.tracker.start_run("probes", "probe-p")
+    registry.tracker.commit(run.run_id)
+    rec = catalog.ProbeRecord(name="p", arch="cifar_resnet8", input_size=32, in_chans=3, mean=(0.5,) * 3,
+                              std=(0.5,) * 3, sha256=hashlib.sha256(path.read_bytes()).hexdigest(), weights=rel,
+                              origin="added", run_id=run.run_id)
+    with registry.write() as con:
+        catalog.insert_probe(con, rec)
+    pending = registry.tracker.start_run("tasks", "interrupted")
+    report = registry.check()
+    assert report.ok and any(pending.run_id in n for n in report.notes)  # an uncommitted run is a note
+    path.write_bytes(b"STATE" * 100)
+    assert any("p.pt does not match its sha256" in p for p in registry.check().problems)
+    path.write_bytes(b"state" * 100)
+    assert registry.check(deep=True).ok
+    registry.tracker.delete_run(run.run_id)
+    assert any(f"MLflow run {run.run_id} is deleted" in p for p in registry.check().problems)

@@ -169,10 +169,11 @@ class RayExecutor:
     threads : torch threads, and Ray CPUs requested, per job; default ``max(1, cores // workers)``
         locally, 1 on a cluster.
 
-    Ray is started (or connected to) on the first :meth:`map` and reused by later ones. If ray is
-    already initialised in this process, that runtime is used and left running. The package
-    ``taskreg`` (same version), Ray and Python must match on the driver and every cluster node, and
-    the files named in jobs (feature caches) must be readable at the same path on every node.
+    Ray is started (or connected to) by :meth:`start` or the first :meth:`map`, and reused by later
+    ones. If ray is already initialised in this process, that runtime is used and left running. The
+    package ``taskreg`` (same version), Ray and Python must match on the driver and every cluster
+    node, and the files named in jobs (feature caches, a user ``.npz`` dictionary) must be readable at
+    the same path on every node.
     """
 
     def __init__(self, address: str | None = None, workers: int | None = None, threads: int | None = None) -> None:
@@ -200,26 +201,31 @@ class RayExecutor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _connect(self) -> None:
+    def start(self) -> RayExecutor:
+        """Start the local runtime or connect to the cluster now (``map`` does it otherwise); idempotent.
+
+        Raises TaskregError if Ray cannot start or the address cannot be reached.
+        """
         ray = self._ray
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
                                       "ignore_reinit_error": True}
-            if self.address is None:
-                kwargs.update(num_cpus=self.workers * self.threads, include_dashboard=False)
+            if self.address is None:  # "local": a new runtime even if `ray start` or RAY_ADDRESS name a cluster
+                kwargs.update(address="local", num_cpus=self.workers * self.threads, include_dashboard=False)
             else:
                 kwargs["address"] = self.address
             try:
                 ray.init(**kwargs)
             except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
                 where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray runtime"
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise TaskregError(f"cannot start or reach {where}: {first}") from exc
+                why = " ".join(str(exc).split())[:300] or type(exc).__name__  # one line for the CLI
+                raise TaskregError(f"cannot start or reach {where}: {why}") from exc
             self._owns_runtime = True
             atexit.register(self.close)
         if self.workers is None:
             cpus = float(ray.cluster_resources().get("CPU", 1.0))
             self.workers = max(1, int(cpus // self.threads))
+        return self
 
     def close(self) -> None:
         """Stop the local runtime (or disconnect from the cluster) if this executor started it; idempotent."""
@@ -243,9 +249,9 @@ class RayExecutor:
             progress(0, total)
         if not jobs:
             return
-        self._connect()
+        self.start()
         ray = self._ray
-        assert self.workers is not None  # set by _connect
+        assert self.workers is not None  # set by start()
         task = ray.remote(_run_ray_task).options(num_cpus=self.threads)
         queue = iter(jobs)
         pending: dict[Any, J] = {}
@@ -270,8 +276,9 @@ class RayExecutor:
                     progress(done, total)
                 yield job, pickle.loads(payload)
         finally:
-            for ref in pending:
-                ray.cancel(ref)
+            if pending and ray.is_initialized():
+                for ref in pending:
+                    ray.cancel(ref)
 
 
 # ----------------------------------------------------------------------------------------------------
