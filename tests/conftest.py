@@ -25,9 +25,13 @@ def registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def registry_root(registry_template: Path, tmp_path: Path) -> Path:
-    """A private copy of the template registry."""
+    """A private copy of the template registry, opened once (the first open of a copy points MLflow's
+    artifact paths at it, which would otherwise show up in 'registry unchanged' checks)."""
+    from taskreg.registry import Registry
+
     root = tmp_path / "reg"
     shutil.copytree(registry_template, root)
+    Registry.open(root)
     return root
 
 
