@@ -18,6 +18,8 @@ from taskreg.registry import Registry
 from tests.conftest import snapshot
 
 runner = CliRunner()
+# the module fixture trains a probe/experts or a whole tiny Taskonomy build: minutes on a busy 2-core box
+pytestmark = pytest.mark.timeout(1200)
 
 SOURCES = {
     "mnist-low": "builtin:mnist5k?classes=0,1,2,3,4&n=250&split=train",

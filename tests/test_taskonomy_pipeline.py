@@ -16,6 +16,8 @@ from taskreg.selection.ahp import winrate_matrix_from_losses
 from tests.conftest import snapshot
 
 runner = CliRunner()
+# the module fixture trains a probe/experts or a whole tiny Taskonomy build: minutes on a busy 2-core box
+pytestmark = pytest.mark.timeout(1200)
 TASKS = "edges2d,denoising,autoencoding,photo,category,random,jigsaw"
 BUILD = ["taskonomy", "build", "--dictionary", "builtin-tiny", "--max-order", "2", "--self-epochs", "2",
          "--transfer-epochs", "3", "--tasks", TASKS]
