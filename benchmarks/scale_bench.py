@@ -1,7 +1,8 @@
 """Scale benchmark: a million task vectors, a catalog of 100,000 tasks and 10,000 experts, CLI start-up.
 
 Run: .venv/bin/python benchmarks/scale_bench.py [--quick] [--workdir DIR --keep] [--no-results]
-(full: ~10 min on an idle 2-core machine, peak RSS ~7 GB; --quick: 100k vectors, 10k tasks, ~3 min)
+(full: 14 min and a peak RSS of 8 GB on a 2-core machine shared with other jobs, load average ~12;
+--quick: 100k vectors, 10k tasks / 1k experts, 7 min there)
 
 1. Index at scale (in process). Synthetic Task2Vec-like vectors of dimension 784 -- the number of
    filters of the ``cifar_resnet20`` probe, ``sum(n for _, n in fisher_layout(create_model("cifar_resnet20")))``.
@@ -747,7 +748,7 @@ def conclusions(f: dict) -> list[str]:
     """The findings, as bullet points, from the numbers measured in this run."""
     from taskreg.registry import index as ix
 
-    out = ["", "**Findings (numbers from the tables above)**", ""]
+    out = ["", "**Findings (numbers from the tables below)**", ""]
     idx = f.get("index", {})
     if idx:
         n = max(idx)
@@ -848,7 +849,7 @@ def main() -> None:
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="taskreg-scale-")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     _PYCACHE.append(str(Path(args.workdir) / "pycache"))
-    command = "python benchmarks/scale_bench.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python benchmarks/scale_bench.py", *sys.argv[1:]])
 
     t_start, load_start = time.perf_counter(), os.getloadavg()[0]
     fixed_mmap_threshold()
