@@ -19,6 +19,8 @@ import typer
 
 from taskreg.errors import TaskregError
 
+TASK_LIST_LIMIT = 50  # rows of `task list` rendered as a table unless --limit says otherwise
+
 if TYPE_CHECKING:
     from taskreg.registry import Registry
 
@@ -203,11 +205,13 @@ def init(registry: RegistryOpt = None) -> None:
 def check(
     registry: RegistryOpt = None,
     fix: Annotated[bool, typer.Option("--fix", help="Remove harmless leftovers of interrupted commands.")] = False,
+    deep: Annotated[bool, typer.Option("--deep", help="Rehash every weight file, not only those whose size or "
+                                       "modification time changed since the last check.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Check catalog ↔ MLflow ↔ index consistency; exit 1 with the list of problems."""
     reg = open_registry(registry)
-    report = reg.check(fix=fix)
+    report = reg.check(fix=fix, deep=deep)
     if as_json:
         print_json({"ok": report.ok, "problems": report.problems, "notes": report.notes, "counts": report.counts})
     else:
@@ -278,16 +282,25 @@ def data_builtins() -> None:
 @task_app.command("list")
 @handle_errors
 def task_list(registry: RegistryOpt = None, as_json: JsonOpt = False,
-              limit: Annotated[int | None, typer.Option(help="Show at most this many.")] = None) -> None:
+              limit: Annotated[int | None, typer.Option(
+                  help=f"Show at most this many, oldest first (0: all). Default: {TASK_LIST_LIMIT} in the table, "
+                  "all with --json.")] = None) -> None:
     """List registered tasks."""
     from dataclasses import asdict
 
-    tasks = open_registry(registry).list_tasks(limit=limit)
+    if limit is not None and limit < 0:
+        raise TaskregError(f"--limit must be >= 0, got {limit}")
+    if limit is None and not as_json:
+        limit = TASK_LIST_LIMIT
+    reg = open_registry(registry)
+    tasks = reg.list_tasks(limit=limit or None)
     if as_json:
         print_json([asdict(t) for t in tasks])
-    else:
-        print_table(f"{len(tasks)} task(s)", ["id", "name", "domain", "n", "classes", "source"],
-                    [(t.id, t.name, t.domain, t.n_samples, t.n_classes, t.source) for t in tasks])
+        return
+    total = reg.count_tasks() if limit and len(tasks) == limit else len(tasks)
+    title = f"{total} task(s)" + (f", first {len(tasks)} shown (--limit 0 for all)" if total > len(tasks) else "")
+    print_table(title, ["id", "name", "domain", "n", "classes", "source"],
+                [(t.id, t.name, t.domain, t.n_samples, t.n_classes, t.source) for t in tasks])
 
 
 @task_app.command("show")

@@ -43,7 +43,7 @@ import numpy as np
 
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
-from taskreg.registry.index import IndexStore, build_index, kind_name
+from taskreg.registry.index import IndexStore, build_index, choose_index_type, kind_name, normalise
 from taskreg.registry.tracking import EXPERIMENTS, Tracker, process_alive, process_token, recorded_root, relocate
 
 if TYPE_CHECKING:
@@ -345,6 +345,36 @@ class RegistryCore:
             self.indexes.save(kind, index, gen)
         self._index_cache[kind] = (gen, index)
         return len(ids)
+
+    def add_to_index(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> int:
+        """After a commit that added exactly ``ids`` (N,) / ``vectors`` (N, D) to ``kind`` and bumped its
+        generation once: append them to the index on disk instead of rebuilding it from the catalog.
+
+        Falls back to :meth:`rebuild_index` whenever the index on disk is not exactly the state before
+        that commit (another writer came between, a file is stale or damaged) or the new size calls for
+        the other index type. Returns the number of vectors in the index.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        with self.read() as con:
+            gen = catalog.generation(con, kind)
+            count = self._kind_count(con, kind)
+        before = count - len(ids)
+        m = self.indexes.manifest(kind)
+        wanted = {"flat": "IndexFlatIP", "ivf": "IndexIVFFlat"}[choose_index_type(count, vectors.shape[1])]
+        if (before <= 0 or m is None or m.index_type != wanted or m.dim != vectors.shape[1]
+                or self.indexes.problem(kind, gen - 1, before) is not None):
+            return self.rebuild_index(kind)
+        index = self.indexes.load(kind, mmap=False)
+        if index is None or index.ntotal != before:
+            return self.rebuild_index(kind)
+        if len(ids):
+            index.add_with_ids(normalise(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)), ids)
+        with self.read() as con:
+            current = catalog.generation(con, kind)
+        if current == gen:  # else a newer commit landed meanwhile and that writer saves the newer index
+            self.indexes.save(kind, index, gen)
+        self._index_cache[kind] = (gen, index)
+        return int(index.ntotal)
 
     def rebuild_indexes(self) -> dict[str, int]:
         """Recreate every index from the catalog (``taskreg index rebuild``)."""

@@ -370,7 +370,8 @@ class ExpertOps(TaskOps):
                 if e.id not in seen:
                     seen.add(e.id)
                     ranked.append((e, r.score))
-        rest = [e for e in by_id.values() if e.id not in {x.id for x, _ in ranked}]
+        ranked_ids = {x.id for x, _ in ranked}
+        rest = [e for e in by_id.values() if e.id not in ranked_ids]
         ranked += [(e, float("nan")) for e in rest]
         cost = f"1 probe pass over {min(ds.n, max_samples or ds.n)} images; {len(pairs)} candidates re-ranked"
         return ranked, len(pairs), cost

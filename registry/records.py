@@ -16,6 +16,10 @@ class RecordOps(RegistryCore):
         with self.read() as con:
             return catalog.list_tasks(con, limit=limit)
 
+    def count_tasks(self) -> int:
+        with self.read() as con:
+            return int(con.execute("SELECT count(*) FROM tasks").fetchone()[0])
+
     def get_task(self, name: str) -> catalog.TaskRecord:
         with self.read() as con:
             rec = catalog.get_task(con, name)

@@ -259,8 +259,10 @@ class TaskOps(RecordOps):
                 for kind in kinds:
                     catalog.bump_generation(con, kind)
         self.tracker.commit(run.run_id)
-        for kind in kinds:
-            self.rebuild_index(kind)
+        added = {kinds[0]: [emb.vector], kinds[1]: [] if has_domain else [dom]}
+        for kind, vecs in added.items():  # append to the index on disk; a full rebuild only when it is not current
+            self.add_to_index(kind, np.full(len(vecs), task_id, dtype=np.int64),
+                              np.stack(vecs) if vecs else np.zeros((0, len(dom)), dtype=np.float32))
         return self.get_task(name)
 
     def _existing_task(self, name: str, ds: datasets.Dataset) -> catalog.TaskRecord | None:
@@ -275,11 +277,16 @@ class TaskOps(RecordOps):
         list[str], np.ndarray
     ]:
         """Names and (N, D) vectors of the tasks embedded with ``probe``/``method`` (all, or ``names``)."""
+        if names is not None and not names:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        sql = ("SELECT t.name, e.vector FROM task_embeddings e JOIN tasks t ON t.id = e.task_id "
+               "WHERE e.probe = ? AND e.method = ?")
+        params: list[object] = [probe, method]
+        if names is not None:  # fetch only the rows asked for, not every vector of the probe
+            sql += " AND list_contains(?, t.name)"
+            params.append(list(names))
         with self.read() as con:
-            rows = con.execute(
-                "SELECT t.name, e.vector FROM task_embeddings e JOIN tasks t ON t.id = e.task_id "
-                "WHERE e.probe = ? AND e.method = ? ORDER BY t.id", [probe, method]
-            ).fetchall()
+            rows = con.execute(sql + " ORDER BY t.id", params).fetchall()
         found = {n: np.asarray(v, dtype=np.float32) for n, v in rows}
         if names is None:
             names = list(found)

@@ -42,6 +42,28 @@ def test_sql_and_json(registry_root) -> None:
     assert json.loads(res.output) == [{"v": 2}]
 
 
+def test_task_list_table_is_limited_by_default_and_json_is_complete(registry_root) -> None:
+    import duckdb
+
+    from taskreg.cli import TASK_LIST_LIMIT
+
+    n = TASK_LIST_LIMIT + 5
+    con = duckdb.connect(str(registry_root / "catalog.duckdb"))
+    con.executemany("INSERT INTO tasks (name, source, domain, n_samples, n_classes, fingerprint) "
+                    "VALUES (?, 's', 'd', 1, 2, 'f')", [[f"t{i:03d}"] for i in range(n)])
+    con.close()
+    r = ("--registry", str(registry_root), "task", "list")
+    res = run(*r)
+    assert res.exit_code == 0 and f"{n} task(s), first {TASK_LIST_LIMIT} shown" in res.output
+    assert f"t{TASK_LIST_LIMIT - 1:03d}" in res.output and f"t{TASK_LIST_LIMIT:03d}" not in res.output
+    assert f"t{n - 1:03d}" in run(*r, "--limit", "0").output
+    assert len(json.loads(run(*r, "--json").output)) == n
+    assert len(json.loads(run(*r, "--json", "--limit", "3").output)) == 3
+    res = run(*r, "--limit", "-1")
+    assert res.exit_code == 2 and "--limit must be >= 0" in res.output
+    assert run("--registry", str(registry_root), "check", "--deep").exit_code == 0
+
+
 def test_data_inspect_json() -> None:
     res = run("data", "inspect", "builtin:digits?classes=1,7&split=test", "--json")
     assert res.exit_code == 0, res.output

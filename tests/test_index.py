@@ -71,6 +71,28 @@ def test_stale_and_truncated_indexes_are_detected(registry: Registry) -> None:
     assert len(search(fresh.index(KIND), q, 3)[0]) == 3
 
 
+def test_add_to_index_appends_when_current_and_rebuilds_otherwise(registry: Registry, monkeypatch) -> None:
+    rng = np.random.default_rng(5)
+    add_vectors(registry, rng.random((30, 8), dtype=np.float32))
+    registry.rebuild_indexes()
+    rebuilds: list[str] = []
+    real_rebuild = registry.rebuild_index
+    monkeypatch.setattr(registry, "rebuild_index", lambda kind: rebuilds.append(kind) or real_rebuild(kind))
+    new = rng.random((2, 8), dtype=np.float32)
+    ids = add_vectors(registry, new, prefix="u")  # one commit, one generation bump
+    assert registry.add_to_index(KIND, np.array(ids), new) == 32
+    assert rebuilds == [] and registry.index_problems() == {}
+    fresh = Registry.open(registry.root)  # the appended index on disk is current: nothing rebuilt on open
+    got, _ = search(fresh.index(KIND), new[1], 1)
+    assert got.tolist() == [ids[1]]
+    # two commits since the index was saved: appending the last one alone would lose the first
+    add_vectors(registry, rng.random((1, 8), dtype=np.float32), prefix="v")
+    last = rng.random((1, 8), dtype=np.float32)
+    ids = add_vectors(registry, last, prefix="w")
+    assert registry.add_to_index(KIND, np.array(ids), last) == 34
+    assert rebuilds == [KIND] and registry.index_problems() == {}
+
+
 def test_check_reports_a_stale_index_and_a_dangling_row(registry: Registry) -> None:
     rng = np.random.default_rng(4)
     add_vectors(registry, rng.random((4, 8), dtype=np.float32))
