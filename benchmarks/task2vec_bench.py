@@ -10,17 +10,23 @@ Run: .venv/bin/python benchmarks/task2vec_bench.py [--quick]
    pairs) nearer than tasks from another source -- fraction of correct orderings over all triples
    (a, b same source, c other source: d(a, b) < d(a, c)); the domain embedding is the baseline.
 4. Spearman correlation between the L1 norm of the embedding and the linear-probe test error of the task.
+5. Shuffled labels: each task again with its labels permuted; mean d_sym to the trivial embedding t0 for
+   the real and the shuffled tasks, and for how many tasks the shuffled copy is the nearer one.
 
-Parts 2-4 use a probe trained with train_probe on MNIST + photo patches (18 classes) for --probe-epochs.
+Parts 2-4 use a probe trained with train_probe on MNIST + photo patches (18 classes) for --probe-epochs
+(deterministic; --probe-cache PATH saves it on the first run and reloads it afterwards).
+The variational estimator runs with its defaults unless --beta / --prior-scale / --var-epochs are given.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,9 +39,10 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
+from taskreg.embedders import task2vec as t2v
 from taskreg.embedders.distances import cosine_distance, d_sym
 from taskreg.embedders.probes import ProbeSpec, adapt_inputs, create_model, default_spec, train_probe
-from taskreg.embedders.task2vec import domain_embedding, embed
+from taskreg.embedders.task2vec import domain_embedding, embed, trivial_embedding
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "brick", "grass", "camera", "coins"]
 
@@ -82,6 +89,16 @@ def plain_pass(model: torch.nn.Module, spec: ProbeSpec, x: np.ndarray, y: np.nda
         F.cross_entropy(model(xt[i : i + batch_size]), yt[i : i + batch_size]).backward()
 
 
+def var_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """Keyword arguments of embed() for the variational estimator from the command line."""
+    kw: dict[str, object] = {"var_epochs": args.var_epochs, "var_solver": args.var_solver}
+    if args.beta is not None:
+        kw["beta"] = args.beta
+    if args.prior_scale is not None:
+        kw["prior_scale"] = args.prior_scale
+    return kw
+
+
 def speed(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> None:
     print("\n## 1. Speed (ResNet-18, random init, 32x32 MNIST, batch 64)")
     torch.manual_seed(0)
@@ -92,11 +109,40 @@ def speed(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> None:
         x, y = mx[:n], my[:n]
         base = best_of(lambda x=x, y=y: plain_pass(model, spec, x, y, 64), args.repeats)
         for method in args.methods:
-            kw = {"var_epochs": args.var_epochs} if method == "variational" else {}
+            kw = var_kwargs(args) if method == "variational" else {}
             t = best_of(lambda x=x, y=y, m=method, kw=kw: embed(model, spec, x, y, method=m, batch_size=64, **kw),
                         args.repeats if method == "montecarlo" else 1)
-            note = f" (var_epochs={args.var_epochs})" if method == "variational" else ""
+            note = f" (var_epochs={args.var_epochs}, {args.var_solver})" if method == "variational" else ""
             print(f"{n:>6} {method:<12} {t:>9.2f} {base:>10.2f} {t / max(base, 1e-9):>7.2f}{note}", flush=True)
+        breakdown(model, spec, x, y, base, args.repeats)
+
+
+def breakdown(model: torch.nn.Module, spec: ProbeSpec, x: np.ndarray, y: np.ndarray, base: float,
+              repeats: int) -> None:
+    """Where the montecarlo time goes, each part as a fraction of the fwd+bwd floor (same process)."""
+    net = copy.deepcopy(model).eval()
+    xt, dev = adapt_inputs(x, spec), torch.device("cpu")
+    z = t2v._features(net, xt, 64, dev)
+    parts = {"features pass (forward, no grad)": lambda: t2v._features(net, xt, 64, dev)}
+    parts["linear head (20 epochs on features)"] = lambda: t2v._train_head(
+        z, torch.as_tensor(y), 10, epochs=20, lr=0.01, weight_decay=1e-3, batch_size=256,
+        gen=torch.Generator().manual_seed(0))
+    net.fc = t2v._train_head(z, torch.as_tensor(y), 10, epochs=20, lr=0.01, weight_decay=1e-3, batch_size=256,
+                             gen=torch.Generator().manual_seed(0))[0]
+
+    def activation_grads() -> None:  # the Fisher pass without the per-sample squared weight gradients
+        for prm in net.parameters():
+            prm.requires_grad_(False)
+        yt = torch.as_tensor(y)
+        for i in range(0, len(xt), 64):
+            xb = xt[i : i + 64].requires_grad_(True)
+            F.cross_entropy(net(xb), yt[i : i + 64], reduction="sum").backward()
+
+    parts["backward to activations only"] = activation_grads
+    parts["Fisher pass (+ per-sample squared grads)"] = lambda: t2v._montecarlo_fisher(
+        net, xt, 64, dev, torch.Generator().manual_seed(0))
+    print(f"       montecarlo breakdown at N={len(x)}: " + "; ".join(
+        f"{name} {best_of(fn, repeats) / base:.2f}x" for name, fn in parts.items()), flush=True)
 
 
 Task = tuple[str, str, np.ndarray, np.ndarray]
@@ -139,9 +185,18 @@ def quality(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> None:
     x = np.concatenate([mnist32, px])
     y = np.concatenate([my[:2500], py + 10])
     t = time.perf_counter()
-    probe = train_probe("cifar_resnet20", x, y, epochs=args.probe_epochs, batch_size=64, lr=0.05, seed=0,
-                        flip=False)
-    print(f"probe training: {time.perf_counter() - t:.1f} s for {len(x)} images x {args.probe_epochs} epochs")
+    cache = Path(args.probe_cache) if args.probe_cache else None
+    if cache is not None and cache.exists():
+        probe = create_model("cifar_resnet20", num_classes=18)
+        probe.load_state_dict(torch.load(cache, weights_only=True))
+        probe.eval()
+        print(f"probe loaded from {cache} (trained earlier by this script with the same settings)")
+    else:
+        probe = train_probe("cifar_resnet20", x, y, epochs=args.probe_epochs, batch_size=64, lr=0.05, seed=0,
+                            flip=False)
+        print(f"probe training: {time.perf_counter() - t:.1f} s for {len(x)} images x {args.probe_epochs} epochs")
+        if cache is not None:
+            torch.save(probe.state_dict(), cache)
     spec = default_spec("cifar_resnet20")
     tasks = make_tasks(args, mx, my)
     sources = [s for _, s, _, _ in tasks]
@@ -156,8 +211,9 @@ def quality(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> None:
           f"{triple_accuracy(dom_d, sources):.3f}")
     print(f"{'method':<12} {'d(seed0,seed1)':>15} {'d(diff tasks)':>14} {'triples':>8} {'spearman(|e|1,err)':>19} "
           f"{'s/task':>7}")
+    trivial_rows = []
     for method in args.methods:
-        kw = {"var_epochs": args.var_epochs} if method == "variational" else {}
+        kw = var_kwargs(args) if method == "variational" else {}
         t = time.perf_counter()
         e0 = np.stack([embed(probe, spec, tx, ty, method=method, seed=0, **kw).vector for _, _, tx, ty in tasks])
         per_task = (time.perf_counter() - t) / n
@@ -168,6 +224,20 @@ def quality(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> None:
         rho = spearmanr(np.abs(e0).sum(1), lp_err).statistic
         print(f"{method:<12} {same:>15.4f} {diff:>14.4f} {triple_accuracy(dm, sources):>8.3f} {rho:>19.3f} "
               f"{per_task:>7.2f}", flush=True)
+        if not args.skip_shuffled:
+            rng = np.random.default_rng(0)
+            es = np.stack([embed(probe, spec, tx, rng.permutation(ty), method=method, seed=0, **kw).vector
+                           for _, _, tx, ty in tasks])
+            t0 = trivial_embedding(probe, method, spec=spec)
+            d_real = np.array([d_sym(v, t0) for v in e0])
+            d_shuf = np.array([d_sym(v, t0) for v in es])
+            trivial_rows.append(f"{method:<12} {d_real.mean():>14.4f} {d_shuf.mean():>14.4f} "
+                                f"{int((d_shuf < d_real).sum()):>8d}/{n}")
+    if trivial_rows:
+        print("\n## 5. Labels shuffled within each task (no information): distance to the trivial embedding t0 "
+              "(variational: the prior; montecarlo: the probe's noise task)")
+        print(f"{'method':<12} {'d(real, t0)':>14} {'d(shuf, t0)':>14} {'shuf nearer':>11}")
+        print("\n".join(trivial_rows))
     print("linear-probe errors: " + ", ".join(f"{name}={e:.3f}" for (name, *_), e in zip(tasks, lp_err, strict=True)))
 
 
@@ -179,9 +249,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--var-epochs", type=int, default=3)
     ap.add_argument("--probe-epochs", type=int, default=None)
+    ap.add_argument("--probe-cache", default=None, help="state_dict file: load the quality probe if present, "
+                    "else train it and save it there (the probe name includes no settings: use one file per config)")
+    ap.add_argument("--var-solver", default="sgvb", choices=["sgvb", "fixed_point"],
+                    help="variational refinement after the Laplace pass (default: the library's, sgvb)")
+    ap.add_argument("--beta", type=float, default=None, help="variational KL weight (default: the library's)")
+    ap.add_argument("--prior-scale", type=float, default=None, help="variational prior scale (default: library's)")
     ap.add_argument("--task-size", type=int, default=None)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-shuffled", action="store_true", help="skip part 5 (shuffled-label copies of the tasks)")
     args = ap.parse_args()
     args.sizes = args.sizes or ([1000] if args.quick else [1000, 5000])
     args.probe_epochs = args.probe_epochs or (2 if args.quick else 6)

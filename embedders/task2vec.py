@@ -29,14 +29,32 @@ Estimators
     Labels are drawn by inverse-CDF sampling over the classes sorted by probability, so a relabelling
     of the classes (with a head that is then exactly permuted) draws exactly the same samples.
 
-``variational`` -- the paper's robust estimator: a per-filter Gaussian posterior N(w_hat, Lambda^-1)
-    around the probe's weights with one precision Lambda_f per filter, learned by minimising
-        mean CE under weight noise + beta/N * sum_f |f| KL(N(0, 1/Lambda_f) || N(0, 1/lambda2))
-    with Adam, using the local reparameterisation trick (the noise is injected on each conv output:
-    var(out_o) = Lambda_o^-1 * conv(a^2, ones)). To second order the optimum is
-    ``Lambda_f = lambda2 + (N/beta) F_f``: the learned precision is the Fisher, shifted towards the
-    prior when data are few or uninformative. The embedding is Lambda (per filter) and the trivial
-    embedding t0 is the prior precision ``lambda2`` in every coordinate.
+``variational`` -- the paper's robust estimator: a Gaussian posterior N(w_hat, Lambda^-1) around the
+    probe's weights with one precision Lambda_f per filter, against an isotropic prior of precision
+    lambda2_f, minimising  E_q[CE] + beta/N * sum_f |f| KL(N(0, 1/Lambda_f) || N(0, 1/lambda2_f)).
+    To second order the optimum is ``Lambda_f = lambda2_f + (N/beta) F_f`` (paper, Sect. 3.1).
+    Pass 1 computes exactly that (the Laplace solution, from the exact Fisher); each further pass
+    (``var_epochs - 1``) refines it on the objective itself:
+
+    * ``var_solver="sgvb"`` (default, the paper's method): Adam on log Lambda with the local
+      reparameterisation trick -- the noise is drawn on each conv output with the variance that
+      independent weight noise would give (see :func:`_sgvb_refine`);
+    * ``var_solver="fixed_point"``: the stationarity condition beyond second order,
+      ``Lambda_f = lambda2_f + (N/beta) E_q[F_f(w)]`` (Price's theorem + Gauss-Newton), solved by damped
+      fixed-point steps, each an exact per-sample Fisher pass at weights drawn from the posterior.
+
+    Scale choices (benchmarks/RESULTS.md, "Task2Vec", measures them):
+
+    * prior: ``lambda2_f = prior_scale / mean(w_hat_f^2)`` -- weight noise on the scale of the filter's
+      own weights (the official code's choice, per layer there);
+    * beta: default ``N / W`` (W = number of conv weights), i.e. the posterior may cost ~1/2 nat of
+      cross-entropy per image. With the paper's ELBO value beta = 1 and W >> N the posterior is the
+      prior for any realistic N (the first default, lambda2 = 1e3 and beta = 1, gave a data term of
+      1e-4..1e-3 of the prior on a trained cifar_resnet20 with 300 images, and a learned embedding that
+      was mostly optimiser noise);
+    * the embedding is ``Lambda_f / lambda2_f >= 1`` (precision relative to the prior), so the trivial
+      embedding t0 (the prior) is 1 in every coordinate for every probe. d_sym is unchanged by a
+      per-coordinate unit.
 
 Trivial embedding of ``montecarlo``: the Fisher of a task without information is 0 (a head that
 predicts a constant distribution has zero scores), which makes d_sym(., t0) degenerate. We instead use
@@ -73,8 +91,12 @@ __all__ = [
 ]
 
 METHODS = ("montecarlo", "variational")
-DEFAULT_PRIOR_PRECISION = 1e3  # lambda^2: prior weight-noise std 1/sqrt(1e3) ~ 0.03
-DEFAULT_BETA = 1.0
+DEFAULT_PRIOR_SCALE = 1.0  # lambda2_f = scale / mean(w_f^2): prior weight-noise std = the filter's RMS weight
+DEFAULT_BETA: float | None = None  # None: beta = N / (number of conv weights), see _variational_fisher
+VAR_SOLVERS = ("sgvb", "fixed_point")
+DEFAULT_VAR_SOLVER = "sgvb"
+_TINY_W2 = 1e-30
+_MIN_WEIGHT_DRAWS = 16  # weight draws per perturbed pass (one per batch; smaller batches if N is small)
 TRIVIAL_N = 256
 _EPS = 1e-12
 _MAX_CHUNK_FLOATS = 32_000_000  # per-sample gradient buffer limit (~128 MB) before splitting the batch
@@ -320,57 +342,170 @@ def _montecarlo_fisher(net: nn.Module, xt: torch.Tensor, batch_size: int, dev: t
 # --------------------------------------------------------------------------------------------------
 
 
-def _variational_fisher(net: nn.Module, xt: torch.Tensor, y: torch.Tensor, *, batch_size: int, epochs: int,
-                        lr: float, prior_precision: float, beta: float, dev: torch.device,
-                        gen: torch.Generator, tick: Callable[[], None] | None = None) -> np.ndarray:
-    """Learned per-filter posterior precision Lambda (D,) with the local reparameterisation trick."""
-    for prm in net.parameters():
-        prm.requires_grad_(False)
-    convs = _convs(net)
-    log_prec = [torch.full((m.out_channels,), math.log(prior_precision), device=dev, requires_grad=True)
-                for _, m in convs]
+def _split_layers(vec: torch.Tensor, convs: list[tuple[str, nn.Conv2d]]) -> list[torch.Tensor]:
+    """Cut a (D,) per-filter vector into one (O_l,) block per conv layer."""
+    return list(torch.split(vec, [m.out_channels for _, m in convs]))
+
+
+def _perturbed_fisher(net: nn.Module, convs: list[tuple[str, nn.Conv2d]], w_hat: list[torch.Tensor],
+                      log_prec: list[torch.Tensor], xt: torch.Tensor, batch_size: int, dev: torch.device,
+                      gen: torch.Generator, noise_gen: torch.Generator,
+                      tick: Callable[[], None] | None = None) -> list[torch.Tensor]:
+    """Exact per-sample Fisher averaged over weights drawn from the posterior N(w_hat, Lambda^-1).
+
+    One weight draw per batch (the draw of an odd batch is the negated draw of the batch before:
+    antithetic pairs cancel the first-order change of the Fisher). Labels are sampled from the
+    perturbed model. ``log_prec`` : per layer (O_l,) float64 log Lambda. Returns per layer (O_l,) float64.
+    The conv weights are restored to ``w_hat`` before returning.
+    """
+    acc = _FisherAccumulator(net)
+    std = [torch.exp(-0.5 * lp).to(device=dev, dtype=w.dtype).view(-1, 1, 1, 1) for lp, w in zip(log_prec, w_hat,
+                                                                                                 strict=True)]
+    delta: list[torch.Tensor] = []
+    try:
+        for b, i in enumerate(range(0, xt.shape[0], batch_size)):
+            if b % 2 == 0:
+                delta = [torch.randn(w.shape, generator=noise_gen, device=dev, dtype=w.dtype) * s
+                         for w, s in zip(w_hat, std, strict=True)]
+            sign = 1.0 if b % 2 == 0 else -1.0
+            with torch.no_grad():
+                for (_, m), w, d in zip(convs, w_hat, delta, strict=True):
+                    m.weight.copy_(w + sign * d)
+            xb = xt[i : i + batch_size].to(dev).requires_grad_(True)
+            logits = net(xb)
+            F.cross_entropy(logits, _sample_labels(logits, gen), reduction="sum").backward()
+            if tick is not None:
+                tick()
+    finally:
+        acc.remove()
+        with torch.no_grad():
+            for (_, m), w in zip(convs, w_hat, strict=True):
+                m.weight.copy_(w)
+    return _split_layers(torch.from_numpy(acc.per_filter_mean(xt.shape[0])).double(), convs)
+
+
+def _sgvb_refine(net: nn.Module, convs: list[tuple[str, nn.Conv2d]], log_rel: list[torch.Tensor],
+                 prior: list[torch.Tensor], xt: torch.Tensor, y: torch.Tensor, *, beta: float, epochs: int,
+                 lr: float, batch_size: int, dev: torch.device, gen: torch.Generator,
+                 tick: Callable[[], None] | None = None) -> list[torch.Tensor]:
+    """Stochastic variational refinement of the precision with the local reparameterisation trick.
+
+    Minimises  mean CE(y | x, w) under w ~ N(w_hat, Lambda^-1)  +  beta/N sum_f |f| KL(N(0, 1/Lambda_f) ||
+    N(0, 1/lambda2_f))  with Adam on r_f = log(Lambda_f / lambda2_f) >= 0 (the weights stay at w_hat).
+    Local reparameterisation (Kingma et al. 2015): instead of drawing weights, the noise is drawn on
+    each conv output, whose variance under independent weight noise is ``Lambda_o^-1 * conv(a^2, ones)``.
+    For a convolution this draws independent noise per output position (a shared weight draw would
+    correlate them): the paper's estimator, with that approximation.
+    ``log_rel`` (starting point) and ``prior`` (lambda2): per layer (O_l,). Returns per layer (O_l,) r.
+    """
+    n = xt.shape[0]
+    params = [r.detach().float().to(dev).clone().requires_grad_(True) for r in log_rel]
+    neg_log_prior = [-torch.log(p).float().to(dev) for p in prior]
     sizes = [float(m.in_channels * m.kernel_size[0] * m.kernel_size[1]) for _, m in convs]
     noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
 
     def make_hook(i: int) -> Callable[..., torch.Tensor]:
-        ones = torch.ones(1, convs[i][1].in_channels, *convs[i][1].kernel_size, device=dev)
+        conv = convs[i][1]
+        ones = torch.ones(1, conv.in_channels, *conv.kernel_size, device=dev)
 
         def hook(mod: nn.Conv2d, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
             a = inputs[0]
             energy = F.conv2d(a * a, ones, None, mod.stride, mod.padding, mod.dilation)  # (B, 1, Ho, Wo)
-            var = torch.exp(-log_prec[i]).view(1, -1, 1, 1) * energy
+            var = torch.exp(neg_log_prior[i] - params[i]).view(1, -1, 1, 1) * energy  # 1/Lambda * energy
             eps = torch.randn(out.shape, generator=noise_gen, device=out.device, dtype=out.dtype)
-            return out + torch.sqrt(var.clamp_min(1e-20)) * eps
+            return out + torch.sqrt(var.clamp_min(1e-30)) * eps
 
         return hook
 
+    for prm in net.parameters():
+        prm.requires_grad_(False)
     handles = [m.register_forward_hook(make_hook(i)) for i, (_, m) in enumerate(convs)]
-    n = xt.shape[0]
-    steps_per_epoch = max(1, math.ceil(n / batch_size))
-    total = max(1, epochs * steps_per_epoch)
-    opt = torch.optim.Adam(log_prec, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    lp2 = math.log(prior_precision)
+    steps = max(1, epochs * math.ceil(n / batch_size))
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     try:
         for _ in range(epochs):
             perm = torch.randperm(n, generator=gen)
-            for j in range(steps_per_epoch):
-                idx = perm[j * batch_size : (j + 1) * batch_size]
+            for j in range(0, n, batch_size):
+                idx = perm[j : j + batch_size]
                 ce = F.cross_entropy(net(xt[idx].to(dev)), y[idx].to(dev))
-                # KL(N(0, 1/L) || N(0, 1/l2)) per weight = 0.5 (l2/L - 1 + log L - log l2)
-                kl = sum(s * 0.5 * (torch.exp(lp2 - lp) - 1 + lp - lp2).sum()
-                         for s, lp in zip(sizes, log_prec, strict=True))
+                # KL(N(0, 1/L) || N(0, 1/l2)) per weight = 0.5 (l2/L - 1 + log(L/l2)) = 0.5 (e^-r - 1 + r)
+                kl = sum(s * 0.5 * (torch.exp(-r) - 1 + r).sum() for s, r in zip(sizes, params, strict=True))
                 loss = ce + beta / n * kl
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
+                with torch.no_grad():  # the precision is kept at or above the prior's
+                    for r in params:
+                        r.clamp_(min=0.0)
                 if tick is not None:
                     tick()
     finally:
         for h in handles:
             h.remove()
-    return torch.cat([lp.detach().exp().cpu() for lp in log_prec]).numpy().astype(np.float32)
+    return [r.detach().double().cpu() for r in params]
+
+
+def _variational_fisher(net: nn.Module, xt: torch.Tensor, y: torch.Tensor, *, batch_size: int, epochs: int,
+                        prior_scale: float, beta: float | None, solver: str, lr: float, dev: torch.device,
+                        gen: torch.Generator, tick: Callable[[], None] | None = None) -> np.ndarray:
+    """Posterior precision relative to the prior, Lambda_f / lambda2_f (D,), of the paper's objective.
+
+    Objective (per filter f with |f| weights, N images): E_{w ~ N(w_hat, Lambda^-1)}[CE(w)]
+    + beta/N sum_f |f| KL(N(0, 1/Lambda_f) || N(0, 1/lambda2_f)). Its stationarity condition is
+    Lambda_f = lambda2_f + (2N / (beta |f|)) dE[CE]/d(1/Lambda_f), and by Price's theorem with the
+    Gauss-Newton approximation of the Hessian (the GGN of the cross-entropy is the Fisher, whatever
+    the labels) this is Lambda_f = lambda2_f + (N/beta) E_q[F_f(w)]: the prior plus the Fisher averaged
+    over the posterior itself. Pass 1 evaluates the exact Fisher at w_hat (the Laplace solution); the
+    ``epochs - 1`` further passes refine it with ``solver``: "sgvb" = stochastic gradient on the
+    objective with the local reparameterisation trick (:func:`_sgvb_refine`, Adam with rate ``lr``);
+    "fixed_point" = damped fixed-point iterations of the condition above (as in the precision update of
+    VOGN, Khan et al. 2018, with the mean frozen at w_hat): the Fisher at weights drawn from the
+    current posterior, log Lambda moved half-way to the new value.
+
+    Prior: lambda2_f = prior_scale / mean_k(w_hat_fk^2), isotropic within each filter, on the scale of
+    the filter's own weights (a conv followed by BatchNorm is unchanged when a filter is rescaled,
+    and F_f * mean(w_f^2) is invariant to that rescaling, so the relative precision is too).
+    ``beta=None`` means beta = N / (number of conv weights): the KL is counted per weight rather than
+    per image, and (to second order) the weight noise at the optimum costs at most beta * W / (2N) = 1/2 nat
+    of cross-entropy per image, whatever the size of the probe. Each perturbed pass uses at least
+    ``_MIN_WEIGHT_DRAWS`` weight draws (smaller batches when N is small): with one draw per 64 images the
+    seed-to-seed spread at N=120 was twice as large.
+    """
+    convs = _convs(net)
+    w_hat = [m.weight.detach().clone() for _, m in convs]
+    n = xt.shape[0]
+    n_weights = sum(w.numel() for w in w_hat)
+    beta_eff = float(beta) if beta is not None else n / max(1, n_weights)
+    data_weight = n / beta_eff
+    prior = [prior_scale / w.detach().double().cpu().pow(2).flatten(1).mean(1).clamp_min(_TINY_W2) for w in w_hat]
+    fisher0 = _split_layers(torch.from_numpy(_montecarlo_fisher(net, xt, batch_size, dev, gen, tick)).double(), convs)
+    log_prec = [torch.log(p + data_weight * f) for p, f in zip(prior, fisher0, strict=True)]
+    if solver == "sgvb":
+        log_rel = [torch.log1p(data_weight * f / p) for p, f in zip(prior, fisher0, strict=True)]
+        if epochs > 1:
+            log_rel = _sgvb_refine(net, convs, log_rel, prior, xt, y, beta=beta_eff, epochs=epochs - 1, lr=lr,
+                                   batch_size=batch_size, dev=dev, gen=gen, tick=tick)
+        return torch.cat([torch.exp(r) for r in log_rel]).numpy().astype(np.float32)
+    noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    micro = max(1, min(batch_size, math.ceil(n / _MIN_WEIGHT_DRAWS)))  # >= _MIN_WEIGHT_DRAWS draws per pass
+    units, micro_batches = math.ceil(n / batch_size), math.ceil(n / micro)
+    done = 0
+
+    def micro_tick() -> None:  # progress in units of ``batch_size`` images, whatever the micro-batch size
+        nonlocal done
+        done += 1
+        if tick is not None and (done * units) // micro_batches > ((done - 1) * units) // micro_batches:
+            tick()
+
+    for _ in range(epochs - 1):
+        done = 0
+        fisher = _perturbed_fisher(net, convs, w_hat, log_prec, xt, micro, dev, gen, noise_gen, micro_tick)
+        log_prec = [0.5 * lp + 0.5 * torch.log(p + data_weight * f)
+                    for lp, p, f in zip(log_prec, prior, fisher, strict=True)]
+    rel = torch.cat([torch.exp(lp - torch.log(p)) for lp, p in zip(log_prec, prior, strict=True)])
+    return rel.numpy().astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -391,9 +526,10 @@ def embed(
     head_lr: float = 0.01,
     head_weight_decay: float = 1e-3,
     var_epochs: int = 3,
+    prior_scale: float = DEFAULT_PRIOR_SCALE,
+    beta: float | None = DEFAULT_BETA,
+    var_solver: str = DEFAULT_VAR_SOLVER,
     var_lr: float = 0.1,
-    prior_precision: float = DEFAULT_PRIOR_PRECISION,
-    beta: float = DEFAULT_BETA,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
@@ -411,8 +547,11 @@ def embed(
     max_samples : class-balanced seeded subsample of this size when N is larger.
     batch_size : images per forward/backward pass (does not change the montecarlo scale).
     head_epochs, head_lr, head_weight_decay : training of the linear head on frozen features.
-    var_epochs, var_lr, prior_precision, beta : variational estimator (epochs over the data, Adam lr
-        on log-precision, prior precision lambda^2, KL weight beta).
+    var_epochs, prior_scale, beta, var_solver, var_lr : variational estimator: passes over the data (the
+        first is the exact Fisher at the probe's weights, each further one refines the posterior with
+        ``var_solver``, "sgvb" with Adam rate ``var_lr`` or "fixed_point"), prior precision
+        lambda2_f = prior_scale / mean(w_f^2), KL weight beta (None: N / number of conv weights).
+        See the module docstring.
     progress : called with (done, total) work units.
 
     Returns
@@ -425,8 +564,14 @@ def embed(
     for name, v in (("batch_size", batch_size), ("head_epochs", head_epochs), ("var_epochs", var_epochs)):
         if int(v) < 1:
             raise TaskregError(f"{name} must be >= 1, got {v}")
-    if not (prior_precision > 0 and beta > 0):
-        raise TaskregError(f"prior_precision and beta must be > 0, got {prior_precision} and {beta}")
+    if not (math.isfinite(prior_scale) and prior_scale > 0):
+        raise TaskregError(f"prior_scale must be a positive number, got {prior_scale}")
+    if var_solver not in VAR_SOLVERS:
+        raise TaskregError(f"unknown variational solver {var_solver!r}; choose one of {', '.join(VAR_SOLVERS)}")
+    if not (math.isfinite(var_lr) and var_lr > 0):
+        raise TaskregError(f"var_lr must be a positive number, got {var_lr}")
+    if beta is not None and not (math.isfinite(beta) and beta > 0):
+        raise TaskregError(f"beta must be a positive number or None, got {beta}")
     if not hasattr(model, "features") or not hasattr(model, "fc"):
         raise TaskregError("model must be a probe with .features(x) and an .fc head (see taskreg.embedders.probes)")
     dev = to_device(device)
@@ -461,8 +606,8 @@ def embed(
     if method == "montecarlo":
         vec = _montecarlo_fisher(net, xt, batch_size, dev, gen, tick)
     else:
-        vec = _variational_fisher(net, xt, yt, batch_size=batch_size, epochs=var_epochs, lr=var_lr,
-                                  prior_precision=prior_precision, beta=beta, dev=dev, gen=gen, tick=tick)
+        vec = _variational_fisher(net, xt, yt, batch_size=batch_size, epochs=var_epochs, prior_scale=prior_scale,
+                                  beta=beta, solver=var_solver, lr=var_lr, dev=dev, gen=gen, tick=tick)
     vec = np.nan_to_num(vec, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
     return TaskEmbedding(
         vector=vec, method=method, arch=str(getattr(model, "arch", type(model).__name__)), n_samples=m,
@@ -476,7 +621,6 @@ def trivial_embedding(
     method: str,
     *,
     spec: ProbeSpec | None = None,
-    prior_precision: float = DEFAULT_PRIOR_PRECISION,
     n_classes: int = 10,
     batch_size: int = 64,
     seed: int = 0,
@@ -484,7 +628,8 @@ def trivial_embedding(
 ) -> np.ndarray:
     """Embedding t0 of a task without information, used by ``d_asym`` (see the module docstring).
 
-    * variational: the prior precision ``prior_precision`` in every coordinate (layout or model).
+    * variational: the prior, i.e. 1 in every coordinate (the embedding is the posterior precision
+      relative to the prior precision; needs only the layout or the model).
     * montecarlo: the exact Fisher of the fixed "noise task" of the probe (needs the model and spec):
       ``TRIVIAL_N`` uniform-noise images, labels sampled from a seeded random linear head.
 
@@ -497,7 +642,7 @@ def trivial_embedding(
         d = sum(int(c) for _, c in layout)
         if d == 0:
             raise TaskregError("the probe layout has no filters")
-        return np.full(d, prior_precision, dtype=np.float32)
+        return np.ones(d, dtype=np.float32)
     if not isinstance(layout_or_model, nn.Module) or spec is None:
         raise TaskregError("the montecarlo trivial embedding needs the probe model and its ProbeSpec")
     dev = to_device(device)
