@@ -563,11 +563,18 @@ def model2vec_fit(
     probe: ProbeOpt = None, method: MethodOpt = "montecarlo",
     alpha: Annotated[float, typer.Option(help="d_asym's alpha.")] = 0.15,
     epochs: Annotated[int, typer.Option(help="Optimisation steps.")] = 300,
+    l2: Annotated[str, typer.Option(help="Penalty on the expert biases, or 'auto' (cross-validated over the "
+                                         "tasks).")] = "auto",
     seed: SeedOpt = 0, registry: RegistryOpt = None,
 ) -> None:
     """Fit Model2Vec on the measured expert x task results; store the vectors (catalog + index)."""
-    info = open_registry(registry).fit_model2vec(probe=probe, method=method, alpha=alpha, epochs=epochs, seed=seed)
-    typer.echo(f"Model2Vec fitted on {info['tasks']} tasks x {info['experts']} experts: "
+    try:
+        penalty: float | str = l2 if l2 == "auto" else float(l2)
+    except ValueError:
+        raise TaskregError(f"--l2 must be a number >= 0 or 'auto', got {l2!r}") from None
+    info = open_registry(registry).fit_model2vec(probe=probe, method=method, alpha=alpha, epochs=epochs, seed=seed,
+                                                 l2=penalty)
+    typer.echo(f"Model2Vec fitted on {info['tasks']} tasks x {info['experts']} experts (l2 {info['l2']:g}): "
                f"loss {info['initial_loss']:.4f} -> {info['final_loss']:.4f}")
 
 

@@ -244,8 +244,11 @@ class ExpertOps(TaskOps):
 
     # ------------------------------------------------------------------ Model2Vec
     def fit_model2vec(self, *, probe: str | None = None, method: str = "montecarlo", alpha: float = 0.15,
-                      epochs: int = 300, seed: int = 0, exclude_tasks: Sequence[str] = ()) -> dict[str, float]:
-        """Fit ``m_i = F_i + b_i`` on the measured results and store the vectors (catalog + index)."""
+                      epochs: int = 300, seed: int = 0, exclude_tasks: Sequence[str] = (),
+                      l2: float | str = "auto") -> dict[str, float]:
+        """Fit ``m_i = F_i + b_i`` on the measured results and store the vectors (catalog + index).
+
+        ``l2``: the bias penalty, or "auto" (cross-validated over the tasks, see embedders.model2vec)."""
         from taskreg.embedders.model2vec import fit_model2vec
 
         prec = self.resolve_probe(probe)
@@ -267,7 +270,7 @@ class ExpertOps(TaskOps):
             if e.trained_on and e.trained_on in embedded:
                 base[j] = self.task_vectors(prec.name, method, [e.trained_on])[1][0]
         t0 = self.trivial(prec.name, method)
-        fit = fit_model2vec(task_vecs, base, errors[keep], t0=t0, alpha=alpha, epochs=epochs, seed=seed)
+        fit = fit_model2vec(task_vecs, base, errors[keep], t0=t0, alpha=alpha, epochs=epochs, seed=seed, l2=l2)
         kind = self.kind("model2vec", prec.name, method)
         with self.write() as con:
             con.execute("DELETE FROM model2vec WHERE probe = ? AND method = ?", [prec.name, method])
@@ -281,7 +284,7 @@ class ExpertOps(TaskOps):
             catalog.bump_generation(con, kind)
         self.rebuild_index(kind)
         return {"tasks": len(keep), "experts": len(exp_recs), "initial_loss": float(fit.loss_history[0]),
-                "final_loss": float(fit.loss_history[-1])}
+                "final_loss": float(fit.loss_history[-1]), "l2": fit.l2}
 
     def model2vec_fitted(self, probe: str, method: str) -> bool:
         with self.read() as con:

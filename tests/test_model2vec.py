@@ -39,7 +39,7 @@ def example() -> tuple[np.ndarray, np.ndarray]:
 def test_fit_reduces_loss_and_ranks_best_expert_first(example) -> None:
     tv, errors = example
     t0 = tv.mean(0)
-    m2v = fit_model2vec(tv, tv, errors, t0=t0, epochs=300, lr=0.05, seed=0)
+    m2v = fit_model2vec(tv, tv, errors, t0=t0, epochs=300, lr=0.05, l2=1e-3, seed=0)
     assert m2v.vectors.shape == tv.shape and (m2v.vectors > 0).all()
     assert np.allclose(m2v.biases, m2v.vectors - tv)
     assert m2v.loss_history[-1] < 0.5 * m2v.loss_history[0]
@@ -70,3 +70,22 @@ def test_validation(example) -> None:
         fit_model2vec(tv, tv, errors[:, :3], t0=t0)
     with pytest.raises(TaskregError, match="mismatch"):
         fit_model2vec(tv, tv[:, :10], errors, t0=t0)
+    for bad in (-1.0, float("nan"), "best"):
+        with pytest.raises(TaskregError, match="l2"):
+            fit_model2vec(tv, tv, errors, t0=t0, l2=bad)
+
+
+def test_auto_l2_is_chosen_by_held_out_regret(example) -> None:
+    from taskreg.embedders.model2vec import L2_GRID
+
+    tv, errors = example
+    noisy = np.concatenate([tv, tv * np.random.default_rng(0).uniform(0.8, 1.25, tv.shape)])  # 12 tasks
+    errs = np.concatenate([errors, errors])
+    m2v = fit_model2vec(noisy, tv, errs, t0=tv.mean(0), epochs=100, seed=0)
+    assert set(m2v.cv_regret) == set(L2_GRID) and all(r >= 0 for r in m2v.cv_regret.values())
+    best = min(m2v.cv_regret.values())
+    assert m2v.l2 == max(v for v, r in m2v.cv_regret.items() if r == best)
+    fixed = fit_model2vec(noisy, tv, errs, t0=tv.mean(0), epochs=100, seed=0, l2=m2v.l2)
+    assert np.array_equal(fixed.vectors, m2v.vectors) and fixed.cv_regret == {}
+    few = fit_model2vec(tv[:3], tv, errors[:3], t0=tv.mean(0), epochs=50, seed=0)  # too few tasks to split
+    assert few.cv_regret == {} and few.l2 == max(L2_GRID)
