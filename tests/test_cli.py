@@ -119,6 +119,9 @@ def test_unknown_names_exit_2(registry_root) -> None:
                  ("expert", "rm", "ghost")):
         res = run("--registry", str(registry_root), *args)
         assert res.exit_code == 2 and "unknown" in res.output
+    for l2 in ("strong", "-1", "nan"):
+        res = run("--registry", str(registry_root), "model2vec", "fit", "--l2", l2)
+        assert res.exit_code == 2 and "l2" in res.output and len(res.output.strip().splitlines()) == 1
     assert snapshot(registry_root) == before
 
 
