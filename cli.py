@@ -532,13 +532,17 @@ def expert_train(
     arch: Annotated[str, typer.Option(help="Architecture when training from scratch.")] = "cifar_resnet20",
     task: Annotated[str | None, typer.Option(help="Name of the training task (default: the expert's).")] = None,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 8,
+    max_samples: Annotated[int, typer.Option(help="Images for the Task2Vec embedding of the training task "
+                                                  "(class-balanced subsample; training uses all).")] = 1000,
     probe: ProbeOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", registry: RegistryOpt = None,
 ) -> None:
     """Fine-tune an expert on a dataset and register it (MLflow registered model + catalog)."""
+    if max_samples < 1:
+        raise TaskregError(f"--max-samples must be >= 1, got {max_samples}")
     reg = open_registry(registry)
     with progress_bar(f"training expert {name}") as bar:
         rec = reg.train_expert(name, data, from_probe=from_probe, probe=probe, arch=arch, task_name=task,
-                               epochs=epochs, seed=seed, device=device, progress=bar)
+                               epochs=epochs, seed=seed, device=device, progress=bar, max_samples=max_samples)
     typer.echo(f"registered expert {rec.name} trained on {rec.trained_on} (model version {rec.model_version})")
 
 

@@ -93,11 +93,13 @@ class ExpertOps(TaskOps):
         self, name: str, source: str, *, from_probe: bool = True, probe: str | None = None,
         arch: str = "cifar_resnet20", task_name: str | None = None, epochs: int = 8, seed: int = 0,
         device: str = "cpu", progress: Progress = None, embed_progress: Progress = None,
+        max_samples: int | None = 1000,
     ) -> catalog.ExpertRecord:
         """Fine-tune an expert on a dataset (from the probe's weights or from scratch) and register it.
 
         The training data becomes the expert's ``trained_on`` task (named ``task_name``, default the
-        expert's name), embedded with the probe if it is not registered yet.
+        expert's name), embedded with the probe if it is not registered yet (on a class-balanced
+        subsample of ``max_samples`` images; the expert itself trains on all of them).
         """
         from taskreg.embedders.probes import create_model, default_spec
         from taskreg.trainers.experts import finetune_expert
@@ -116,7 +118,8 @@ class ExpertOps(TaskOps):
         model = finetune_expert(base, spec, ds.x, ds.y, epochs=epochs, seed=seed, device=device, progress=progress)
         metrics = {"train_seconds": time.perf_counter() - t0}
         if not self._task_exists(task):
-            self.add_task(task, ds.source, probe=probe, seed=seed, device=device, progress=embed_progress, dataset=ds)
+            self.add_task(task, ds.source, probe=probe, seed=seed, device=device, progress=embed_progress, dataset=ds,
+                          max_samples=max_samples)
         params = {"source": ds.source, "from_probe": from_probe, "epochs": epochs, "seed": seed,
                   "n_train": ds.n, "n_classes": ds.n_classes}
         return self._register_expert(name, model, arch, task, "trained", params, metrics, n_train=ds.n,

@@ -199,6 +199,9 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     "binary affinity file": lambda d: aff(csv(d, "binary", bytes(range(256)) * 4)),
     # ---- other arguments
     "negative --max-samples": lambda d: add("builtin:digits?classes=3,4&n=40", "--max-samples", "-5"),
+    "expert train with --max-samples 0": lambda d: ["expert", "train", "e0", "--data", "builtin:digits?n=40",
+                                                    "--max-samples", "0"],
+    "Model2Vec penalty that is not a number": lambda d: ["model2vec", "fit", "--l2", "strong"],
     "backup into the registry itself": lambda d: ["backup", "{REG}/artifacts/b"],
     "restore from a directory that is not a backup": lambda d: ["restore", str(d), "--force"],
 }
