@@ -122,6 +122,8 @@ class TaskEmbedding:
     head_train_accuracy: float = float("nan")
     head_train_loss: float = float("nan")
     seconds: float = 0.0
+    mean_features: np.ndarray | None = None  # (feature_dim,) mean probe features of the images used: the
+    # domain embedding of those images, a by-product of the features pass (see :func:`domain_embedding`)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -612,7 +614,7 @@ def embed(
     return TaskEmbedding(
         vector=vec, method=method, arch=str(getattr(model, "arch", type(model).__name__)), n_samples=m,
         n_classes=k, seed=seed, layout=fisher_layout(net), head_train_accuracy=acc, head_train_loss=loss,
-        seconds=time.perf_counter() - t_start,
+        seconds=time.perf_counter() - t_start, mean_features=z.mean(0).numpy().astype(np.float32),
     )
 
 

@@ -192,17 +192,20 @@ class TaskOps(RecordOps):
     def embed_dataset(self, ds: datasets.Dataset, *, probe: str | None = None, method: str = "montecarlo",
                       max_samples: int | None = 1000, seed: int = 0, device: str = "cpu",
                       progress: Progress = None) -> tuple[catalog.ProbeRecord, TaskEmbedding, np.ndarray]:
-        """Embed a dataset with a registered probe: (probe record, Task2Vec embedding, domain embedding)."""
-        from taskreg.embedders.task2vec import domain_embedding, embed
+        """Embed a dataset with a registered probe: (probe record, Task2Vec embedding, domain embedding).
+
+        The domain embedding (mean probe features) comes from the Task2Vec features pass, on the same
+        class-balanced subsample of ``max_samples`` images: no second pass over the data.
+        """
+        from taskreg.embedders.task2vec import embed
 
         if method not in METHODS:
             raise TaskregError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         rec, model, spec = self.load_probe(probe)
         emb = embed(model, spec, ds.x, ds.y, method=method, max_samples=max_samples, seed=seed, device=device,
                     progress=progress)
-        sub = np.random.default_rng(seed).permutation(ds.n)[: max_samples or ds.n]
-        dom = domain_embedding(model, spec, ds.x[np.sort(sub)], device=device)
-        return rec, emb, dom
+        assert emb.mean_features is not None
+        return rec, emb, emb.mean_features
 
     def add_task(
         self, name: str, source: str, *, probe: str | None = None, method: str = "montecarlo",

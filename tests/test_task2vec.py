@@ -214,6 +214,15 @@ def test_trivial_and_domain_embeddings(probe: torch.nn.Module, digits) -> None:
     assert dom.shape == (64,) and np.isfinite(dom).all()
 
 
+def test_embed_returns_the_domain_embedding_of_its_images(probe: torch.nn.Module, digits) -> None:
+    x, y = digits
+    emb = embed(probe, SPEC, x, y, head_epochs=2)  # all images: the same set domain_embedding sees
+    assert np.allclose(emb.mean_features, domain_embedding(probe, SPEC, x), rtol=1e-5, atol=1e-6)
+    sub = embed(probe, SPEC, x, y, head_epochs=2, max_samples=40, seed=5)
+    idx = balanced_subsample(y, 40, 5)
+    assert np.allclose(sub.mean_features, domain_embedding(probe, SPEC, x[idx]), rtol=1e-5, atol=1e-6)
+
+
 def test_input_validation(probe: torch.nn.Module, digits) -> None:
     x, y = digits
     with pytest.raises(TaskregError, match="method"):
