@@ -4,7 +4,7 @@ Run: .venv/bin/python benchmarks/task2vec_bench.py [--quick]
 
 1. Speed: seconds to embed N MNIST images (ResNet-18, 32x32, random init) with each estimator, and the
    ratio to a plain forward+backward pass (cross-entropy, batch 64, all weights requiring grad) over the
-   same images with the same network, measured in the same process (each timing = best of --repeats).
+   same images with the same network, measured in the same process (--repeats interleaved rounds; the ratio is the median of the per-round ratios).
 2. Stability: d_sym between two seeds of the same task vs d_sym between different tasks.
 3. Meaning: tasks from the same source (MNIST digit pairs, sklearn-digits pairs, skimage photo-patch
    pairs) nearer than tasks from another source -- fraction of correct orderings over all triples
@@ -104,17 +104,23 @@ def speed(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> None:
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=10)
     spec = ProbeSpec("resnet18", input_size=32)
-    print(f"{'N':>6} {'method':<12} {'embed s':>9} {'fwd+bwd s':>10} {'ratio':>7}")
+    print("(rounds interleave the floor and the embedding, so slow phases of a noisy machine hit both; the ratio "
+          "is the median over rounds of embed / floor of the same round, with the range in brackets)")
+    print(f"{'N':>6} {'method':<12} {'embed s':>9} {'fwd+bwd s':>10} {'ratio':>7}  range")
     for n in args.sizes:
         x, y = mx[:n], my[:n]
-        base = best_of(lambda x=x, y=y: plain_pass(model, spec, x, y, 64), args.repeats)
         for method in args.methods:
             kw = var_kwargs(args) if method == "variational" else {}
-            t = best_of(lambda x=x, y=y, m=method, kw=kw: embed(model, spec, x, y, method=m, batch_size=64, **kw),
-                        args.repeats if method == "montecarlo" else 1)
+            rounds = args.repeats if method == "montecarlo" else 1
+            pairs = [(best_of(lambda x=x, y=y: plain_pass(model, spec, x, y, 64), 1),
+                      best_of(lambda x=x, y=y, m=method, kw=kw: embed(model, spec, x, y, method=m, batch_size=64,
+                                                                       **kw), 1)) for _ in range(rounds)]
+            ratios = sorted(t / max(b, 1e-9) for b, t in pairs)
+            base, t = statistics.median(b for b, _ in pairs), statistics.median(t for _, t in pairs)
             note = f" (var_epochs={args.var_epochs}, {args.var_solver})" if method == "variational" else ""
-            print(f"{n:>6} {method:<12} {t:>9.2f} {base:>10.2f} {t / max(base, 1e-9):>7.2f}{note}", flush=True)
-        breakdown(model, spec, x, y, base, args.repeats)
+            print(f"{n:>6} {method:<12} {t:>9.2f} {base:>10.2f} {statistics.median(ratios):>7.2f}  "
+                  f"[{ratios[0]:.2f}, {ratios[-1]:.2f}]{note}", flush=True)
+        breakdown(model, spec, x, y, min(b for b, _ in pairs), args.repeats)
 
 
 def breakdown(model: torch.nn.Module, spec: ProbeSpec, x: np.ndarray, y: np.ndarray, base: float,
@@ -246,7 +252,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes (~5 min on 2 cores)")
     ap.add_argument("--sizes", type=int, nargs="+", default=None)
     ap.add_argument("--methods", nargs="+", default=["montecarlo", "variational"])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds of the speed part")
     ap.add_argument("--var-epochs", type=int, default=3)
     ap.add_argument("--probe-epochs", type=int, default=None)
     ap.add_argument("--probe-cache", default=None, help="state_dict file: load the quality probe if present, "

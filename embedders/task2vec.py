@@ -99,7 +99,8 @@ _TINY_W2 = 1e-30
 _MIN_WEIGHT_DRAWS = 16  # weight draws per perturbed pass (one per batch; smaller batches if N is small)
 TRIVIAL_N = 256
 _EPS = 1e-12
-_MAX_CHUNK_FLOATS = 32_000_000  # per-sample gradient buffer limit (~128 MB) before splitting the batch
+_MAX_CHUNK_FLOATS = 600_000  # floats of unfolded inputs + per-sample gradients per chunk (~2.4 MB): chunks that stay
+# in cache made the per-sample pass of ResNet-18 ~30% faster than whole 64-image batches (9.4 MB per layer-1 conv)
 
 Progress = Callable[[int, int], None]
 
