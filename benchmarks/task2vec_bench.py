@@ -4,7 +4,8 @@ Run: .venv/bin/python benchmarks/task2vec_bench.py [--quick]
 
 1. Speed: seconds to embed N MNIST images (ResNet-18, 32x32, random init) with each estimator, and the
    ratio to a plain forward+backward pass (cross-entropy, batch 64, all weights requiring grad) over the
-   same images with the same network, measured in the same process (--repeats interleaved rounds; the ratio is the median of the per-round ratios).
+   same images with the same network, measured in the same process (--repeats interleaved rounds; the ratio
+   is the median of the per-round ratios).
 2. Stability: d_sym between two seeds of the same task vs d_sym between different tasks.
 3. Meaning: tasks from the same source (MNIST digit pairs, sklearn-digits pairs, skimage photo-patch
    pairs) nearer than tasks from another source -- fraction of correct orderings over all triples

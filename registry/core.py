@@ -355,20 +355,48 @@ class RegistryCore:
         the other index type. Returns the number of vectors in the index.
         """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        found = self._index_before_commit(kind, len(ids), int(vectors.shape[1]))
+        if found is None:
+            return self.rebuild_index(kind)
+        gen, index = found
+        if len(ids):
+            index.add_with_ids(normalise(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)), ids)
+        return self._save_updated(kind, gen, index)
+
+    def remove_from_index(self, kind: str, ids: np.ndarray) -> int:
+        """After a commit that removed exactly ``ids`` from ``kind`` and bumped its generation once: drop
+        them from the index on disk (same fallback to a rebuild as :meth:`add_to_index`)."""
+        import faiss
+
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        m = self.indexes.manifest(kind)
+        found = None if m is None else self._index_before_commit(kind, -len(ids), m.dim)
+        if found is None:
+            return self.rebuild_index(kind)
+        gen, index = found
+        if index.remove_ids(faiss.IDSelectorBatch(ids)) != len(ids):
+            return self.rebuild_index(kind)
+        return self._save_updated(kind, gen, index)
+
+    def _index_before_commit(self, kind: str, change: int, dim: int) -> tuple[int, faiss.Index] | None:
+        """(catalog generation, index loaded for modification) when the index on disk is exactly the state
+        one commit before (generation - 1, ``change`` fewer vectors) and the index type still fits; else None."""
         with self.read() as con:
             gen = catalog.generation(con, kind)
             count = self._kind_count(con, kind)
-        before = count - len(ids)
+        before = count - change
         m = self.indexes.manifest(kind)
-        wanted = {"flat": "IndexFlatIP", "ivf": "IndexIVFFlat"}[choose_index_type(count, vectors.shape[1])]
-        if (before <= 0 or m is None or m.index_type != wanted or m.dim != vectors.shape[1]
-                or self.indexes.problem(kind, gen - 1, before) is not None):
-            return self.rebuild_index(kind)
+        if count <= 0 or before <= 0 or m is None or m.dim != dim:
+            return None
+        wanted = {"flat": "IndexFlatIP", "ivf": "IndexIVFFlat"}[choose_index_type(count, dim)]
+        if m.index_type != wanted or self.indexes.problem(kind, gen - 1, before) is not None:
+            return None
         index = self.indexes.load(kind, mmap=False)
         if index is None or index.ntotal != before:
-            return self.rebuild_index(kind)
-        if len(ids):
-            index.add_with_ids(normalise(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)), ids)
+            return None
+        return gen, index
+
+    def _save_updated(self, kind: str, gen: int, index: faiss.Index) -> int:
         with self.read() as con:
             current = catalog.generation(con, kind)
         if current == gen:  # else a newer commit landed meanwhile and that writer saves the newer index

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
 from taskreg.registry.core import RegistryCore
@@ -60,8 +62,8 @@ class RecordOps(RegistryCore):
             con.execute("DELETE FROM tasks WHERE id = ?", [rec.id])
             for kind in kinds:
                 catalog.bump_generation(con, kind)
-        for kind in kinds:
-            self.rebuild_index(kind)
+        for kind in kinds:  # drop the vector from the saved index; a rebuild only when that index is not current
+            self.remove_from_index(kind, np.array([rec.id], dtype=np.int64))
         for run_id in runs:
             self.tracker.delete_run(run_id)
 

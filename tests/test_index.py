@@ -91,6 +91,15 @@ def test_add_to_index_appends_when_current_and_rebuilds_otherwise(registry: Regi
     ids = add_vectors(registry, last, prefix="w")
     assert registry.add_to_index(KIND, np.array(ids), last) == 34
     assert rebuilds == [KIND] and registry.index_problems() == {}
+    # removal: one commit that deletes a task, then the vector is dropped from the saved index
+    with registry.write() as con:
+        con.execute("DELETE FROM task_embeddings WHERE task_id = ?", [ids[0]])
+        con.execute("DELETE FROM tasks WHERE id = ?", [ids[0]])
+        catalog.bump_generation(con, KIND)
+    assert registry.remove_from_index(KIND, np.array(ids)) == 33
+    assert rebuilds == [KIND] and registry.index_problems() == {}
+    got, _ = search(Registry.open(registry.root).index(KIND), last[0], 1)
+    assert got.tolist() != ids
 
 
 def test_check_reports_a_stale_index_and_a_dangling_row(registry: Registry) -> None:
