@@ -46,16 +46,20 @@ def plot_distance_matrix(dist: np.ndarray, names: Sequence[str], path: Path | st
 
     plt = _pyplot()
     size = max(6.0, min(0.22 * n + 3, 24.0))
-    fig = plt.figure(figsize=(size + 2, size))
-    ax_dendro = fig.add_axes((0.02, 0.1, 0.16, 0.8))
+    fontsize = max(4, min(9, int(300 / max(n, 1))))
+    # room under the heatmap for the rotated column labels (about 0.6 em per character)
+    bottom = min(0.35, (max(len(str(x)) for x in names) * fontsize * 0.62 / 72 + 0.2) / size + 0.02)
+    height = 0.9 - bottom
+    # columns, left to right: dendrogram | group strip | heatmap | its row labels | legend and colour bar
+    fig = plt.figure(figsize=(size + 4, size))
+    ax_dendro = fig.add_axes((0.01, bottom, 0.12, height))
     tree = dendrogram(link, orientation="left", no_labels=True, ax=ax_dendro, color_threshold=0,
                       above_threshold_color="#555555")
     ax_dendro.axis("off")
     order = tree["leaves"][::-1]
-    ax_strip = fig.add_axes((0.185, 0.1, 0.015, 0.8))
-    ax = fig.add_axes((0.205, 0.1, 0.62, 0.8))
+    ax_strip = fig.add_axes((0.135, bottom, 0.012, height))
+    ax = fig.add_axes((0.15, bottom, 0.55, height))
     im = ax.imshow(d[np.ix_(order, order)], cmap="viridis_r", aspect="auto", interpolation="nearest")
-    fontsize = max(4, min(9, int(300 / max(n, 1))))
     ax.set_yticks(range(n), [names[i] for i in order], fontsize=fontsize)
     ax.yaxis.tick_right()
     ax.set_xticks(range(n), [names[i] for i in order], fontsize=fontsize, rotation=90)
@@ -64,9 +68,10 @@ def plot_distance_matrix(dist: np.ndarray, names: Sequence[str], path: Path | st
         strip = np.array([[colours[groups[i]] for i in order]]).transpose(1, 0, 2)
         ax_strip.imshow(strip, aspect="auto", interpolation="nearest")
         handles = [plt.Line2D([], [], marker="s", ls="", color=c, label=g) for g, c in colours.items()]
-        fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False, title="domain")
+        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.85, 0.9), fontsize=8, frameon=False,
+                   title="domain")
     ax_strip.axis("off")
-    cax = fig.add_axes((0.9, 0.1, 0.015, 0.3))
+    cax = fig.add_axes((0.86, bottom, 0.015, 0.3))
     fig.colorbar(im, cax=cax, label="distance")
     if title:
         fig.suptitle(title)
