@@ -223,6 +223,26 @@ def test_embed_returns_the_domain_embedding_of_its_images(probe: torch.nn.Module
     assert np.allclose(sub.mean_features, domain_embedding(probe, SPEC, x[idx]), rtol=1e-5, atol=1e-6)
 
 
+def test_single_forward_montecarlo_equals_the_two_pass_one(probe: torch.nn.Module, digits) -> None:
+    """Keeping the features pass's graphs (memory permitting) gives exactly the two-pass embedding."""
+    x, y = digits
+    kept = embed(probe, SPEC, x, y, seed=7, batch_size=32)
+    twice = embed(probe, SPEC, x, y, seed=7, batch_size=32, retain_bytes=0)
+    tiny = embed(probe, SPEC, x, y, seed=7, batch_size=32, retain_bytes=1000)  # over budget: falls back
+    assert np.array_equal(kept.vector, twice.vector) and np.array_equal(kept.vector, tiny.vector)
+    assert np.array_equal(kept.mean_features, twice.mean_features)
+    assert kept.head_train_loss == twice.head_train_loss
+    from taskreg.embedders.task2vec import _features_keeping_graphs
+
+    xt = torch.rand(40, 3, 32, 32)
+    net = copy.deepcopy(probe).eval()
+    assert _features_keeping_graphs(net, xt, 16, torch.device("cpu"), 1000) is None
+    assert not any(m._forward_hooks for _, m in _convs(net))  # the fallback leaves no hook behind
+    z, graphs, acc = _features_keeping_graphs(net, xt, 16, torch.device("cpu"), 2**30)
+    assert z.shape == (40, 64) and len(graphs) == 3 and all(g.requires_grad for g in graphs)
+    acc.remove()
+
+
 def test_input_validation(probe: torch.nn.Module, digits) -> None:
     x, y = digits
     with pytest.raises(TaskregError, match="method"):
