@@ -256,8 +256,9 @@ class ExpertOps(TaskOps):
 
         prec = self.resolve_probe(probe)
         names, experts, errors = self.results_matrix()
-        if not experts:
-            raise TaskregError("no experts registered")
+        if len(experts) < 2:
+            raise TaskregError(f"Model2Vec ranks experts against each other: it needs at least 2 experts, "
+                               f"found {len(experts)} (`taskreg expert add` / `expert train`)")
         keep = [i for i, n in enumerate(names) if n not in set(exclude_tasks) and np.sum(~np.isnan(errors[i])) >= 2]
         with self.read() as con:
             embedded = {r[0] for r in con.execute(

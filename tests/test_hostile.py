@@ -202,6 +202,7 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     "expert train with --max-samples 0": lambda d: ["expert", "train", "e0", "--data", "builtin:digits?n=40",
                                                     "--max-samples", "0"],
     "Model2Vec penalty that is not a number": lambda d: ["model2vec", "fit", "--l2", "strong"],
+    "Model2Vec with a single expert": lambda d: ["model2vec", "fit"],
     "backup into the registry itself": lambda d: ["backup", "{REG}/artifacts/b"],
     "restore from a directory that is not a backup": lambda d: ["restore", str(d), "--force"],
 }
