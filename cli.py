@@ -573,11 +573,9 @@ def model2vec_fit(
 ) -> None:
     """Fit Model2Vec on the measured expert x task results; store the vectors (catalog + index)."""
     try:
-        penalty: float | str = l2 if l2 == "auto" else float(l2)
+        penalty: float | str = float(l2)
     except ValueError:
-        penalty = float("nan")
-    if penalty != "auto" and not (isinstance(penalty, float) and 0 <= penalty < float("inf")):
-        raise TaskregError(f"--l2 must be a number >= 0 or 'auto', got {l2!r}")
+        penalty = l2  # "auto", or text that fit_model2vec refuses on one line
     info = open_registry(registry).fit_model2vec(probe=probe, method=method, alpha=alpha, epochs=epochs, seed=seed,
                                                  l2=penalty)
     typer.echo(f"Model2Vec fitted on {info['tasks']} tasks x {info['experts']} experts (l2 {info['l2']:g}): "

@@ -38,7 +38,7 @@ from taskreg.embedders.distances import d_asym_many
 from taskreg.embedders.probes import to_device
 from taskreg.errors import TaskregError
 
-__all__ = ["Model2Vec", "fit_model2vec", "rank"]
+__all__ = ["Model2Vec", "check_l2", "fit_model2vec", "rank"]
 
 _REL_EPS = 1e-6
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -62,6 +62,15 @@ class Model2Vec:
     n_tasks_used: int = 0
     l2: float = 0.0
     cv_regret: dict[float, float] = field(default_factory=dict)  # mean held-out regret per l2 (l2="auto")
+
+
+def check_l2(l2: object) -> float | str:
+    """``l2`` as fit_model2vec takes it: "auto" or a finite number >= 0 (returned as float); else TaskregError."""
+    if l2 == "auto":
+        return "auto"
+    if isinstance(l2, int | float) and not isinstance(l2, bool) and np.isfinite(l2) and l2 >= 0:
+        return float(l2)
+    raise TaskregError(f"l2 must be a number >= 0 or 'auto', got {l2!r}")
 
 
 def _d_sym_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -126,8 +135,7 @@ def fit_model2vec(
         raise TaskregError(f"errors must have shape (T, E) = ({n_t}, {n_e}), got {err.shape}")
     if (tv < 0).any() or (eb < 0).any() or (t0v < 0).any():
         raise TaskregError("task_vectors, expert_base and t0 must be non-negative")
-    if l2 != "auto" and not (isinstance(l2, int | float) and np.isfinite(l2) and l2 >= 0):
-        raise TaskregError(f"l2 must be a number >= 0 or 'auto', got {l2!r}")
+    l2 = check_l2(l2)
     if int(epochs) < 1 or not lr > 0:
         raise TaskregError(f"need epochs >= 1 and lr > 0; got {epochs}, {lr}")
 

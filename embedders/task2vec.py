@@ -323,19 +323,29 @@ class _FisherAccumulator:
 
 def _montecarlo_fisher(net: nn.Module, xt: torch.Tensor, batch_size: int, dev: torch.device,
                        gen: torch.Generator, tick: Callable[[], None] | None = None,
-                       labels: torch.Tensor | None = None) -> np.ndarray:
+                       labels: torch.Tensor | None = None,
+                       kept: tuple[list[torch.Tensor | None], _FisherAccumulator] | None = None) -> np.ndarray:
     """Per-filter Fisher of ``net`` (head included, weights frozen) on adapted images xt (N, 3, S, S).
 
     Labels are sampled from the model unless ``labels`` (N,) is given (then it is the empirical
-    Fisher; used by tests to check the per-sample computation against autograd).
+    Fisher; used by tests to check the per-sample computation against autograd). ``kept``: the
+    graph-carrying features of every batch and the accumulator hooked while they were computed (from
+    :func:`_features_keeping_graphs`); the batches then start from there instead of running the network
+    forward again -- the same labels, sums and result.
     """
-    for prm in net.parameters():
-        prm.requires_grad_(False)
-    acc = _FisherAccumulator(net)
+    if kept is None:
+        for prm in net.parameters():
+            prm.requires_grad_(False)
+        graphs, acc = None, _FisherAccumulator(net)
+    else:
+        graphs, acc = kept
     try:
-        for i in range(0, xt.shape[0], batch_size):
-            xb = xt[i : i + batch_size].to(dev).requires_grad_(True)
-            logits = net(xb)
+        for b, i in enumerate(range(0, xt.shape[0], batch_size)):
+            if graphs is None:
+                logits = net(xt[i : i + batch_size].to(dev).requires_grad_(True))
+            else:
+                logits = net.fc(graphs[b])
+                graphs[b] = None  # each graph is freed by its backward
             yb = _sample_labels(logits, gen) if labels is None else labels[i : i + batch_size].to(dev)
             F.cross_entropy(logits, yb, reduction="sum").backward()
             if tick is not None:
@@ -411,22 +421,6 @@ def _features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, 
         acc.remove()
         raise
     return torch.cat(feats), graphs, acc
-
-
-def _montecarlo_fisher_from_graphs(net: nn.Module, graphs: list[torch.Tensor | None], acc: _FisherAccumulator,
-                                   n: int, gen: torch.Generator, tick: Callable[[], None] | None = None
-                                   ) -> np.ndarray:
-    """:func:`_montecarlo_fisher` on kept features: the same labels, sums and result, one forward fewer."""
-    try:
-        for b, zb in enumerate(graphs):
-            logits = net.fc(zb)
-            graphs[b] = None  # each graph is freed by its backward
-            F.cross_entropy(logits, _sample_labels(logits, gen), reduction="sum").backward()
-            if tick is not None:
-                tick()
-    finally:
-        acc.remove()
-    return acc.per_filter_mean(n)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -573,13 +567,13 @@ def _variational_fisher(net: nn.Module, xt: torch.Tensor, y: torch.Tensor, *, ba
     data_weight = n / beta_eff
     prior = [prior_scale / w.detach().double().cpu().pow(2).flatten(1).mean(1).clamp_min(_TINY_W2) for w in w_hat]
     fisher0 = _split_layers(torch.from_numpy(_montecarlo_fisher(net, xt, batch_size, dev, gen, tick)).double(), convs)
-    log_prec = [torch.log(p + data_weight * f) for p, f in zip(prior, fisher0, strict=True)]
     if solver == "sgvb":
         log_rel = [torch.log1p(data_weight * f / p) for p, f in zip(prior, fisher0, strict=True)]
         if epochs > 1:
             log_rel = _sgvb_refine(net, convs, log_rel, prior, xt, y, beta=beta_eff, epochs=epochs - 1, lr=lr,
                                    batch_size=batch_size, dev=dev, gen=gen, tick=tick)
         return torch.cat([torch.exp(r) for r in log_rel]).numpy().astype(np.float32)
+    log_prec = [torch.log(p + data_weight * f) for p, f in zip(prior, fisher0, strict=True)]
     noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     micro = max(1, min(batch_size, math.ceil(n / _MIN_WEIGHT_DRAWS)))  # >= _MIN_WEIGHT_DRAWS draws per pass
     units, micro_batches = math.ceil(n / batch_size), math.ceil(n / micro)
@@ -694,19 +688,18 @@ def embed(
 
     gen = torch.Generator().manual_seed(seed)
     net = copy.deepcopy(model).to(dev).eval()
-    budget = _available_bytes(dev) // 4 if retain_bytes is None else int(retain_bytes)
-    kept = _features_keeping_graphs(net, xt, batch_size, dev, min(budget, _RETAIN_CAP), tick) \
-        if method == "montecarlo" else None
+    kept = None
+    if method == "montecarlo":
+        budget = _available_bytes(dev) // 4 if retain_bytes is None else int(retain_bytes)
+        kept = _features_keeping_graphs(net, xt, batch_size, dev, min(budget, _RETAIN_CAP), tick)
     z = kept[0] if kept is not None else _features(net, xt, batch_size, dev, tick)
     head, acc, loss = _train_head(z, yt, k, epochs=head_epochs, lr=head_lr, weight_decay=head_weight_decay,
                                   batch_size=256, gen=gen)
     done += head_epochs - 1
     tick()
     net.fc = head.to(dev)
-    if kept is not None:
-        vec = _montecarlo_fisher_from_graphs(net, kept[1], kept[2], m, gen, tick)
-    elif method == "montecarlo":
-        vec = _montecarlo_fisher(net, xt, batch_size, dev, gen, tick)
+    if method == "montecarlo":
+        vec = _montecarlo_fisher(net, xt, batch_size, dev, gen, tick, kept=None if kept is None else kept[1:])
     else:
         vec = _variational_fisher(net, xt, yt, batch_size=batch_size, epochs=var_epochs, prior_scale=prior_scale,
                                   beta=beta, solver=var_solver, lr=var_lr, dev=dev, gen=gen, tick=tick)

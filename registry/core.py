@@ -369,8 +369,7 @@ class RegistryCore:
         import faiss
 
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        m = self.indexes.manifest(kind)
-        found = None if m is None else self._index_before_commit(kind, -len(ids), m.dim)
+        found = self._index_before_commit(kind, -len(ids), None)
         if found is None:
             return self.rebuild_index(kind)
         gen, index = found
@@ -378,16 +377,18 @@ class RegistryCore:
             return self.rebuild_index(kind)
         return self._save_updated(kind, gen, index)
 
-    def _index_before_commit(self, kind: str, change: int, dim: int) -> tuple[int, faiss.Index] | None:
+    def _index_before_commit(self, kind: str, change: int, dim: int | None) -> tuple[int, faiss.Index] | None:
         """(catalog generation, index loaded for modification) when the index on disk is exactly the state
-        one commit before (generation - 1, ``change`` fewer vectors) and the index type still fits; else None."""
+        one commit before (generation - 1, ``change`` fewer vectors, dimension ``dim``, None: any) and the
+        index type still fits; else None."""
         with self.read() as con:
             gen = catalog.generation(con, kind)
             count = self._kind_count(con, kind)
         before = count - change
         m = self.indexes.manifest(kind)
-        if count <= 0 or before <= 0 or m is None or m.dim != dim:
+        if count <= 0 or before <= 0 or m is None or (dim is not None and m.dim != dim):
             return None
+        dim = m.dim
         wanted = {"flat": "IndexFlatIP", "ivf": "IndexIVFFlat"}[choose_index_type(count, dim)]
         if m.index_type != wanted or self.indexes.problem(kind, gen - 1, before) is not None:
             return None

@@ -252,8 +252,9 @@ class ExpertOps(TaskOps):
         """Fit ``m_i = F_i + b_i`` on the measured results and store the vectors (catalog + index).
 
         ``l2``: the bias penalty, or "auto" (cross-validated over the tasks, see embedders.model2vec)."""
-        from taskreg.embedders.model2vec import fit_model2vec
+        from taskreg.embedders.model2vec import check_l2, fit_model2vec
 
+        l2 = check_l2(l2)  # before any other check: a bad argument is named as such
         prec = self.resolve_probe(probe)
         names, experts, errors = self.results_matrix()
         if len(experts) < 2:

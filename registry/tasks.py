@@ -255,17 +255,17 @@ class TaskOps(RecordOps):
                         raise TaskregError(f"task {name!r} already has a {method} embedding with probe {rec.name}")
                 _insert_embedding(con, task_id, rec.name, method, emb.vector, emb.n_samples, seed, emb.seconds,
                                   run.run_id)
+                added = {kinds[0]: emb.vector}  # vector kind -> the vector this commit adds to it
                 has_domain = con.execute("SELECT 1 FROM task_embeddings WHERE task_id = ? AND probe = ? AND "
                                          "method = 'domain'", [task_id, rec.name]).fetchone()
                 if not has_domain:
                     _insert_embedding(con, task_id, rec.name, "domain", dom, emb.n_samples, seed, None, run.run_id)
-                for kind in kinds:
+                    added[kinds[1]] = dom
+                for kind in added:
                     catalog.bump_generation(con, kind)
         self.tracker.commit(run.run_id)
-        added = {kinds[0]: [emb.vector], kinds[1]: [] if has_domain else [dom]}
-        for kind, vecs in added.items():  # append to the index on disk; a full rebuild only when it is not current
-            self.add_to_index(kind, np.full(len(vecs), task_id, dtype=np.int64),
-                              np.stack(vecs) if vecs else np.zeros((0, len(dom)), dtype=np.float32))
+        for kind, vec in added.items():  # append to the index on disk; a full rebuild only when it is not current
+            self.add_to_index(kind, np.array([task_id], dtype=np.int64), vec[None, :])
         return self.get_task(name)
 
     def _existing_task(self, name: str, ds: datasets.Dataset) -> catalog.TaskRecord | None:
