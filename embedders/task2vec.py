@@ -92,6 +92,7 @@ __all__ = [
 ]
 
 METHODS = ("montecarlo", "variational")
+SQ_GRAD_FORMS = ("direct", "cols_gram", "shifted_gram")  # see _per_filter_sq_grad_sum
 DEFAULT_PRIOR_SCALE = 1.0  # lambda2_f = scale / mean(w_f^2): prior weight-noise std = the filter's RMS weight
 DEFAULT_BETA: float | None = None  # None: beta = N / (number of conv weights), see _variational_fisher
 VAR_SOLVERS = ("sgvb", "fixed_point")
@@ -104,6 +105,7 @@ TRIVIAL_N = 256
 # 5,000 images (2.2 GB) first-touch page faults cost as much as the forward pass saved, so beyond 1 GiB: no.
 _RETAIN_CAP = 2**30
 _EPS = 1e-12
+_MEM_WEIGHT = 4.0  # cost of writing one float, in multiply-adds, when choosing a per-sample form (see _sq_grad_plans)
 _MAX_CHUNK_FLOATS = 600_000  # floats of unfolded inputs + per-sample gradients per chunk (~2.4 MB): chunks that stay
 # in cache made the per-sample pass of ResNet-18 ~30% faster than whole 64-image batches (9.4 MB per layer-1 conv)
 
@@ -261,29 +263,83 @@ def _sample_labels(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-def _per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _sq_grad_plans(conv: nn.Conv2d, a_shape: Sequence[int], g_shape: Sequence[int]) -> dict[str, tuple[float, int]]:
+    """Per form of :func:`_per_filter_sq_grad_sum`: (estimated cost per sample, floats held per sample).
+
+    The cost counts multiply-adds plus ``_MEM_WEIGHT`` per float written; on the ResNets of probes.py it picks
+    the fastest form, or one within 15% of it, for every layer at 32, 64 and 224 px (benchmarks/RESULTS.md).
+    a_shape : (B, C, H, W) conv input, g_shape : (B, O, Ho, Wo) output gradient.
+    """
+    c, h, w = a_shape[1], a_shape[2], a_shape[3]
+    o, p = g_shape[1], g_shape[2] * g_shape[3]
+    taps = conv.kernel_size[0] * conv.kernel_size[1]
+    k = c * taps
+    hw2 = (h * w) ** 2
+    padded2 = ((h + 2 * conv.padding[0]) * (w + 2 * conv.padding[1])) ** 2
+    return {
+        "direct": (o * p * k + _MEM_WEIGHT * (k * p + o * k), k * p + o * k),
+        "cols_gram": (p * p * k + o * p * p + _MEM_WEIGHT * (k * p + p * p), k * p + p * p),
+        "shifted_gram": (hw2 * c + o * p * p + _MEM_WEIGHT * (hw2 + padded2 + 2 * taps * p * p), hw2 + padded2 + p * p),
+    }
+
+
+def _patch_gram(conv: nn.Conv2d, a: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
+    """Gram matrices of each image's receptive fields without unfolding: (B, C, H, W) -> (B, P, P).
+
+    <patch_p, patch_q> = sum_taps M[s p + d t, s q + d t] where M = A^T A is the (zero-padded) Gram of the
+    input's pixel vectors (C channels each): one (HW x C) @ (C x HW) product per image and one shifted
+    slice-add per kernel tap, instead of K x P unfolded columns and a (P x K) @ (K x P) product.
+    """
+    b, c, h, w = a.shape
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+    av = a.reshape(b, c, h * w)
+    m = torch.bmm(av.transpose(1, 2), av).view(b, h, w, h, w)
+    if ph or pw:
+        m = F.pad(m, (pw, pw, ph, ph, pw, pw, ph, ph))
+    gram = None
+    for i in range(kh):
+        rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+        for j in range(kw):
+            cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+            tap = m[:, rows, cols, rows, cols]
+            gram = tap.clone() if gram is None else gram.add_(tap)
+    assert gram is not None
+    return gram.reshape(b, ho * wo, ho * wo)
+
+
+def _per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, form: str | None = None
+                            ) -> torch.Tensor:
     """sum_i sum_{k in filter o} (dL_i/dW_ok)^2 for each output channel o -> (O,).
 
     a : (B, C, H, W) conv input, g : (B, O, Ho, Wo) gradient of sum_i L_i w.r.t. the conv output.
+    With A_i the (K, P) unfolded input of image i and G_i its (O, P) output gradient, the per-sample
+    weight gradient is G_i A_i^T, and three exact forms give its per-filter sum of squares:
+
+    * ``direct``: form G_i A_i^T and square it -- O P K per image (large P: early layers, big inputs);
+    * ``cols_gram``: sum_p,q G_op G_oq (A_i^T A_i)_pq -- P^2 K + O P^2 (few output positions);
+    * ``shifted_gram``: the same with the patch Gram from :func:`_patch_gram` -- (HW)^2 C + O P^2, no unfolding
+      (few input positions, many channels: most of a ResNet at 32 px).
+
+    ``form=None`` picks the cheapest by :func:`_sq_grad_plans`. Images are processed in chunks of about
+    ``_MAX_CHUNK_FLOATS`` floats of intermediates so that they stay in cache.
     """
     if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise TaskregError("Task2Vec supports plain convolutions only (groups=1, numeric zero padding)")
-    b, o = g.shape[0], g.shape[1]
-    k = a.shape[1] * conv.kernel_size[0] * conv.kernel_size[1]
-    p = g.shape[2] * g.shape[3]
-    use_gram = p * p * k + o * p * p < o * p * k
-    per_sample = p * p if use_gram else o * k
-    chunk = max(1, _MAX_CHUNK_FLOATS // max(1, per_sample + k * p))
-    total = torch.zeros(o, dtype=torch.float32, device=g.device)
+    b, o, ho, wo = g.shape
+    plans = _sq_grad_plans(conv, a.shape, g.shape)
+    form = form or min(plans, key=lambda f: plans[f][0])
+    chunk = max(1, _MAX_CHUNK_FLOATS // max(1, plans[form][1]))
+    total = torch.zeros(o, dtype=g.dtype, device=g.device)
     for s in range(0, b, chunk):
+        gs = g[s : s + chunk].reshape(-1, o, ho * wo)  # (b, O, P)
+        if form == "shifted_gram":
+            total += (torch.bmm(gs, _patch_gram(conv, a[s : s + chunk], ho, wo)) * gs).sum(dim=(0, 2))
+            continue
         cols = F.unfold(a[s : s + chunk], conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (b,K,P)
-        gs = g[s : s + chunk].reshape(-1, o, p)  # (b, O, P)
-        if use_gram:
-            gram = torch.bmm(cols.transpose(1, 2), cols)  # (b, P, P)
-            total += (torch.bmm(gs, gram) * gs).sum(dim=(0, 2))
+        if form == "cols_gram":
+            total += (torch.bmm(gs, torch.bmm(cols.transpose(1, 2), cols)) * gs).sum(dim=(0, 2))
         else:
-            grads = torch.bmm(gs, cols.transpose(1, 2))  # (b, O, K) per-sample weight gradients
-            total += grads.square().sum(dim=(0, 2))
+            total += torch.bmm(gs, cols.transpose(1, 2)).square().sum(dim=(0, 2))  # (b, O, K) per-sample grads
     return total
 
 
@@ -297,8 +353,10 @@ class _FisherAccumulator:
 
     def _make_hook(self, i: int) -> Callable[..., None]:
         def hook(mod: nn.Conv2d, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            if not out.requires_grad:
+            if not torch.is_grad_enabled():
                 return
+            if not out.requires_grad:  # nothing before this conv is tracked (the weights are frozen): the graph
+                out.requires_grad_(True)  # starts here, so no gradient w.r.t. the images is ever computed
             a = inputs[0].detach()
 
             def on_grad(g: torch.Tensor) -> None:
@@ -342,7 +400,7 @@ def _montecarlo_fisher(net: nn.Module, xt: torch.Tensor, batch_size: int, dev: t
     try:
         for b, i in enumerate(range(0, xt.shape[0], batch_size)):
             if graphs is None:
-                logits = net(xt[i : i + batch_size].to(dev).requires_grad_(True))
+                logits = net(xt[i : i + batch_size].to(dev))
             else:
                 logits = net.fc(graphs[b])
                 graphs[b] = None  # each graph is freed by its backward
@@ -404,7 +462,7 @@ def _features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, 
     n = xt.shape[0]
     try:
         for i in range(0, n, batch_size):
-            xb = xt[i : i + batch_size].to(dev).requires_grad_(True)
+            xb = xt[i : i + batch_size].to(dev)
             if i == 0:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     zb = net.features(xb)
@@ -457,8 +515,7 @@ def _perturbed_fisher(net: nn.Module, convs: list[tuple[str, nn.Conv2d]], w_hat:
             with torch.no_grad():
                 for (_, m), w, d in zip(convs, w_hat, delta, strict=True):
                     m.weight.copy_(w + sign * d)
-            xb = xt[i : i + batch_size].to(dev).requires_grad_(True)
-            logits = net(xb)
+            logits = net(xt[i : i + batch_size].to(dev))
             F.cross_entropy(logits, _sample_labels(logits, gen), reduction="sum").backward()
             if tick is not None:
                 tick()

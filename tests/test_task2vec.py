@@ -13,8 +13,11 @@ from sklearn.datasets import load_digits
 from taskreg.embedders.distances import d_sym
 from taskreg.embedders.probes import create_model, default_spec
 from taskreg.embedders.task2vec import (
+    SQ_GRAD_FORMS,
     _convs,
     _montecarlo_fisher,
+    _per_filter_sq_grad_sum,
+    _sq_grad_plans,
     balanced_subsample,
     domain_embedding,
     embed,
@@ -61,6 +64,54 @@ def test_per_sample_fisher_matches_autograd(probe: torch.nn.Module) -> None:
             s += m.weight.grad.double().square().flatten(1).mean(1)
     ref = torch.cat(sums).numpy() / 5
     assert np.allclose(fast, ref, rtol=1e-4, atol=1e-6 * ref.max())
+
+
+CONV_CASES = [  # (in, out, kernel, stride, padding, dilation, input H, W)
+    (3, 8, 7, 2, 3, 1, 19, 16),
+    (6, 5, 3, 1, 1, 1, 6, 7),
+    (4, 6, 3, 2, 1, 1, 7, 7),
+    (5, 4, 1, 2, 0, 1, 6, 5),
+    (3, 4, 3, 1, 2, 2, 5, 6),
+    (8, 3, 3, 1, 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("form", SQ_GRAD_FORMS)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_every_per_sample_form_is_the_definition(form: str, case: tuple[int, ...]) -> None:
+    """Each form's per-filter sum of squared per-sample weight gradients equals one backward per sample."""
+    c_in, c_out, k, stride, pad, dil, h, w = case
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, dilation=dil, bias=False).double()
+    a = torch.randn(5, c_in, h, w, dtype=torch.float64)
+    out_shape = conv(a).shape
+    r = torch.randn(out_shape, dtype=torch.float64)  # loss_i = <r_i, conv(a_i)>: its output gradient is r_i
+    ref = torch.zeros(c_out, dtype=torch.float64)
+    for i in range(5):
+        conv.zero_grad()
+        (conv(a[i : i + 1]) * r[i : i + 1]).sum().backward()
+        ref += conv.weight.grad.square().flatten(1).sum(1)
+    fast = _per_filter_sq_grad_sum(conv, a, r, form=form)
+    assert torch.allclose(fast, ref, rtol=1e-10, atol=1e-12 * float(ref.max()))
+    plans = _sq_grad_plans(conv, a.shape, r.shape)
+    assert set(plans) == set(SQ_GRAD_FORMS) and all(cost > 0 and floats > 0 for cost, floats in plans.values())
+
+
+def test_per_sample_forms_picked_for_resnet18_at_32px() -> None:
+    """At 32 px the cost model unfolds only where the input has many positions (conv1) and uses the
+    unfold-free patch Gram where it has few (layers 1-4 but the stride-2 entries of layer 2)."""
+    net = create_model("resnet18").eval()
+    shapes: dict[str, tuple[torch.nn.Conv2d, torch.Size, torch.Size]] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, (mod, i[0].shape, o.shape)))
+             for n, m in _convs(net)]
+    with torch.no_grad():
+        net(torch.zeros(2, 3, 32, 32))
+    for hk in hooks:
+        hk.remove()
+    picked = {n: min(p, key=lambda f: p[f][0]) for n, p in ((n, _sq_grad_plans(*v)) for n, v in shapes.items())}
+    assert picked["conv1"] == "direct"
+    assert picked["layer1.0.conv1"] == picked["layer3.1.conv2"] == picked["layer4.1.conv2"] == "shifted_gram"
+    assert picked["layer2.0.conv1"] == picked["layer2.0.downsample.0"] == "cols_gram"
 
 
 def test_embedding_shape_metadata_and_model_untouched(probe: torch.nn.Module, digits) -> None:
