@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import statistics
 import time
@@ -141,15 +142,79 @@ def breakdown(model: torch.nn.Module, spec: ProbeSpec, x: np.ndarray, y: np.ndar
         for prm in net.parameters():
             prm.requires_grad_(False)
         yt = torch.as_tensor(y)
-        for i in range(0, len(xt), 64):
-            xb = xt[i : i + 64].requires_grad_(True)
-            F.cross_entropy(net(xb), yt[i : i + 64], reduction="sum").backward()
+        first = t2v._convs(net)[0][1]  # like the Fisher pass: the graph starts at the first conv's output
+        hook = first.register_forward_hook(lambda mod, inputs, out: out.requires_grad_(True))
+        try:
+            for i in range(0, len(xt), 64):
+                F.cross_entropy(net(xt[i : i + 64]), yt[i : i + 64], reduction="sum").backward()
+        finally:
+            hook.remove()
 
     parts["backward to activations only"] = activation_grads
     parts["Fisher pass (+ per-sample squared grads)"] = lambda: t2v._montecarlo_fisher(
         net, xt, 64, dev, torch.Generator().manual_seed(0))
     print(f"       montecarlo breakdown at N={len(x)}: " + "; ".join(
         f"{name} {best_of(fn, repeats) / base:.2f}x" for name, fn in parts.items()), flush=True)
+
+
+def conv_cases(arch: str, size: int, batch: int) -> list[tuple[str, torch.nn.Conv2d, torch.Tensor, torch.Tensor]]:
+    """[(name, conv, input (B, C, H, W), output gradient (B, O, Ho, Wo))] for the first conv of each distinct shape
+    of ``arch`` on random ``size`` px images, in network order."""
+    torch.manual_seed(0)
+    net = create_model(arch, num_classes=10).eval()
+    for prm in net.parameters():
+        prm.requires_grad_(False)
+    caps: dict[str, tuple[torch.nn.Conv2d, torch.Tensor, torch.Tensor]] = {}
+
+    def keep(mod: torch.nn.Conv2d, args: tuple[torch.Tensor, ...], out: torch.Tensor, name: str) -> None:
+        if not out.requires_grad:
+            out.requires_grad_(True)
+        a = args[0].detach()
+
+        def on_grad(g: torch.Tensor) -> None:
+            caps[name] = (mod, a, g.detach())
+
+        out.register_hook(on_grad)
+
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: keep(mod, a, o, n)) for n, m in t2v._convs(net)]
+    F.cross_entropy(net(torch.randn(batch, 3, size, size)), torch.zeros(batch, dtype=torch.long)).backward()
+    for h in hooks:
+        h.remove()
+    seen: set[tuple[object, ...]] = set()
+    cases = []
+    for name, _ in t2v._convs(net):
+        conv, a, g = caps[name]
+        key = (tuple(a.shape), tuple(g.shape), conv.kernel_size, conv.stride)
+        if key not in seen:
+            seen.add(key)
+            cases.append((name, conv, a, g))
+    return cases
+
+
+def forms(args: argparse.Namespace) -> None:
+    """Time each exact per-sample form on every distinct conv shape of the probes, against the cost model's pick."""
+    print("\n## 1b. Per-sample squared gradients: the three exact forms per conv shape (microseconds per image; "
+          "'-' = over 20 M floats of intermediates per image, not run)")
+    print(f"{'probe':<18} {'first conv of this shape':<22} {'C':>4} {'HxW':>7} {'O':>4} {'P':>6} "
+          + " ".join(f"{f:>13}" for f in t2v.SQ_GRAD_FORMS) + f" {'picked':>13} {'picked/best':>11}")
+    worst = 1.0
+    for arch, size, batch in [("resnet18", 32, 32), ("resnet18", 64, 16), ("resnet18", 224, 4),
+                              ("resnet34", 32, 32), ("cifar_resnet20", 32, 32)]:
+        for name, conv, a, g in conv_cases(arch, size, batch):
+            plans = t2v._sq_grad_plans(conv, a.shape, g.shape)
+            us = {}
+            for form, (_, floats) in plans.items():
+                if floats <= 20_000_000:
+                    run = functools.partial(t2v._per_filter_sq_grad_sum, conv, a, g, form=form)
+                    us[form] = best_of(run, args.repeats) * 1e6 / batch
+            picked = min(plans, key=lambda f: plans[f][0])
+            ratio = us[picked] / min(us.values())
+            worst = max(worst, ratio)
+            print(f"{arch + '@' + str(size):<18} {name:<22} {a.shape[1]:>4} {f'{a.shape[2]}x{a.shape[3]}':>7} "
+                  f"{g.shape[1]:>4} {g.shape[2] * g.shape[3]:>6} "
+                  + " ".join(f"{us[f]:>13.1f}" if f in us else f"{'-':>13}" for f in t2v.SQ_GRAD_FORMS)
+                  + f" {picked:>13} {ratio:>11.2f}", flush=True)
+    print(f"worst picked/best over all shapes: {worst:.2f}")
 
 
 Task = tuple[str, str, np.ndarray, np.ndarray]
@@ -264,6 +329,7 @@ def main() -> None:
     ap.add_argument("--prior-scale", type=float, default=None, help="variational prior scale (default: library's)")
     ap.add_argument("--task-size", type=int, default=None)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--forms", action="store_true", help="also time the three per-sample forms on every conv shape")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-shuffled", action="store_true", help="skip part 5 (shuffled-label copies of the tasks)")
     args = ap.parse_args()
@@ -275,6 +341,8 @@ def main() -> None:
     mx, my = load_mnist()
     if not args.skip_speed:
         speed(args, mx, my)
+    if args.forms:
+        forms(args)
     if not args.skip_quality:
         quality(args, mx, my)
 

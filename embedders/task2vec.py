@@ -18,10 +18,13 @@ Estimators
     (the "per-example gradient" trick of Goodfellow 2015 for conv layers): forward hooks keep each
     conv's input ``a`` and tensor hooks its output gradient ``g``; the per-sample weight gradient is
     ``g_i @ unfold(a_i)^T``. Because only the per-filter *sum of squares* is needed, layers with few
-    output positions P use the Gram form ``sum_o g_io^T (A_i^T A_i) g_io`` instead (cost O(P^2 K)
-    rather than O(O P K)); the cheaper of the two is picked per layer. Autograd only computes the
-    gradients w.r.t. activations (the weights are frozen), so the whole pass costs about one
-    forward+backward of ordinary training. Why not the cheaper "square of the batch-sum gradient"?
+    output positions P use the Gram form ``sum_o g_io^T (A_i^T A_i) g_io`` instead, and where the input
+    has few positions too, the Gram of the receptive fields is assembled from the Gram of the input's
+    pixels without unfolding at all; a cost model picks one of the three exact forms per layer (see
+    :func:`_per_filter_sq_grad_sum`). Autograd only computes the gradients w.r.t. activations (the
+    weights are frozen and the graph starts at the first conv's output, so not even the images'
+    gradient is formed): the whole pass costs less than one forward+backward of ordinary training.
+    Why not the cheaper "square of the batch-sum gradient"?
     With labels drawn from the model the scores have zero conditional mean, so it would be unbiased
     too, but its variance grows with the batch size (cross terms g_i g_j); the exact per-sample
     estimator has no such batch-size dependence. Why not torch.func vmap(grad)? It materialises
@@ -105,7 +108,12 @@ TRIVIAL_N = 256
 # 5,000 images (2.2 GB) first-touch page faults cost as much as the forward pass saved, so beyond 1 GiB: no.
 _RETAIN_CAP = 2**30
 _EPS = 1e-12
-_MEM_WEIGHT = 4.0  # cost of writing one float, in multiply-adds, when choosing a per-sample form (see _sq_grad_plans)
+# Cost model of the per-sample forms (_sq_grad_plans), in multiply-adds per image; fitted to the timings of
+# `benchmarks/task2vec_bench.py --forms` on a 2-core CPU: writing a float, and unfolding (torch's im2col loops
+# over the K rows of every image: about 1 us per image plus a few ns per row)
+_MEM_WEIGHT = 4.0
+_UNFOLD_FIXED = 40_000.0
+_UNFOLD_PER_ROW = 200.0
 _MAX_CHUNK_FLOATS = 600_000  # floats of unfolded inputs + per-sample gradients per chunk (~2.4 MB): chunks that stay
 # in cache made the per-sample pass of ResNet-18 ~30% faster than whole 64-image batches (9.4 MB per layer-1 conv)
 
@@ -266,8 +274,9 @@ def _sample_labels(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def _sq_grad_plans(conv: nn.Conv2d, a_shape: Sequence[int], g_shape: Sequence[int]) -> dict[str, tuple[float, int]]:
     """Per form of :func:`_per_filter_sq_grad_sum`: (estimated cost per sample, floats held per sample).
 
-    The cost counts multiply-adds plus ``_MEM_WEIGHT`` per float written; on the ResNets of probes.py it picks
-    the fastest form, or one within 15% of it, for every layer at 32, 64 and 224 px (benchmarks/RESULTS.md).
+    The cost counts multiply-adds, ``_MEM_WEIGHT`` per float written and the overhead of unfolding; on the
+    ResNets of probes.py its pick is measured against the fastest form for every layer shape at 32, 64 and
+    224 px by ``benchmarks/task2vec_bench.py --forms`` (benchmarks/RESULTS.md).
     a_shape : (B, C, H, W) conv input, g_shape : (B, O, Ho, Wo) output gradient.
     """
     c, h, w = a_shape[1], a_shape[2], a_shape[3]
@@ -276,9 +285,10 @@ def _sq_grad_plans(conv: nn.Conv2d, a_shape: Sequence[int], g_shape: Sequence[in
     k = c * taps
     hw2 = (h * w) ** 2
     padded2 = ((h + 2 * conv.padding[0]) * (w + 2 * conv.padding[1])) ** 2
+    unfold = _UNFOLD_FIXED + _UNFOLD_PER_ROW * k + _MEM_WEIGHT * k * p
     return {
-        "direct": (o * p * k + _MEM_WEIGHT * (k * p + o * k), k * p + o * k),
-        "cols_gram": (p * p * k + o * p * p + _MEM_WEIGHT * (k * p + p * p), k * p + p * p),
+        "direct": (unfold + o * p * k + _MEM_WEIGHT * o * k, k * p + o * k),
+        "cols_gram": (unfold + p * p * k + o * p * p + _MEM_WEIGHT * p * p, k * p + p * p),
         "shifted_gram": (hw2 * c + o * p * p + _MEM_WEIGHT * (hw2 + padded2 + 2 * taps * p * p), hw2 + padded2 + p * p),
     }
 

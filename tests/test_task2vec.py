@@ -98,8 +98,8 @@ def test_every_per_sample_form_is_the_definition(form: str, case: tuple[int, ...
 
 
 def test_per_sample_forms_picked_for_resnet18_at_32px() -> None:
-    """At 32 px the cost model unfolds only where the input has many positions (conv1) and uses the
-    unfold-free patch Gram where it has few (layers 1-4 but the stride-2 entries of layer 2)."""
+    """At 32 px the cost model unfolds the stem's input (1,024 positions, 3 channels) and uses the unfold-free
+    patch Gram for the 3x3 convs of every stage (at most 64 input positions)."""
     net = create_model("resnet18").eval()
     shapes: dict[str, tuple[torch.nn.Conv2d, torch.Size, torch.Size]] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, (mod, i[0].shape, o.shape)))
@@ -110,8 +110,7 @@ def test_per_sample_forms_picked_for_resnet18_at_32px() -> None:
         hk.remove()
     picked = {n: min(p, key=lambda f: p[f][0]) for n, p in ((n, _sq_grad_plans(*v)) for n, v in shapes.items())}
     assert picked["conv1"] == "direct"
-    assert picked["layer1.0.conv1"] == picked["layer3.1.conv2"] == picked["layer4.1.conv2"] == "shifted_gram"
-    assert picked["layer2.0.conv1"] == picked["layer2.0.downsample.0"] == "cols_gram"
+    assert all(form == "shifted_gram" for n, form in picked.items() if n.startswith("layer") and "downsample" not in n)
 
 
 def test_embedding_shape_metadata_and_model_untouched(probe: torch.nn.Module, digits) -> None:
