@@ -207,7 +207,7 @@ def forms(args: argparse.Namespace) -> None:
                 if floats <= 20_000_000:
                     run = functools.partial(t2v._per_filter_sq_grad_sum, conv, a, g, form=form)
                     us[form] = best_of(run, args.repeats) * 1e6 / batch
-            picked = min(plans, key=lambda f: plans[f][0])
+            picked = t2v._cheapest_form(plans)
             ratio = us[picked] / min(us.values())
             worst = max(worst, ratio)
             print(f"{arch + '@' + str(size):<18} {name:<22} {a.shape[1]:>4} {f'{a.shape[2]}x{a.shape[3]}':>7} "

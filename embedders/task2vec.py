@@ -293,6 +293,11 @@ def _sq_grad_plans(conv: nn.Conv2d, a_shape: Sequence[int], g_shape: Sequence[in
     }
 
 
+def _cheapest_form(plans: dict[str, tuple[float, int]]) -> str:
+    """The form of :func:`_sq_grad_plans` with the lowest estimated cost."""
+    return min(plans, key=lambda f: plans[f][0])
+
+
 def _patch_gram(conv: nn.Conv2d, a: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
     """Gram matrices of each image's receptive fields without unfolding: (B, C, H, W) -> (B, P, P).
 
@@ -328,14 +333,14 @@ def _per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, f
     * ``shifted_gram``: the same with the patch Gram from :func:`_patch_gram` -- (HW)^2 C + O P^2, no unfolding
       (few input positions, many channels: most of a ResNet at 32 px).
 
-    ``form=None`` picks the cheapest by :func:`_sq_grad_plans`. Images are processed in chunks of about
-    ``_MAX_CHUNK_FLOATS`` floats of intermediates so that they stay in cache.
+    ``form=None`` picks the cheapest by :func:`_sq_grad_plans` (:func:`_cheapest_form`). Images are processed
+    in chunks of about ``_MAX_CHUNK_FLOATS`` floats of intermediates so that they stay in cache.
     """
     if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise TaskregError("Task2Vec supports plain convolutions only (groups=1, numeric zero padding)")
     b, o, ho, wo = g.shape
     plans = _sq_grad_plans(conv, a.shape, g.shape)
-    form = form or min(plans, key=lambda f: plans[f][0])
+    form = form or _cheapest_form(plans)
     chunk = max(1, _MAX_CHUNK_FLOATS // max(1, plans[form][1]))
     total = torch.zeros(o, dtype=g.dtype, device=g.device)
     for s in range(0, b, chunk):
