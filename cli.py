@@ -52,10 +52,13 @@ app.add_typer(index_app, name="index")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# No ``envvar=`` here: Typer would then fill the subcommand's option from TASKREG_HOME and that value would
+# beat a ``--registry`` written before the subcommand. :func:`root` reads the environment last instead.
 RegistryOpt = Annotated[
     Path | None,
-    typer.Option("--registry", "-r", help="Registry directory (env TASKREG_HOME, default ./.taskreg).",
-                 envvar="TASKREG_HOME", show_default=False),
+    typer.Option("--registry", "-r", help="Registry directory (default: $TASKREG_HOME, else ./.taskreg). An "
+                 "explicit --registry always beats the environment, before or after the subcommand.",
+                 show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DeviceOpt = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps ...")]
@@ -91,7 +94,13 @@ def handle_errors(fn: F) -> F:
 
 
 def root(registry: Path | None) -> Path | None:
-    return registry if registry is not None else _state["registry"]
+    """The registry directory: an explicit ``--registry`` (after or before the subcommand), else None, which
+    the registry resolves to ``$TASKREG_HOME`` or ``./.taskreg``. The two flags must agree when both are given."""
+    outer = _state["registry"]
+    if registry is not None and outer is not None and registry.resolve() != outer.resolve():
+        raise TaskregError(f"--registry given twice with different directories ({outer} before the command, "
+                           f"{registry} after it): pass one")
+    return registry if registry is not None else outer
 
 
 def open_registry(registry: Path | None) -> Registry:
@@ -833,16 +842,26 @@ def restore(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing, non-empty registry.")] = False,
     registry: RegistryOpt = None,
 ) -> None:
-    """Restore a backup as the registry (--registry / TASKREG_HOME); an existing one is replaced only with --force."""
-    from taskreg.registry import Registry
+    """Restore a backup as the registry (--registry, else TASKREG_HOME); an existing one is replaced only with --force.
 
-    reg = Registry.restore(src, root(registry), force=force)
+    The directory about to be replaced is named before anything changes, so a wrong --registry / TASKREG_HOME
+    is seen on the terminal, not discovered later.
+    """
+    from taskreg.registry import Registry
+    from taskreg.registry.core import default_root
+
+    target = (root(registry) or default_root()).expanduser().resolve()
+    replacing = force and target.is_dir() and any(target.iterdir())
+    if replacing:
+        typer.echo(f"replacing the registry at {target} with the backup {src.expanduser().resolve()}", err=True)
+    reg = Registry.restore(src, target, force=force)
     report = reg.check()
     if not report.ok:
         raise TaskregError(f"restored {reg.root}, but `taskreg check` finds {len(report.problems)} problem(s): "
                            f"{report.problems[0]}")
     counts = ", ".join(f"{k} {v}" for k, v in report.counts.items() if v)
-    typer.echo(f"restored {src} to {reg.root}" + (f" ({counts})" if counts else ""))
+    typer.echo(f"restored {src} to {reg.root}" + (f" ({counts})" if counts else "")
+               + ("; the registry that was there is replaced" if replacing else ""))
 
 
 # --------------------------------------------------------------------------- the main job
@@ -850,8 +869,9 @@ def restore(
 @app.command()
 @handle_errors
 def demo(
-    root: Annotated[Path, typer.Option("--registry", "-r", help="Where to build the demo registry.")] = Path(
-        "demo-registry"),
+    registry: Annotated[Path | None, typer.Option(
+        "--registry", "-r", help="Where to build the demo registry (default ./demo-registry; TASKREG_HOME is not "
+        "read: the demo never writes into your registry).", show_default=False)] = None,
     executor: Annotated[str, typer.Option(help="Executor of the Taskonomy jobs.")] = "local:2",
     quick: Annotated[bool, typer.Option(help="A smoke run on a fraction of the data (checks the wiring).")] = False,
     device: DeviceOpt = "cpu",
@@ -862,7 +882,8 @@ def demo(
     out = console()
     t0 = time.perf_counter()
     with stage_bars() as new_stage:
-        res = run_demo(root, DemoConfig(executor=executor, device=device, quick=quick), new_stage,
+        res = run_demo(root(registry) or Path("demo-registry"),
+                       DemoConfig(executor=executor, device=device, quick=quick), new_stage,
                        lambda msg: console_err().print(f"[dim]{msg}[/dim]"))
     for s in res.selections:
         verified = s["rankings"]["model2vec"]["verified"]

@@ -226,3 +226,49 @@ def test_hostile_input_is_refused_cleanly(case: str, lab: Path, tmp_path: Path) 
 
 def test_at_least_25_cases() -> None:
     assert len(CASES) >= 25
+
+
+# ---- issue 12 item 1: an explicit --registry always beats TASKREG_HOME, before or after the subcommand
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_explicit_registry_beats_the_environment(where: str, tmp_path: Path) -> None:
+    env_reg, flag_reg = tmp_path / "from-env", tmp_path / "from-flag"
+    flag = ["--registry", str(flag_reg)]
+    args = [*flag, "init"] if where == "before" else ["init", *flag]
+    res = runner.invoke(app, args, env={"TASKREG_HOME": str(env_reg)})
+    assert res.exit_code == 0, res.output
+    assert f"registry ready at {flag_reg.resolve()}" in res.output
+    assert (flag_reg / "catalog.duckdb").is_file() and not env_reg.exists()
+    # and a reader acts on the flag's registry too (the environment's does not exist)
+    res = runner.invoke(app, ["-r", str(flag_reg), "task", "list", "--json"], env={"TASKREG_HOME": str(env_reg)})
+    assert res.exit_code == 0 and res.output.strip() == "[]", res.output
+
+
+def test_environment_still_used_without_a_flag(registry_root: Path) -> None:
+    res = runner.invoke(app, ["task", "list", "--json"], env={"TASKREG_HOME": str(registry_root)})
+    assert res.exit_code == 0 and res.output.strip() == "[]", res.output
+
+
+def test_two_different_registry_flags_are_refused(registry_root: Path, tmp_path: Path) -> None:
+    before = snapshot(registry_root)
+    res = runner.invoke(app, ["-r", str(registry_root), "init", "-r", str(tmp_path / "other")])
+    assert res.exit_code == 2 and res.output.startswith("error: --registry given twice"), res.output
+    assert snapshot(registry_root) == before and not (tmp_path / "other").exists()
+
+
+def test_restore_force_replaces_the_flag_registry_and_names_it(registry_root: Path, tmp_path: Path) -> None:
+    """The README's form `TASKREG_HOME=X taskreg --registry Y restore BACKUP --force` replaced X before."""
+    x, y = tmp_path / "x", tmp_path / "y"
+    for reg in (x, y):
+        assert runner.invoke(app, ["-r", str(reg), "init"]).exit_code == 0
+    assert runner.invoke(app, ["-r", str(registry_root), "affinity", "import", str(DATA_DIR / "affinity_1k.csv"),
+                               "--name", "mine"]).exit_code == 0
+    assert runner.invoke(app, ["-r", str(registry_root), "backup", str(tmp_path / "bk")]).exit_code == 0
+    x_before = snapshot(x)
+    res = runner.invoke(app, ["--registry", str(y), "restore", str(tmp_path / "bk"), "--force"],
+                        env={"TASKREG_HOME": str(x)})
+    assert res.exit_code == 0, res.output
+    assert f"replacing the registry at {y.resolve()}" in res.output
+    assert snapshot(x) == x_before
+    names = runner.invoke(app, ["-r", str(y), "affinity", "list", "--json"]).output
+    assert '"mine"' in names
