@@ -46,14 +46,19 @@ class TaxonomyOps(ExpertOps):
                  "max_order": None} for n in BUILTIN_SETTINGS if n not in stored]
         return out
 
-    def affinity(self, name: str) -> AffinitySet:
-        """An affinity set from the catalog (built-in sets are loaded on first use)."""
-        from taskreg.selection.affinity_sets import BUILTIN_SETTINGS, AffinitySet, Transfer
+    def affinity(self, name: str, *, load: bool = True) -> AffinitySet:
+        """An affinity set from the catalog. A built-in set not stored yet is loaded into the catalog on first
+        use, or, with ``load=False``, returned from the package's tables without writing anything."""
+        from taskreg.selection.affinity_sets import BUILTIN_SETTINGS, AffinitySet, Transfer, builtin_affinity
 
         with self.read() as con:
             row = con.execute("SELECT source_only FROM affinity_sets WHERE name = ?", [name]).fetchone()
         if row is None:
             if name in BUILTIN_SETTINGS:
+                if not load:  # the same order as the catalog query below, so the BIP sees identical input
+                    packaged = builtin_affinity(name)
+                    ordered = sorted(packaged.transfers, key=lambda t: (t.target, t.order, list(t.sources)))
+                    return AffinitySet(name=name, transfers=ordered, source_only=packaged.source_only)
                 self._load_builtin(name)
                 return self.affinity(name)
             known = ", ".join(sorted({r["name"] for r in self.affinity_names()}))
@@ -117,7 +122,9 @@ class TaxonomyOps(ExpertOps):
 
         if not isinstance(budget, int | float) or not math.isfinite(budget) or budget < 0:
             raise TaskregError(f"budget must be a finite number >= 0, got {budget}")
-        aff = self.affinity(affinity)
+        # Solve before writing anything: a refused request (bad --max-order, unknown target, budget too small)
+        # leaves the catalog as it was, even for a built-in set that is not stored yet.
+        aff = self.affinity(affinity, load=False)
         pol = solve_policy(aff, float(budget), max_order=max_order, targets=targets, source_only=source_only,
                            importance=importance, cost=cost, pin_supervised=pin_supervised)
         if record:
@@ -125,6 +132,7 @@ class TaxonomyOps(ExpertOps):
                        "importance": dict(importance or {}), "cost": dict(cost or {}),
                        "pin_supervised": pin_supervised}
             with self.write() as con:
+                self.affinity(affinity)  # a built-in set is stored in the same transaction as the policy
                 con.execute(
                     "INSERT INTO policies (affinity, budget, max_order, objective, supervised, transfers, options, "
                     "seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -272,3 +272,26 @@ def test_restore_force_replaces_the_flag_registry_and_names_it(registry_root: Pa
     assert snapshot(x) == x_before
     names = runner.invoke(app, ["-r", str(y), "affinity", "list", "--json"]).output
     assert '"mine"' in names
+
+
+# ---- issue 12 item 7: a refused policy on a built-in set that is not stored yet writes nothing
+
+def test_refused_policy_does_not_load_a_builtin_set(registry_root: Path) -> None:
+    before = snapshot(registry_root)
+    res = runner.invoke(app, ["-r", str(registry_root), "policy", "--affinity", "taskonomy", "--budget", "4",
+                              "--max-order", "0"])
+    assert res.exit_code == 2 and res.output.startswith("error: "), res.output
+    assert snapshot(registry_root) == before
+    res = runner.invoke(app, ["-r", str(registry_root), "sql", "SELECT count(*) AS n FROM affinity_sets", "--json"])
+    assert '"n": 0' in res.output, res.output
+
+
+def test_policy_on_a_builtin_set_gives_the_same_answer_before_and_after_it_is_stored(registry_root: Path) -> None:
+    args = ["-r", str(registry_root), "policy", "--affinity", "taskonomy", "--budget", "6", "--max-order", "2",
+            "--json"]
+    import json
+
+    first = json.loads(runner.invoke(app, args).output)  # solved on the packaged tables, then stored
+    second = json.loads(runner.invoke(app, args).output)  # solved on the catalog's copy
+    for key in ("objective", "supervised", "transfers"):
+        assert first[key] == second[key]
