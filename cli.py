@@ -539,7 +539,8 @@ def expert_train(
     from_probe: Annotated[bool, typer.Option("--from-probe/--from-scratch",
                                              help="Start from the probe's weights or from scratch.")] = True,
     arch: Annotated[str, typer.Option(help="Architecture when training from scratch.")] = "cifar_resnet20",
-    task: Annotated[str | None, typer.Option(help="Name of the training task (default: the expert's).")] = None,
+    task: Annotated[str | None, typer.Option(help="Name under which the training data is registered as a task "
+                                             "when it is not registered yet (default: the expert's name).")] = None,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 8,
     max_samples: Annotated[int, typer.Option(help="Images for the Task2Vec embedding of the training task "
                                                   "(class-balanced subsample; training uses all).")] = 1000,
@@ -549,9 +550,15 @@ def expert_train(
     if max_samples < 1:
         raise TaskregError(f"--max-samples must be >= 1, got {max_samples}")
     reg = open_registry(registry)
+    tasks_before = reg.count_tasks()
     with progress_bar(f"training expert {name}") as bar:
         rec = reg.train_expert(name, data, from_probe=from_probe, probe=probe, arch=arch, task_name=task,
                                epochs=epochs, seed=seed, device=device, progress=bar, max_samples=max_samples)
+    if reg.count_tasks() > tasks_before:
+        typer.echo(f"registered task {rec.trained_on} for the expert's training data"
+                   + ("" if task else " (named after the expert; --task NAME chooses another name)"))
+    else:
+        typer.echo(f"training data already registered as task {rec.trained_on}")
     typer.echo(f"registered expert {rec.name} trained on {rec.trained_on} (model version {rec.model_version})")
 
 

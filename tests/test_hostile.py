@@ -295,3 +295,14 @@ def test_policy_on_a_builtin_set_gives_the_same_answer_before_and_after_it_is_st
     second = json.loads(runner.invoke(app, args).output)  # solved on the catalog's copy
     for key in ("objective", "supervised", "transfers"):
         assert first[key] == second[key]
+
+
+def test_expert_train_says_it_registers_a_task(registry_template: Path, tmp_path: Path) -> None:
+    root = make_probe_registry(registry_template, tmp_path / "reg")
+    src = "builtin:digits?classes=1,2&n=40"
+    res = runner.invoke(app, ["-r", str(root), "expert", "train", "e1", "--data", src, "--epochs", "1",
+                              "--max-samples", "20"])
+    assert res.exit_code == 0, res.output
+    assert "registered task e1 for the expert's training data (named after the expert; --task NAME" in res.output
+    res = runner.invoke(app, ["-r", str(root), "expert", "train", "e2", "--data", src, "--epochs", "1"])
+    assert res.exit_code == 0 and "training data already registered as task e1" in res.output, res.output
