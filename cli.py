@@ -142,6 +142,38 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     console().print(table)
 
 
+def print_matrix(title: str, corner: str, rows: Sequence[str], columns: Sequence[str],
+                 values: Sequence[Sequence[Any]]) -> None:
+    """A labelled matrix as one table per block of columns that fits the terminal (rows repeated in each).
+
+    rich squeezes a table wider than the terminal until its cells are empty boxes; a matrix with 25 sources
+    at 80 columns is such a table, so the columns are split instead.
+    """
+    from rich.table import Table
+
+    out = console()
+    cells = [[_fmt(v) for v in r] for r in values]
+    label_w = max([len(corner), *map(len, rows)]) + 3
+    widths = [max([len(c), *(len(r[j]) for r in cells)]) + 3 for j, c in enumerate(columns)]
+    blocks: list[list[int]] = [[]]
+    used = label_w + 1
+    for j, w in enumerate(widths):
+        if blocks[-1] and used + w > out.width:
+            blocks.append([])
+            used = label_w + 1
+        blocks[-1].append(j)
+        used += w
+    for block in blocks:
+        part = f" (columns {block[0] + 1}-{block[-1] + 1} of {len(columns)})" if len(blocks) > 1 else ""
+        table = Table(title=title + part, title_justify="left")
+        table.add_column(corner, no_wrap=True)
+        for j in block:
+            table.add_column(columns[j], no_wrap=True, justify="right")
+        for name, r in zip(rows, cells, strict=True):
+            table.add_row(name, *[r[j] for j in block])
+        out.print(table)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -672,8 +704,7 @@ def affinity_show(
         print_json({"name": name, "source_only": list(aff.source_only), "targets": targets, "sources": sources,
                     "first_order": rows})
     else:
-        print_table(f"{name}: first-order affinities (rows: targets)", ["target", *sources],
-                    [(t, *r) for t, r in zip(targets, rows, strict=True)])
+        print_matrix(f"{name}: first-order affinities (rows: targets)", "target", targets, sources, rows)
     if plot is not None:
         from taskreg.selection.taxonomy_plots import plot_affinity_matrices
 

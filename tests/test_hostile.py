@@ -306,3 +306,18 @@ def test_expert_train_says_it_registers_a_task(registry_template: Path, tmp_path
     assert "registered task e1 for the expert's training data (named after the expert; --task NAME" in res.output
     res = runner.invoke(app, ["-r", str(root), "expert", "train", "e2", "--data", src, "--epochs", "1"])
     assert res.exit_code == 0 and "training data already registered as task e1" in res.output, res.output
+
+
+def test_affinity_show_fits_80_columns(registry_root: Path) -> None:
+    from rich.cells import cell_len
+
+    res = runner.invoke(app, ["-r", str(registry_root), "affinity", "show", "taskonomy-1k"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert max(cell_len(line) for line in res.output.splitlines()) <= 80
+    sources = runner.invoke(app, ["-r", str(registry_root), "affinity", "show", "taskonomy-1k", "--json"])
+    import json
+
+    shown = json.loads(sources.output)
+    for name in shown["sources"]:  # every column header is readable, not squeezed to an empty box
+        assert f" {name} " in res.output, name
+    assert f"{shown['first_order'][0][0]:.4g}" in res.output
