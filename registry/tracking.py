@@ -80,7 +80,21 @@ class Tracker:
         return self._experiments[name]
 
     def init(self) -> None:
-        """Create the tracking database and the experiments."""
+        """Create the tracking database and the experiments.
+
+        MLflow gives its ``Default`` experiment an artifact location the first time it creates the database:
+        through a plain client that is ``./mlruns`` of the current directory. The store is therefore created
+        here with the registry's ``artifacts/`` as its artifact root, and an older registry's ``Default`` that
+        points elsewhere is re-pointed, so nothing an MLflow user logs to it lands outside the registry.
+        """
+        if not (self.root / "mlflow.db").exists():
+            _quiet_mlflow()
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            _quiet_mlflow()  # mlflow configures its loggers on import
+            store = SqlAlchemyStore(self.uri, (self.root / "artifacts").as_uri())
+            store.engine.dispose()
+        _repoint_default_experiment(self.root / "mlflow.db", self.root / "artifacts" / "0")
         for name in EXPERIMENTS:
             self.experiment_id(name)
 
@@ -265,6 +279,20 @@ def relocate(db: Path, old_root: Path, new_root: Path) -> None:
                 if table in tables:
                     con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE instr({column}, ?) > 0",
                                 [old, new, old])
+    finally:
+        con.close()
+
+
+def _repoint_default_experiment(db: Path, location: Path) -> None:
+    """Set MLflow's ``Default`` experiment (id 0) to ``location`` when it points outside the registry."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        with con:
+            row = con.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()
+            if row is not None and _local_path(row[0]) != location:
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", [location.as_uri()])
     finally:
         con.close()
 

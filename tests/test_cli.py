@@ -34,6 +34,13 @@ def test_init_list_check(tmp_path) -> None:
     res = run("--registry", str(root), "check", "--json")
     assert res.exit_code == 0 and json.loads(res.output)["ok"] is True
     assert not (tmp_path / "mlruns").exists()
+    # every MLflow experiment, MLflow's own Default included, keeps its artifacts inside the registry
+    import sqlite3
+
+    with sqlite3.connect(root / "mlflow.db") as con:
+        locations = dict(con.execute("SELECT name, artifact_location FROM experiments").fetchall())
+    assert locations["Default"] == (root.resolve() / "artifacts" / "0").as_uri(), locations
+    assert all(loc.startswith((root.resolve() / "artifacts").as_uri() + "/") for loc in locations.values())
 
 
 def test_sql_and_json(registry_root) -> None:
