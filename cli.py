@@ -627,7 +627,7 @@ def model2vec_fit(
     info = open_registry(registry).fit_model2vec(probe=probe, method=method, alpha=alpha, epochs=epochs, seed=seed,
                                                  l2=penalty)
     typer.echo(f"Model2Vec fitted on {info['tasks']} tasks x {info['experts']} experts (l2 {info['l2']:g}): "
-               f"loss {info['initial_loss']:.4f} -> {info['final_loss']:.4f}")
+               f"loss {info['initial_loss']:.4f} -> {info['final_loss']:.4f}; MLflow run {info['run_id']}")
 
 
 @app.command()

@@ -10,6 +10,7 @@ expert over the query data instead; their cost is reported with the answer.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -277,19 +278,34 @@ class ExpertOps(TaskOps):
         t0 = self.trivial(prec.name, method)
         fit = fit_model2vec(task_vecs, base, errors[keep], t0=t0, alpha=alpha, epochs=epochs, seed=seed, l2=l2)
         kind = self.kind("model2vec", prec.name, method)
-        with self.write() as con:
-            con.execute("DELETE FROM model2vec WHERE probe = ? AND method = ?", [prec.name, method])
-            alive = {r[0] for r in con.execute("SELECT id FROM experts").fetchall()}  # skip experts removed since
-            for j, e in enumerate(exp_recs):
-                if e.id not in alive:
-                    continue
-                con.execute("INSERT INTO model2vec (expert_id, probe, method, vector, bias, fit_loss) VALUES "
-                            "(?, ?, ?, ?, ?, ?)", [e.id, prec.name, method, catalog.vector_param(fit.vectors[j]),
-                                                   catalog.vector_param(fit.biases[j]), float(fit.loss_history[-1])])
-            catalog.bump_generation(con, kind)
+        summary = {"tasks": len(keep), "experts": len(exp_recs), "initial_loss": float(fit.loss_history[0]),
+                   "final_loss": float(fit.loss_history[-1]), "l2": fit.l2}
+        # The fit is logged like every other record (pending run, catalog commit, commit tag): its settings,
+        # losses and the fitted vectors/biases by expert name, so a fit can be compared with earlier ones.
+        params = {"probe": prec.name, "estimator": method, "alpha": alpha, "epochs": epochs, "seed": seed,
+                  "l2_requested": l2, "l2": fit.l2, "tasks": len(keep), "experts": len(exp_recs)}
+        with self._pending_run("model2vec", f"model2vec-{prec.name}-{method}", params,
+                               {"taskreg.kind": "model2vec_fit"}) as run:
+            self.tracker.log_metrics(run.run_id, {k: summary[k] for k in ("initial_loss", "final_loss")})
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / "model2vec.npz"
+                np.savez(local, experts=np.array([e.name for e in exp_recs]), vectors=fit.vectors,
+                         biases=fit.biases, loss_history=np.asarray(fit.loss_history))
+                self.tracker.log_artifact(run.run_id, local)
+            with self.write() as con:
+                con.execute("DELETE FROM model2vec WHERE probe = ? AND method = ?", [prec.name, method])
+                alive = {r[0] for r in con.execute("SELECT id FROM experts").fetchall()}  # skip experts removed since
+                for j, e in enumerate(exp_recs):
+                    if e.id not in alive:
+                        continue
+                    con.execute("INSERT INTO model2vec (expert_id, probe, method, vector, bias, fit_loss) VALUES "
+                                "(?, ?, ?, ?, ?, ?)", [e.id, prec.name, method, catalog.vector_param(fit.vectors[j]),
+                                                       catalog.vector_param(fit.biases[j]),
+                                                       float(fit.loss_history[-1])])
+                catalog.bump_generation(con, kind)
+        self.tracker.commit(run.run_id)
         self.rebuild_index(kind)
-        return {"tasks": len(keep), "experts": len(exp_recs), "initial_loss": float(fit.loss_history[0]),
-                "final_loss": float(fit.loss_history[-1]), "l2": fit.l2}
+        return {**summary, "run_id": run.run_id}
 
     def model2vec_fitted(self, probe: str, method: str) -> bool:
         with self.read() as con:

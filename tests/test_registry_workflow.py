@@ -51,7 +51,23 @@ def built(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     # a weak fixed penalty, so the fit reproduces what it is fitted to predict (checked by the select test below)
     info = reg.fit_model2vec(epochs=200, l2=1e-3)
     assert info["final_loss"] < info["initial_loss"]  # Model2Vec reduces its training loss
+    (root / "model2vec-run.txt").write_text(info["run_id"])
     return root
+
+
+def test_model2vec_fit_is_logged_to_mlflow(built: Path) -> None:
+    """Each fit is an MLflow run with its settings, losses and the fitted vectors by expert name."""
+    import numpy as np
+
+    reg = Registry.open(built)
+    run = reg.tracker.client.get_run((built / "model2vec-run.txt").read_text())
+    assert run.data.tags["taskreg.state"] == "committed" and run.data.params["l2"] == "0.001"
+    assert run.data.params["experts"] == "3" and run.data.metrics["final_loss"] < run.data.metrics["initial_loss"]
+    stored = Path(run.info.artifact_uri.removeprefix("file://")) / "model2vec.npz"
+    with np.load(stored, allow_pickle=False) as z:
+        assert sorted(z["experts"].tolist()) == [f"exp-{t}" for t in sorted(SOURCES)]
+        assert z["vectors"].shape[0] == 3 and np.isfinite(z["vectors"]).all()
+    assert reg.check().ok
 
 
 @pytest.fixture
