@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -137,3 +138,35 @@ def test_ray_executor_matches_local(jobs: list[T.TransferJob], serial: dict, tmp
     x = torch.from_numpy(REF.load().input_of("edges2d")[:4])
     with torch.no_grad():
         torch.testing.assert_close(net(x), serial[SELF_JOB](x), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["ctrl-c to the group", "SIGINT to the parent"])
+def test_sigint_stops_a_local_pool_at_once(group: bool) -> None:
+    """A Ctrl-C during a local:N run exits in seconds, not after the running (and queued) jobs finish."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import time\nfrom taskreg.trainers.executors import LocalExecutor\n"
+              "it = LocalExecutor(workers=2, threads=1).map(time.sleep, [0.01, 60, 60, 60, 60])\n"
+              "next(it)\nprint('running', flush=True)\nlist(it)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "running"
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        if group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert elapsed < 10, elapsed
+    assert err.count("KeyboardInterrupt") <= 2, err  # the parent's traceback only, none from the workers

@@ -62,9 +62,26 @@ def _cores() -> int:
 
 
 def _init_worker(threads: int) -> None:
+    import signal
+
     import torch
 
+    # Ctrl-C reaches the whole process group: the parent answers it (it terminates the pool), so a worker
+    # ignores it instead of turning it into a traceback and going on with its next queued job.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
+
+
+def _terminate_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop a pool's worker processes now (their jobs' results are not wanted: an interrupted run resumes),
+    then shut the pool down without waiting for the jobs they were running."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # Python < 3.14 has no public API
+    pool.shutdown(wait=False, cancel_futures=True)  # forgets the processes: read them first
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
 
 
 class LocalExecutor:
@@ -113,6 +130,11 @@ class LocalExecutor:
                 if progress is not None:
                     progress(done, total)
                 yield futures[fut], result
+        except BaseException:
+            # Ctrl-C, a failed job or a caller that stopped iterating: waiting for the running jobs would
+            # hold the user for as long as the longest of them (28 s was seen for a Taskonomy build).
+            _terminate_workers(pool)
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
