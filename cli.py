@@ -717,7 +717,8 @@ def affinity_show(
 @handle_errors
 def policy(
     affinity: Annotated[str, typer.Option(help="Affinity set (e.g. taskonomy, taskonomy-16k, or one built here).")],
-    budget: Annotated[float, typer.Option(help="Supervision budget: total label cost of supervised tasks.")],
+    budget: Annotated[float, typer.Option(help="Supervision budget: total cost of the tasks trained from scratch "
+                                          "(1 each by default, source-only tasks included, as in the paper).")],
     max_order: Annotated[int | None, typer.Option(help="Highest transfer order considered.")] = None,
     targets: Annotated[str | None, typer.Option(help="Comma-separated targets (default: all).")] = None,
     source_only: Annotated[str | None, typer.Option(help="Comma-separated source-only tasks.")] = None,
@@ -727,19 +728,24 @@ def policy(
     transfer_to_supervised: Annotated[bool, typer.Option(
         help="The paper's variant: a supervised task may still be solved by a transfer that beats its own "
              "network (it then appears in both lists).")] = False,
+    free_source_only: Annotated[bool, typer.Option(
+        "--free-source-only", help="Source-only tasks (self-supervised, random) cost nothing: the budget then "
+        "counts labelled tasks only.")] = False,
     registry: RegistryOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Solve the transfer policy (which tasks to supervise, how to transfer to the rest) with the BIP."""
     reg = open_registry(registry)
     pol = reg.policy(affinity, budget, max_order=max_order, targets=parse_list(targets),
                      source_only=parse_list(source_only), importance=parse_mapping(importance, "importance"),
-                     cost=parse_mapping(cost, "cost"), pin_supervised=not transfer_to_supervised)
+                     cost=parse_mapping(cost, "cost"), pin_supervised=not transfer_to_supervised,
+                     free_source_only=free_source_only)
     if plot is not None:
         from taskreg.selection.taxonomy_plots import plot_policy
 
         plot_policy(pol, str(plot), title=f"{affinity}, budget {budget:g}")
     if as_json:
-        print_json({"affinity": affinity, "budget": budget, "max_order": pol.max_order, "objective": pol.objective,
+        print_json({"affinity": affinity, "budget": budget, "free_source_only": free_source_only,
+                    "max_order": pol.max_order, "objective": pol.objective,
                     "supervised": pol.supervised,
                     "transfers": [{"target": t.target, "sources": list(t.sources), "value": t.value}
                                   for t in pol.transfers],

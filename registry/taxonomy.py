@@ -115,9 +115,13 @@ class TaxonomyOps(ExpertOps):
     def policy(
         self, affinity: str, budget: float, *, max_order: int | None = None, targets: Sequence[str] | None = None,
         source_only: Sequence[str] | None = None, importance: Mapping[str, float] | None = None,
-        cost: Mapping[str, float] | None = None, pin_supervised: bool = True, record: bool = True,
+        cost: Mapping[str, float] | None = None, pin_supervised: bool = True, free_source_only: bool = False,
+        record: bool = True,
     ) -> Policy:
-        """Solve the transfer policy with the BIP and record it in ``policies``."""
+        """Solve the transfer policy with the BIP and record it in ``policies``.
+
+        Every task trained from scratch costs 1 (source-only ones included, as in the paper) unless ``cost``
+        says otherwise; ``free_source_only`` makes the source-only tasks free (the budget counts labels)."""
         from taskreg.selection.bip import solve_policy
 
         if not isinstance(budget, int | float) or not math.isfinite(budget) or budget < 0:
@@ -126,11 +130,12 @@ class TaxonomyOps(ExpertOps):
         # leaves the catalog as it was, even for a built-in set that is not stored yet.
         aff = self.affinity(affinity, load=False)
         pol = solve_policy(aff, float(budget), max_order=max_order, targets=targets, source_only=source_only,
-                           importance=importance, cost=cost, pin_supervised=pin_supervised)
+                           importance=importance, cost=cost, pin_supervised=pin_supervised,
+                           free_source_only=free_source_only)
         if record:
             request = {"targets": list(targets) if targets else None, "source_only": list(source_only or []) or None,
                        "importance": dict(importance or {}), "cost": dict(cost or {}),
-                       "pin_supervised": pin_supervised}
+                       "pin_supervised": pin_supervised, "free_source_only": free_source_only}
             with self.write() as con:
                 self.affinity(affinity)  # a built-in set is stored in the same transaction as the policy
                 con.execute(

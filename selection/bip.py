@@ -20,11 +20,12 @@ source-only, not itself transferred), as in the paper.
 
 Decisions (documented because the paper leaves them implicit):
 
-* **Source-only tasks are free by default** (cost 0, always available): colorization, jigsaw and
-  inpainting need no labels (self-supervised) and random projection needs no training. The budget
-  therefore counts *labelled* tasks. The paper's Fig. 8 budget axis runs to 26 = all tasks including
-  the 4 source-only ones, i.e. its solver seems to have counted them as nodes; pass
-  ``cost={"colorization": 1, "jigsaw": 1, "impainting_whole": 1, "random": 1}`` to reproduce that.
+* **Every task trained from scratch counts against the budget, source-only tasks included** (cost 1
+  each by default), as in the paper: its supervision budget gamma counts every task trained from
+  scratch (Sec. 3), and its Fig. 8 budget axis runs to 26 = 22 targets + 4 source-only tasks.
+  ``free_source_only=True`` makes the source-only tasks (colorization, jigsaw and inpainting need no
+  labels, random projection needs no training) cost 0 and always available, so the budget counts
+  *labelled* tasks only; an explicit ``cost`` entry beats either default.
 * **A supervised target is solved by its own network** (``pin_supervised=True``, the default): a
   policy is then a partition — every requested target is either in ``Policy.supervised`` or the
   target of exactly one of ``Policy.transfers``, never both (constraint IV: ``x_{self->t} >= z_t``).
@@ -152,6 +153,8 @@ def _build_problem(
     importance: Mapping[str, float] | None,
     cost: Mapping[str, float] | None,
     pin_supervised: bool = True,
+    *,
+    free_source_only: bool = False,
 ) -> _Problem:
     """Validate the inputs of a policy search and list every target's usable options."""
     try:
@@ -203,7 +206,8 @@ def _build_problem(
         if not opts:
             raise TaskregError(f"target '{t}' has no option of order <= {max_order} in '{aff.name}'")
         options[t] = opts
-    node_cost = {v: costs_in.get(v, 0.0 if v in so else 1.0) for v in needed}
+    default = {v: 0.0 if free_source_only and v in so else 1.0 for v in needed}
+    node_cost = {v: costs_in.get(v, default[v]) for v in needed}
     return _Problem(
         aff=aff, budget=budget, max_order=max_order, targets=tlist, source_only=so,
         importance={t: imp.get(t, 1.0) for t in tlist}, cost=node_cost, options=options,
@@ -277,10 +281,12 @@ def minimum_budget(
     targets: Sequence[str] | None = None,
     source_only: Sequence[str] | None = None,
     cost: Mapping[str, float] | None = None,
+    free_source_only: bool = False,
     time_limit: float | None = None,
 ) -> float:
     """The smallest budget with a feasible policy (a weighted set-cover BIP, solved exactly by CBC)."""
-    prob = _build_problem(aff, math.inf, max_order, targets, source_only, None, cost)
+    prob = _build_problem(aff, math.inf, max_order, targets, source_only, None, cost,
+                          free_source_only=free_source_only)
     model, _, z = _pulp_model(prob, maximise_value=False)
     model.solve(_solver(time_limit))
     if model.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
@@ -297,6 +303,7 @@ def solve_policy(
     source_only: Sequence[str] | None = None,
     importance: Mapping[str, float] | None = None,
     cost: Mapping[str, float] | None = None,
+    free_source_only: bool = False,
     time_limit: float | None = None,
     pin_supervised: bool = True,
 ) -> Policy:
@@ -305,13 +312,16 @@ def solve_policy(
     aff : the affinity table. budget : total label cost allowed (>= 0).
     max_order : largest transfer order considered (default: all in the table).
     targets : tasks to solve (default: every target of ``aff`` that is not source-only).
-    source_only : tasks that are never targets and cost 0 by default (default ``aff.source_only``).
+    source_only : tasks that are never targets (default ``aff.source_only``).
     importance : r_t per target (default 1; entries for known tasks that are not requested targets
-        are ignored); cost : label cost per task (default 1, source-only 0).
+        are ignored); cost : label cost per task (default 1; source-only tasks 0 with ``free_source_only``).
+    free_source_only : source-only tasks cost nothing unless ``cost`` says otherwise (the budget then
+        counts labelled tasks only); by default they cost 1 like every task trained from scratch.
     time_limit : seconds for CBC; if reached with a feasible solution the status says so.
     Raises TaskregError for bad arguments and for an infeasible budget (naming the minimum budget).
     """
-    prob = _build_problem(aff, budget, max_order, targets, source_only, importance, cost, pin_supervised)
+    prob = _build_problem(aff, budget, max_order, targets, source_only, importance, cost, pin_supervised,
+                          free_source_only=free_source_only)
     if time_limit is not None and (not math.isfinite(time_limit) or time_limit <= 0):
         raise TaskregError(f"time_limit must be a positive number of seconds, got {time_limit}")
     model, x, _ = _pulp_model(prob, maximise_value=True)
@@ -325,7 +335,7 @@ def solve_policy(
     else:
         if model.status == pulp.LpStatusInfeasible:
             need = minimum_budget(aff, max_order=prob.max_order, targets=prob.targets,
-                                  source_only=prob.source_only, cost=cost)
+                                  source_only=prob.source_only, cost=cost, free_source_only=free_source_only)
             raise TaskregError(
                 f"budget {budget:g} is infeasible for '{aff.name}' (max order {prob.max_order}): "
                 f"covering all {len(prob.targets)} targets needs a budget of at least {need:g}"
@@ -350,17 +360,19 @@ def enumerate_policies(
     source_only: Sequence[str] | None = None,
     importance: Mapping[str, float] | None = None,
     cost: Mapping[str, float] | None = None,
+    free_source_only: bool = False,
     max_nodes: int = 16,
     pin_supervised: bool = True,
 ) -> list[Policy]:
     """Brute force: every affordable set of trained tasks, each target taking its best available option.
 
-    Zero-cost tasks (source-only by default) are always available; every subset of the other tasks
+    Zero-cost tasks (source-only ones with ``free_source_only``) are always available; every subset of the other tasks
     within the budget is tried. Returns the distinct resulting policies, best objective first (the
     first one has the BIP optimum). Only for small instances: raises TaskregError if more than
     ``max_nodes`` tasks have a positive cost.
     """
-    prob = _build_problem(aff, budget, max_order, targets, source_only, importance, cost, pin_supervised)
+    prob = _build_problem(aff, budget, max_order, targets, source_only, importance, cost, pin_supervised,
+                          free_source_only=free_source_only)
     free = {v for v in prob.nodes if prob.cost[v] <= 0}
     paid = [v for v in prob.nodes if prob.cost[v] > 0]
     if len(paid) > max_nodes:
@@ -403,6 +415,7 @@ def random_feasible_policies(
     targets: Sequence[str] | None = None,
     source_only: Sequence[str] | None = None,
     cost: Mapping[str, float] | None = None,
+    free_source_only: bool = False,
     max_tries: int = 100,
 ) -> list[Policy]:
     """``n`` policies with random connectivity at the same budget (baseline of the paper's Fig. 11 test).
@@ -415,7 +428,8 @@ def random_feasible_policies(
     """
     if int(n) != n or n < 0:
         raise TaskregError(f"n must be an integer >= 0, got {n}")
-    prob = _build_problem(aff, budget, max_order, targets, source_only, None, cost)
+    prob = _build_problem(aff, budget, max_order, targets, source_only, None, cost,
+                          free_source_only=free_source_only)
     free = {v for v in prob.nodes if prob.cost[v] <= 0}
     paid = [v for v in prob.nodes if prob.cost[v] > 0]
     self_opt = {t: next((o for o in prob.options[t] if o.transfer.is_self), None) for t in prob.targets}
@@ -459,11 +473,13 @@ def random_feasible_policy(
     targets: Sequence[str] | None = None,
     source_only: Sequence[str] | None = None,
     cost: Mapping[str, float] | None = None,
+    free_source_only: bool = False,
     max_tries: int = 100,
 ) -> Policy:
     """One random feasible policy; see :func:`random_feasible_policies`."""
     return random_feasible_policies(aff, budget, 1, rng, max_order=max_order, targets=targets,
-                                    source_only=source_only, cost=cost, max_tries=max_tries)[0]
+                                    source_only=source_only, cost=cost, free_source_only=free_source_only,
+                                    max_tries=max_tries)[0]
 
 
 def evaluate_policy(policy: Policy, table: AffinitySet) -> dict[str, float]:

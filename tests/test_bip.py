@@ -34,7 +34,8 @@ def _random_set(rng: np.random.Generator, n_tasks: int, n_source_only: int, pair
     return AffinitySet(name="random", transfers=transfers, source_only=tuple(so))
 
 
-def _check_policy(pol: Policy, aff: AffinitySet, budget: float, cost: dict[str, float] | None = None) -> None:
+def _check_policy(pol: Policy, aff: AffinitySet, budget: float, cost: dict[str, float] | None = None,
+                  free_source_only: bool = False) -> None:
     cost = cost or {}
     so = set(aff.source_only)
     targets = set(pol.targets)
@@ -53,25 +54,52 @@ def _check_policy(pol: Policy, aff: AffinitySet, budget: float, cost: dict[str, 
         assert aff.value(tr.sources, tr.target) == pytest.approx(tr.value)
         total += tr.value
     total += sum(aff.value(["self"], t) for t in pol.solved_by_self)
-    used_cost = sum(cost.get(v, 0.0 if v in so else 1.0) for v in available)
+    used_cost = sum(cost.get(v, 0.0 if free_source_only and v in so else 1.0) for v in available)
     assert used_cost == pytest.approx(pol.cost)
     assert pol.cost <= budget + 1e-9
     if not cost:
         assert pol.objective == pytest.approx(total)
 
 
+@pytest.mark.parametrize("free", [False, True], ids=["paper budget", "free source-only"])
 @pytest.mark.parametrize("seed", range(6))
-def test_bip_matches_brute_force(seed: int) -> None:
+def test_bip_matches_brute_force(seed: int, free: bool) -> None:
     rng = np.random.default_rng(seed)
     n_tasks = 4 + seed % 3
     aff = _random_set(rng, n_tasks, n_source_only=1 + seed % 2, pair_frac=0.3)
     for max_order in (1, 2):
         for budget in (0, 1, 2, n_tasks):
-            ref = enumerate_policies(aff, budget, max_order=max_order)
-            pol = solve_policy(aff, budget, max_order=max_order)
+            ref = enumerate_policies(aff, budget, max_order=max_order, free_source_only=free)
+            if not ref:  # nothing is free under the paper's budget: 0 trains nothing, so nothing is solved
+                assert not free and budget == 0
+                with pytest.raises(TaskregError, match="needs a budget of at least 1"):
+                    solve_policy(aff, budget, max_order=max_order, free_source_only=free)
+                continue
+            pol = solve_policy(aff, budget, max_order=max_order, free_source_only=free)
             assert pol.status == "optimal"
             assert pol.objective == pytest.approx(ref[0].objective, abs=1e-9)
-            _check_policy(pol, aff, budget)
+            _check_policy(pol, aff, budget, free_source_only=free)
+
+
+def test_source_only_tasks_count_against_the_budget_by_default() -> None:
+    """The paper's gamma counts every task trained from scratch, source-only ones included (Sec. 3, Fig. 8)."""
+    aff = AffinitySet("s", [
+        Transfer(("self",), "a", 1, 0.9), Transfer(("c",), "a", 1, 0.6),
+        Transfer(("self",), "b", 1, 0.3), Transfer(("c",), "b", 1, 0.7), Transfer(("a",), "b", 1, 0.5),
+    ], source_only=("c",))
+    paper = solve_policy(aff, 1)  # training c leaves no budget for a: supervise a (0.9 + 0.5)
+    assert paper.supervised == ["a"] and paper.source_only_used == [] and paper.cost == 1.0
+    assert paper.objective == pytest.approx(1.4)
+    free = solve_policy(aff, 1, free_source_only=True)  # c comes free on top of a (0.9 + 0.7)
+    assert free.supervised == ["a"] and free.source_only_used == ["c"] and free.cost == 1.0
+    assert free.objective == pytest.approx(1.6)
+    assert solve_policy(aff, 2).objective == pytest.approx(1.6)  # the paper pays 2 for the same policy
+    with pytest.raises(TaskregError, match="needs a budget of at least 1"):
+        solve_policy(aff, 0)
+    assert solve_policy(aff, 0, free_source_only=True).objective == pytest.approx(1.3)
+    assert minimum_budget(aff) == 1.0 and minimum_budget(aff, free_source_only=True) == 0.0
+    # an explicit cost beats either default
+    assert solve_policy(aff, 0, cost={"c": 0.0}).objective == pytest.approx(1.3)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -81,6 +109,7 @@ def test_bip_with_importance_and_cost_matches_brute_force(seed: int) -> None:
     importance = {t: float(rng.uniform(0.1, 3.0)) for t in aff.targets}
     cost = {t: float(rng.choice([0.5, 1.0, 2.0])) for t in aff.targets}
     cost["s0"] = 1.0  # a source-only task that must be paid for
+    cost["s1"] = 0.0  # and one made free explicitly
     for budget in (0.5, 1.5, 3.0):
         ref = enumerate_policies(aff, budget, max_order=2, importance=importance, cost=cost)
         pol = solve_policy(aff, budget, max_order=2, importance=importance, cost=cost)
@@ -102,23 +131,23 @@ def test_target_subset_and_supervised_task_outside_targets() -> None:
 
 
 def test_supervised_target_may_use_a_better_transfer_in_the_papers_variant() -> None:
-    # a must be supervised to serve b; a's own network (0.2) loses to transfer c->a (0.8)
+    # a must be supervised to serve b; a's own network (0.2) loses to transfer c->a (0.8); c is free here
     aff = AffinitySet("s", [
         Transfer(("self",), "a", 1, 0.2), Transfer(("c",), "a", 1, 0.8),
         Transfer(("self",), "b", 1, 0.1), Transfer(("a",), "b", 1, 0.9),
     ], source_only=("c",))
-    pol = solve_policy(aff, 1, pin_supervised=False)
+    pol = solve_policy(aff, 1, pin_supervised=False, free_source_only=True)
     assert pol.supervised == ["a"] and pol.source_only_used == ["c"]
     assert pol.choice("a") == ("c",) and pol.choice("b") == ("a",)
     assert pol.objective == pytest.approx(1.7)
-    _check_policy(pol, aff, 1)
-    assert enumerate_policies(aff, 1, pin_supervised=False)[0].objective == pytest.approx(1.7)
+    _check_policy(pol, aff, 1, free_source_only=True)
+    assert enumerate_policies(aff, 1, pin_supervised=False, free_source_only=True)[0].objective == pytest.approx(1.7)
 
     # default: a supervised task is solved by its own network, so every target appears exactly once
-    pinned = solve_policy(aff, 1)
+    pinned = solve_policy(aff, 1, free_source_only=True)
     assert pinned.choice("a") == ("self",) and pinned.choice("b") == ("a",)
     assert pinned.objective == pytest.approx(1.1)
-    assert enumerate_policies(aff, 1)[0].objective == pytest.approx(1.1)
+    assert enumerate_policies(aff, 1, free_source_only=True)[0].objective == pytest.approx(1.1)
     transfer_targets = {t.target for t in pinned.transfers}
     assert not transfer_targets & set(pinned.supervised)
     assert transfer_targets | set(pinned.supervised) == set(pinned.targets)
@@ -164,7 +193,7 @@ def test_taskonomy_full_every_budget() -> None:
     assert n_tasks == 26
     prev = -math.inf
     best_possible = sum(max(o.value for o in aff.options_for(t)) for t in aff.targets)
-    for budget in range(0, n_tasks + 1):
+    for budget in range(1, n_tasks + 1):
         pol = solve_policy(aff, budget, max_order=2)
         _check_policy(pol, aff, budget)
         assert pol.objective >= prev - 1e-9  # more budget never hurts

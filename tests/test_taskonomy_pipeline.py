@@ -73,14 +73,17 @@ def test_affinities_and_policies(built: Path, tmp_path: Path) -> None:
     aff = Registry.open(built).affinity("builtin-tiny")
     for target in aff.targets:
         assert sum(t.value for t in aff.options_for(target)) == pytest.approx(1.0)
-    for budget in (0, 1, 2, 5):
+    for budget, free in ((0, True), (1, False), (1, True), (2, False), (5, False)):
         res = runner.invoke(app, ["--registry", r, "policy", "--affinity", "builtin-tiny", "--budget", str(budget),
-                                  "--json"])
+                                  "--json", *(["--free-source-only"] if free else [])])
         assert res.exit_code == 0, res.output
         pol = json.loads(res.stdout)
         targets = [t["target"] for t in pol["transfers"]]
         assert sorted(targets + [s for s in pol["supervised"] if s in aff.targets]) == sorted(aff.targets)
-        assert len(pol["supervised"]) <= budget
+        # the paper's budget counts the source-only tasks a policy trains; --free-source-only does not
+        assert pol["cost"] == len(pol["supervised"]) + (0 if free else len(pol["source_only_used"])) <= budget
+    res = runner.invoke(app, ["--registry", r, "policy", "--affinity", "builtin-tiny", "--budget", "0"])
+    assert res.exit_code == 2 and "needs a budget of at least 1" in res.output  # nothing is free by default
     png = tmp_path / "policy.png"
     res = runner.invoke(app, ["--registry", r, "policy", "--affinity", "builtin-tiny", "--budget", "2", "--plot",
                               str(png)])
