@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -298,15 +299,27 @@ class RegistryCore:
 
     # ------------------------------------------------------------------ SQL
     def sql(self, query: str) -> tuple[list[str], list[tuple]]:
-        """Run a read-only SQL query against the catalog; returns (column names, rows)."""
-        with self.read() as con:
+        """Run one query against the catalog and nothing else; returns (column names, rows).
+
+        The connection is read-only and locked down by DuckDB itself (:func:`catalog.connect_console`): no
+        file outside the catalog is read or written, nothing is attached, no extension is installed or
+        loaded, no setting changed. Large sorts spill into a private temporary directory, removed after.
+        """
+        if self._con is not None:
+            raise TaskregError("SQL refused: the console cannot run inside a write transaction")
+        try:
+            scratch: Path | None = Path(tempfile.mkdtemp(prefix="taskreg-sql-"))
+        except OSError:
+            scratch = None  # no writable temporary directory: the query runs in memory only
+        try:
+            con = catalog.connect_console(self.catalog_path, scratch / "spill" if scratch is not None else None)
             try:
-                cur = con.execute(query)
-            except duckdb.Error as exc:
-                raise TaskregError(f"SQL error: {str(exc).splitlines()[0]}") from None
-            if cur.description is None:
-                return [], []
-            return [d[0] for d in cur.description], cur.fetchall()
+                return catalog.console_query(con, query)
+            finally:
+                con.close()
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     # ------------------------------------------------------------------ indexes
     _KIND_SQL = {

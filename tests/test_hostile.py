@@ -9,6 +9,7 @@ in test_cli.py, ``expert add`` in test_registry_workflow.py) are exercised here 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from collections.abc import Callable
@@ -226,3 +227,125 @@ def test_hostile_input_is_refused_cleanly(case: str, lab: Path, tmp_path: Path) 
 
 def test_at_least_25_cases() -> None:
     assert len(CASES) >= 25
+
+
+# ---- issue 12 item 2: `taskreg sql` answers queries on the catalog and nothing else
+# DuckDB itself enforces it (external access off, no extension install/load, configuration locked) and only a
+# single query statement runs. Each statement below must be refused in one line, exit 2, with the registry
+# byte-identical and no file created or read anywhere ({d}: a directory outside the registry holding real
+# files with a secret; {reg}: the registry).
+
+SECRET = "taskreg-secret-5e1f"
+
+REFUSED_SQL: dict[str, str] = {
+    "COPY a table TO a file": "COPY tasks TO '{d}/out.csv'",
+    "COPY a query TO parquet": "COPY (SELECT * FROM tasks) TO '{d}/out.parquet' (FORMAT parquet)",
+    "COPY over the registry's mlflow.db": "COPY (SELECT 1 AS x) TO '{reg}/mlflow.db'",
+    "EXPORT DATABASE": "EXPORT DATABASE '{d}/export'",
+    "IMPORT DATABASE": "IMPORT DATABASE '{d}'",
+    "read_text of a file outside": "SELECT content FROM read_text('{d}/secret.txt')",
+    "read_text of /etc/hostname": "SELECT content FROM read_text('/etc/hostname')",
+    "read_csv of a file outside": "SELECT * FROM read_csv('{d}/secret.csv')",
+    "read_parquet of a file outside": "SELECT * FROM read_parquet('{d}/secret.parquet')",
+    "read_blob of the registry's mlflow.db": "SELECT content FROM read_blob('{reg}/mlflow.db')",
+    "glob of a directory": "SELECT * FROM glob('{d}/*')",
+    "a file path as a table": "SELECT * FROM '{d}/secret.csv'",
+    "sqlite_scan of mlflow.db (extension autoload)": "SELECT * FROM sqlite_scan('{reg}/mlflow.db', 'runs')",
+    "ATTACH a new database file": "ATTACH '{d}/new.duckdb' AS n",
+    "ATTACH the catalog a second time": "ATTACH '{reg}/catalog.duckdb' AS again (READ_ONLY)",
+    "ATTACH an in-memory database": "ATTACH ':memory:' AS scratch",
+    "INSTALL an extension": "INSTALL httpfs",
+    "LOAD an extension": "LOAD httpfs",
+    "LOAD an extension file": "LOAD '{d}/evil.duckdb_extension'",
+    "UPDATE EXTENSIONS": "UPDATE EXTENSIONS",
+    "SET enable_external_access": "SET enable_external_access = true",
+    "SET lock_configuration": "SET lock_configuration = false",
+    "SET allowed_directories": "SET allowed_directories = ['/']",
+    "SET allowed_paths": "SET allowed_paths = ['{d}/secret.txt']",
+    "SET temp_directory": "SET temp_directory = '{d}/spill'",
+    "RESET a setting": "RESET enable_external_access",
+    "PRAGMA writing a profile file": "PRAGMA profiling_output = '{d}/profile.json'",
+    "PRAGMA enable_profiling": "PRAGMA enable_profiling = 'json'",
+    "PRAGMA force_checkpoint": "PRAGMA force_checkpoint",
+    "CREATE TABLE": "CREATE TABLE x (a INTEGER)",
+    "CREATE TEMP TABLE": "CREATE TEMP TABLE x AS SELECT 1 AS a",
+    "CREATE VIEW": "CREATE VIEW v AS SELECT * FROM tasks",
+    "INSERT": "INSERT INTO affinity_sets (name, origin, source_only) VALUES ('x', 'y', [])",
+    "UPDATE": "UPDATE tasks SET name = 'renamed'",
+    "DELETE": "DELETE FROM tasks",
+    "DROP": "DROP TABLE tasks",
+    "CHECKPOINT": "CHECKPOINT",
+    "VACUUM": "VACUUM",
+    "a query followed by COPY": "SELECT 1; COPY tasks TO '{d}/second.csv'",
+    "a query followed by DELETE": "SELECT 1; DELETE FROM tasks",
+    "EXPLAIN ANALYZE of a COPY": "EXPLAIN ANALYZE COPY tasks TO '{d}/explained.csv'",
+}
+
+
+def _outside_files(d: Path) -> dict[str, bytes]:
+    """Real files outside the registry (the refusals must not be 'file not found'); name -> content."""
+    import duckdb
+
+    (d / "secret.txt").write_text(SECRET)
+    (d / "secret.csv").write_text(f"a\n{SECRET}\n")
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT '{SECRET}' AS a) TO '{d / 'secret.parquet'}' (FORMAT parquet)")
+    con.close()
+    return {p.name: p.read_bytes() for p in d.iterdir()}
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The process's temporary directory (where the console may spill), empty, to see what is left in it."""
+    import tempfile
+
+    path = tmp_path / "tmpdir"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", list(REFUSED_SQL))
+def test_sql_console_refuses_everything_but_queries(case: str, lab: Path, tmp_path: Path, private_tmp: Path) -> None:
+    d = tmp_path / "outside"
+    d.mkdir()
+    files = _outside_files(d)
+    query = REFUSED_SQL[case].format(d=d, reg=lab)
+    before, names = snapshot(lab), sorted(p.name for p in lab.rglob("*"))
+    res = runner.invoke(app, ["--registry", str(lab), "sql", query])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2, (case, res.exit_code, res.output, res.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: SQL "), (case, res.output)
+    assert len(lines[0]) < 400 and SECRET not in res.output, lines[0]
+    assert snapshot(lab) == before, case
+    assert sorted(p.name for p in lab.rglob("*")) == names, f"{case}: something was created in the registry"
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == files, f"{case}: a file outside was created or changed"
+    assert not list(private_tmp.iterdir()), f"{case}: the console left {list(private_tmp.iterdir())}"
+
+
+def test_sql_refusal_table_is_large() -> None:
+    assert len(REFUSED_SQL) >= 10
+
+
+def test_sql_console_still_answers_queries(lab: Path, private_tmp: Path) -> None:
+    def ask(query: str) -> list[dict]:
+        res = runner.invoke(app, ["--registry", str(lab), "sql", query, "--json"])
+        assert res.exit_code == 0, (query, res.output, res.exception)
+        return json.loads(res.output)
+
+    before = snapshot(lab)
+    assert ask("SELECT t.name, e.method FROM tasks t JOIN task_embeddings e ON e.task_id = t.id "
+               "ORDER BY e.method") == [{"name": "good", "method": "domain"}, {"name": "good", "method": "montecarlo"}]
+    assert ask("SELECT count(*) AS n, max(n_classes) AS k FROM tasks") == [{"n": 1, "k": 2}]
+    assert ask("SELECT round(list_cosine_similarity(vector, vector), 4) AS c, len(vector) > 8 AS long "
+               "FROM task_embeddings WHERE method = 'montecarlo'") == [{"c": 1.0, "long": True}]
+    assert ask("WITH x AS (SELECT name FROM experts) SELECT name FROM x UNION ALL SELECT name FROM probes "
+               "ORDER BY 1;") == [{"name": "default"}, {"name": "good-expert"}]
+    assert {"tasks", "experts", "affinities"} <= {r["name"] for r in ask("SHOW TABLES")}
+    assert "fingerprint" in {r["column_name"] for r in ask("DESCRIBE tasks")}
+    assert "sha256" in {r["name"] for r in ask("PRAGMA table_info('experts')")}
+    assert ask("EXPLAIN SELECT name FROM tasks")
+    assert ask("SELECT name FROM affinity_sets") == [{"name": "mine"}]
+    assert snapshot(lab) == before
+    assert not list(private_tmp.iterdir())
+
