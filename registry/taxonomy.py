@@ -47,12 +47,17 @@ class TaxonomyOps(ExpertOps):
         return out
 
     def affinity(self, name: str) -> AffinitySet:
-        """An affinity set from the catalog (built-in sets are loaded on first use)."""
-        from taskreg.selection.affinity_sets import BUILTIN_SETTINGS, AffinitySet, Transfer
+        """An affinity set from the catalog (built-in sets are loaded on first use; read from the package
+        without storing them on a registry this user cannot write)."""
+        from taskreg.selection.affinity_sets import BUILTIN_SETTINGS, AffinitySet, Transfer, builtin_affinity
 
         with self.read() as con:
             row = con.execute("SELECT source_only FROM affinity_sets WHERE name = ?", [name]).fetchone()
         if row is None:
+            if name in BUILTIN_SETTINGS and self.read_only:  # in the order the catalog would give
+                aff = builtin_affinity(name)
+                transfers = sorted(aff.transfers, key=lambda t: (t.target, t.order, t.sources))
+                return AffinitySet(name=name, transfers=transfers, source_only=aff.source_only)
             if name in BUILTIN_SETTINGS:
                 self._load_builtin(name)
                 return self.affinity(name)
@@ -112,7 +117,8 @@ class TaxonomyOps(ExpertOps):
         source_only: Sequence[str] | None = None, importance: Mapping[str, float] | None = None,
         cost: Mapping[str, float] | None = None, pin_supervised: bool = True, record: bool = True,
     ) -> Policy:
-        """Solve the transfer policy with the BIP and record it in ``policies``."""
+        """Solve the transfer policy with the BIP and record it in ``policies`` (unless ``record`` is False or
+        this user cannot write the registry: a shared read-only registry still answers)."""
         from taskreg.selection.bip import solve_policy
 
         if not isinstance(budget, int | float) or not math.isfinite(budget) or budget < 0:
@@ -120,7 +126,7 @@ class TaxonomyOps(ExpertOps):
         aff = self.affinity(affinity)
         pol = solve_policy(aff, float(budget), max_order=max_order, targets=targets, source_only=source_only,
                            importance=importance, cost=cost, pin_supervised=pin_supervised)
-        if record:
+        if record and not self.read_only:
             request = {"targets": list(targets) if targets else None, "source_only": list(source_only or []) or None,
                        "importance": dict(importance or {}), "cost": dict(cost or {}),
                        "pin_supervised": pin_supervised}

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -349,3 +350,152 @@ def test_sql_console_still_answers_queries(lab: Path, private_tmp: Path) -> None
     assert snapshot(lab) == before
     assert not list(private_tmp.iterdir())
 
+
+# ---- issue 12 item 4: a registry this user cannot write (a shared team registry)
+# Reading commands answer (no lock, no MLflow relocation, no index repair: a missing index is rebuilt in
+# memory), writing commands refuse up front in one line, and the registry stays byte-identical. Root ignores
+# file modes, so as root the commands run as the unprivileged user `nobody` (65534).
+
+NOBODY = 65534
+
+READER_DRIVER = r"""
+import json, sys
+from typer.testing import CliRunner
+from taskreg.cli import app
+runner = CliRunner()
+out = []
+for argv in json.loads(sys.argv[1]):
+    res = runner.invoke(app, argv)
+    crash = res.exception if res.exception is not None and not isinstance(res.exception, SystemExit) else None
+    out.append({"code": res.exit_code, "output": res.output, "crash": repr(crash) if crash else None})
+print("\n" + json.dumps(out))
+"""
+
+
+def _drop_to_nobody() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+def _as_reader(script: str, args: list[str], home: Path) -> subprocess.CompletedProcess:
+    """Run ``python -c script args`` as a user who cannot write the registry (``nobody`` when we are root)."""
+    import shutil
+    import sys
+
+    import taskreg
+
+    cmd, preexec = [sys.executable, "-c", script, *args], None
+    if os.geteuid() == 0:
+        if shutil.which("setpriv"):  # execs the interpreter with root's path access, then runs without privileges
+            cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
+        else:
+            preexec = _drop_to_nobody
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home), "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONPATH": str(Path(taskreg.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    env.pop("TASKREG_HOME", None)
+    return subprocess.run(cmd, env=env, cwd=home, capture_output=True, text=True, timeout=600,
+                          preexec_fn=preexec)
+
+
+def _set_writable(root: Path, writable: bool) -> None:
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        path.chmod(mode | 0o200 if writable else mode & ~0o222)
+
+
+@pytest.fixture
+def shared_registry(lab: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """(registry, readable input directory, the reader's home): a copy of ``lab`` moved to a new path (its MLflow
+    paths point elsewhere), with a missing index, then made read-only. Built outside pytest's 0700 tmp dirs so
+    that ``nobody`` can reach it."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="taskreg-shared-"))
+    try:
+        base.chmod(0o755)
+        reg = base / "reg"
+        shutil.copytree(lab, reg)
+        for path in (reg / "index").glob("task__default__montecarlo.*"):
+            path.unlink()
+        inputs = base / "in"
+        inputs.mkdir()
+        save_random_expert(inputs / "w.pt")
+        npz(inputs, "query", **good_arrays(40))
+        (inputs / "aff.csv").write_bytes((DATA_DIR / "affinity_1k.csv").read_bytes())
+        home = base / "home"
+        home.mkdir()
+        if os.geteuid() == 0:
+            os.chown(home, NOBODY, NOBODY)
+        _set_writable(reg, False)
+        yield reg, inputs, home
+    finally:
+        _set_writable(base, True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+READERS: list[tuple[list[str], int, str]] = [  # argv, exit code, text the output must hold
+    (["task", "list"], 0, "good"),
+    (["task", "show", "good"], 0, "montecarlo"),
+    (["task", "neighbors", "good"], 0, "nearest to good"),
+    (["task", "distance", "good", "good"], 0, "d_sym(good, good) = 0.000000"),
+    (["expert", "list"], 0, "good-expert"),
+    (["expert", "show", "good-expert"], 0, "cifar_resnet8"),
+    (["probe", "list"], 0, "default"),
+    (["sql", "SELECT name FROM tasks", "--json"], 0, '"name": "good"'),
+    (["affinity", "list"], 0, "mine"),
+    (["affinity", "show", "mine"], 0, "first-order affinities"),
+    (["policy", "--affinity", "mine", "--budget", "2"], 0, "supervise"),
+    (["policy", "--affinity", "taskonomy", "--budget", "3"], 0, "supervise"),  # built-in: read, not stored
+    (["select", "--data", "{IN}/query.npz", "--method", "random", "--verify", "1"], 0,
+     "measured winner: good-expert"),  # the verified expert's features are not cached
+    (["check"], 1, "problem: index task/default/montecarlo: missing"),  # what its owner must repair
+    (["backup", "{HOME}/bk"], 0, "backed up"),
+]
+WRITERS: list[tuple[list[str], str]] = [  # argv, the command named in the refusal
+    (["task", "add", "new", "--data", "builtin:digits?classes=3,4&n=40"], "task add"),
+    (["task", "rm", "good"], "task rm"),
+    (["expert", "add", "e2", "--arch", "cifar_resnet8", "--weights", "{IN}/w.pt"], "expert add"),
+    (["expert", "rm", "good-expert"], "expert rm"),
+    (["expert", "train", "e3", "--data", "builtin:digits?n=40"], "expert train"),
+    (["expert", "eval"], "expert eval"),
+    (["probe", "add", "p2", "--arch", "cifar_resnet8", "--weights", "{IN}/w.pt"], "probe add"),
+    (["probe", "train", "p3"], "probe train"),
+    (["model2vec", "fit"], "model2vec fit"),
+    (["affinity", "import", "{IN}/aff.csv", "--name", "mine2"], "affinity import"),
+    (["taskonomy", "build", "--dictionary", "builtin-tiny"], "taskonomy build"),
+    (["taskonomy", "add-target", "t", "--data", "builtin:digits?n=40"], "taskonomy add-target"),
+    (["index", "rebuild"], "index rebuild"),
+    (["check", "--fix"], "check --fix"),
+    (["init"], "init"),
+    (["restore", "{HOME}/bk", "--force"], "restore"),  # the backup the readers just wrote
+]
+
+
+def test_read_only_registry_answers_readers_and_refuses_writers(shared_registry: tuple[Path, Path, Path]) -> None:
+    reg, inputs, home = shared_registry
+    probe = _as_reader("import os, sys, taskreg.cli; sys.exit(3 if os.access(sys.argv[1], os.W_OK) else 0)",
+                       [str(reg)], home)
+    if probe.returncode != 0:
+        pytest.skip("cannot run taskreg as a user without write access to the registry: "
+                    + (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1])
+    before, names = snapshot(reg), sorted(str(p.relative_to(reg)) for p in reg.rglob("*"))
+    commands = [[a.replace("{HOME}", str(home)).replace("{IN}", str(inputs)) for a in argv]
+                for argv in [r[0] for r in READERS] + [w[0] for w in WRITERS]]
+    done = _as_reader(READER_DRIVER, [json.dumps([["--registry", str(reg), *c] for c in commands])], home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for (argv, code, text), res in zip(READERS, results[: len(READERS)], strict=True):
+        assert res["crash"] is None and res["code"] == code and text in res["output"], (argv, res)
+        assert not res["output"].startswith("error"), (argv, res)
+    for (argv, what), res in zip(WRITERS, results[len(READERS):], strict=True):
+        lines = [ln for ln in res["output"].splitlines() if ln.strip()]
+        assert res["crash"] is None and res["code"] == 2, (argv, res)
+        assert lines == [f"error: registry {reg} is read-only for this user: {what} needs write access"], (argv, res)
+    assert snapshot(reg) == before
+    assert sorted(str(p.relative_to(reg)) for p in reg.rglob("*")) == names
+    assert (home / "bk" / "catalog.duckdb").is_file()
