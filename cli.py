@@ -103,10 +103,12 @@ def root(registry: Path | None) -> Path | None:
     return registry if registry is not None else outer
 
 
-def open_registry(registry: Path | None) -> Registry:
+def open_registry(registry: Path | None, writes: str | None = None) -> Registry:
+    """Open the registry; ``writes`` names a writing command, refused up front on a registry this user cannot
+    write (reading commands also work on one)."""
     from taskreg.registry import Registry
 
-    return Registry.open(root(registry))
+    return Registry.open(root(registry), write=writes)
 
 
 def console() -> Any:
@@ -251,7 +253,7 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Check catalog ↔ MLflow ↔ index consistency; exit 1 with the list of problems."""
-    reg = open_registry(registry)
+    reg = open_registry(registry, "check --fix" if fix else None)
     report = reg.check(fix=fix, deep=deep)
     if as_json:
         print_json({"ok": report.ok, "problems": report.problems, "notes": report.notes, "counts": report.counts})
@@ -284,7 +286,7 @@ def index_rebuild(registry: RegistryOpt = None) -> None:
     """Recreate every Faiss index from the catalog."""
     from taskreg.registry import Registry
 
-    reg = Registry.open(root(registry), repair_indexes=False)
+    reg = Registry.open(root(registry), repair_indexes=False, write="index rebuild")
     t0 = time.perf_counter()
     built = reg.rebuild_indexes()
     for kind, n in built.items():
@@ -359,7 +361,7 @@ def task_show(name: str, registry: RegistryOpt = None, as_json: JsonOpt = False)
 @handle_errors
 def task_rm(name: str, registry: RegistryOpt = None) -> None:
     """Remove a task, its embeddings and its results."""
-    open_registry(registry).remove_task(name)
+    open_registry(registry, "task rm").remove_task(name)
     typer.echo(f"removed task {name}")
 
 
@@ -392,7 +394,7 @@ def expert_show(name: str, registry: RegistryOpt = None, as_json: JsonOpt = Fals
 @handle_errors
 def expert_rm(name: str, registry: RegistryOpt = None) -> None:
     """Remove an expert, its results and its registered model."""
-    open_registry(registry).remove_expert(name)
+    open_registry(registry, "expert rm").remove_expert(name)
     typer.echo(f"removed expert {name}")
 
 
@@ -423,7 +425,7 @@ def probe_train(
     """Train a probe from scratch on built-in data and register it (no weights can be downloaded)."""
     from taskreg.registry.tasks import DEFAULT_PROBE_SOURCES
 
-    reg = open_registry(registry)
+    reg = open_registry(registry, "probe train")
     sources = tuple(data) if data else DEFAULT_PROBE_SOURCES
     with progress_bar(f"training probe {name} ({arch})") as bar:
         rec = reg.train_probe(name, arch=arch, sources=sources, epochs=epochs, seed=seed, device=device,
@@ -442,7 +444,8 @@ def probe_add(
     registry: RegistryOpt = None,
 ) -> None:
     """Register a user's probe from a weight file (read with weights_only=True: no code is unpickled)."""
-    rec = open_registry(registry).add_probe(name, arch=arch, weights=weights, input_size=input_size, device=device)
+    reg = open_registry(registry, "probe add")
+    rec = reg.add_probe(name, arch=arch, weights=weights, input_size=input_size, device=device)
     typer.echo(f"registered probe {rec.name} ({rec.arch}, sha256 {rec.sha256[:12]})")
 
 
@@ -485,7 +488,7 @@ def task_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a dataset, embed it with Task2Vec and register it (catalog + MLflow run + index)."""
-    reg = open_registry(registry)
+    reg = open_registry(registry, "task add")
     with progress_bar(f"embedding {name} ({method})") as bar:
         rec = reg.add_task(name, data, probe=probe, method=method, max_samples=max_samples, seed=seed,
                            device=device, progress=bar)
@@ -559,7 +562,7 @@ def expert_add(
     registry: RegistryOpt = None,
 ) -> None:
     """Register a user's feature extractor."""
-    rec = open_registry(registry).add_expert(name, arch=arch, weights=weights, trained_on=trained_on)
+    rec = open_registry(registry, "expert add").add_expert(name, arch=arch, weights=weights, trained_on=trained_on)
     typer.echo(f"registered expert {rec.name} ({rec.arch}, model version {rec.model_version})")
 
 
@@ -581,7 +584,7 @@ def expert_train(
     """Fine-tune an expert on a dataset and register it (MLflow registered model + catalog)."""
     if max_samples < 1:
         raise TaskregError(f"--max-samples must be >= 1, got {max_samples}")
-    reg = open_registry(registry)
+    reg = open_registry(registry, "expert train")
     tasks_before = reg.count_tasks()
     with progress_bar(f"training expert {name}") as bar:
         rec = reg.train_expert(name, data, from_probe=from_probe, probe=probe, arch=arch, task_name=task,
@@ -602,7 +605,7 @@ def expert_eval(
     device: DeviceOpt = "cpu", registry: RegistryOpt = None,
 ) -> None:
     """Linear probe of every expert on every task; test errors go to expert_task_results (resumable)."""
-    reg = open_registry(registry)
+    reg = open_registry(registry, "expert eval")
     with progress_bar("measuring experts x tasks") as bar:
         done, skipped = reg.evaluate(experts=parse_list(experts), tasks=parse_list(tasks), device=device,
                                      progress=bar)
@@ -624,8 +627,8 @@ def model2vec_fit(
         penalty: float | str = float(l2)
     except ValueError:
         penalty = l2  # "auto", or text that fit_model2vec refuses on one line
-    info = open_registry(registry).fit_model2vec(probe=probe, method=method, alpha=alpha, epochs=epochs, seed=seed,
-                                                 l2=penalty)
+    reg = open_registry(registry, "model2vec fit")
+    info = reg.fit_model2vec(probe=probe, method=method, alpha=alpha, epochs=epochs, seed=seed, l2=penalty)
     typer.echo(f"Model2Vec fitted on {info['tasks']} tasks x {info['experts']} experts (l2 {info['l2']:g}): "
                f"loss {info['initial_loss']:.4f} -> {info['final_loss']:.4f}; MLflow run {info['run_id']}")
 
@@ -683,7 +686,8 @@ def affinity_import(
     registry: RegistryOpt = None,
 ) -> None:
     """Import an affinity table in the published Taskonomy format."""
-    aff = open_registry(registry).import_affinity(path, name, source_only=parse_list(source_only), replace=replace)
+    reg = open_registry(registry, "affinity import")
+    aff = reg.import_affinity(path, name, source_only=parse_list(source_only), replace=replace)
     typer.echo(f"imported {len(aff.transfers)} transfers for {len(aff.targets)} targets as {name}")
 
 
@@ -826,7 +830,7 @@ def taskonomy_build(
     seed: SeedOpt = 0, device: DeviceOpt = "cpu", registry: RegistryOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Run (or resume) the Taskonomy pipeline; produces an affinity set named after the dictionary."""
-    reg = open_registry(registry)
+    reg = open_registry(registry, "taskonomy build")
     with stage_bars() as new_stage:
         rep = reg.taskonomy_build(dictionary, max_order=max_order, beam=beam, executor=executor, n_images=n_images,
                                   self_epochs=self_epochs, transfer_epochs=transfer_epochs, seed=seed, device=device,
@@ -854,7 +858,7 @@ def taskonomy_add_target(
     seed: SeedOpt = 0, device: DeviceOpt = "cpu", registry: RegistryOpt = None,
 ) -> None:
     """Transfer every source encoder to a new task and extend the dictionary's tables and affinity set."""
-    reg = open_registry(registry)
+    reg = open_registry(registry, "taskonomy add-target")
     with stage_bars() as new_stage:
         info = reg.taskonomy_add_target(name, data, dictionary=dictionary, max_order=max_order, beam=beam,
                                         epochs=epochs, seed=seed, device=device, step_progress=new_stage)

@@ -31,6 +31,8 @@ import math
 import os
 import shutil
 import sqlite3
+import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -204,6 +206,7 @@ class RegistryCore:
         reg = cls(Path(root) if root is not None else default_root())
         if reg.root.exists() and not reg.root.is_dir():
             raise TaskregError(f"{reg.root} exists and is not a directory")
+        reg.require_write_access("init")
         for sub in ("artifacts", "index", "cache"):
             (reg.root / sub).mkdir(parents=True, exist_ok=True)
         with reg.write(transactional=False) as con:
@@ -212,37 +215,78 @@ class RegistryCore:
         return reg
 
     @classmethod
-    def open(cls, root: Path | str | None = None, *, repair_indexes: bool = True) -> RegistryCore:
-        """Open an existing registry: migrate an older catalog, rebuild stale or missing indexes."""
+    def open(cls, root: Path | str | None = None, *, repair_indexes: bool = True,
+             write: str | None = None) -> RegistryCore:
+        """Open an existing registry: migrate an older catalog, rebuild stale or missing indexes.
+
+        ``write`` names what the caller is about to write (e.g. "task add"): on a registry this user cannot
+        write it is refused here, before any work. Without it the registry may be read-only (a shared team
+        registry): then nothing is written on open (no MLflow relocation, no migration, no index repair;
+        stale indexes are rebuilt in memory when a query needs them).
+        """
         reg = cls(Path(root) if root is not None else default_root())
         if not reg.catalog_path.exists():
             raise TaskregError(f"no registry at {reg.root} (run `taskreg init` or pass --registry DIR)")
+        read_only = reg.read_only
+        if write is not None:
+            reg.require_write_access(write)
         recorded = recorded_root(reg.root / "mlflow.db")
-        if recorded is not None and recorded != reg.root:
+        if recorded is not None and recorded != reg.root and not read_only:
             with reg.lock():  # the registry was copied or restored elsewhere: point MLflow at our artifacts
                 relocate(reg.root / "mlflow.db", recorded, reg.root)
         with reg.read() as con:
             version = catalog.schema_version(con)
         if version < catalog.SCHEMA_VERSION:
+            if read_only:
+                raise TaskregError(f"registry {reg.root} is read-only for this user and its catalog (schema version "
+                                   f"{version}) needs an upgrade to {catalog.SCHEMA_VERSION}: its owner must open it "
+                                   "once with this taskreg")
             with reg.write(transactional=False) as con:
                 catalog.migrate(con)
         elif version > catalog.SCHEMA_VERSION:
             raise TaskregError(
                 f"catalog schema version {version} is newer than this taskreg ({catalog.SCHEMA_VERSION})"
             )
-        if repair_indexes:
+        if repair_indexes and not read_only:
             reg.repair_indexes()
         return reg
 
+    # ------------------------------------------------------------------ write access
+    @property
+    def read_only(self) -> bool:
+        """Whether this user cannot write the registry: its directory, catalog, MLflow database, artifacts or
+        indexes (a shared registry owned by someone else, a read-only mount)."""
+        paths = (self.root, self.catalog_path, self.root / "mlflow.db", self.root / "artifacts", self.indexes.folder)
+        return any(p.exists() and not os.access(p, os.W_OK) for p in paths)
+
+    def require_write_access(self, what: str) -> None:
+        """Refuse, in one line, ``what`` (a command) on a registry this user cannot write."""
+        if self.read_only:
+            raise TaskregError(f"registry {self.root} is read-only for this user: {what} needs write access")
+
     # ------------------------------------------------------------------ locking and connections
     @contextmanager
-    def lock(self, timeout: float | None = None) -> Iterator[None]:
-        """The registry-wide write lock (re-entrant within one Registry object)."""
+    def lock(self, timeout: float | None = None, *, write: bool = True) -> Iterator[None]:
+        """The registry-wide write lock (re-entrant within one Registry object).
+
+        ``write=False``: held only to read a consistent state (``backup``), which also works on a registry this
+        user cannot write; the lock file is then opened read-only (flock needs no write access), and when
+        there is none, no writer ever locked this registry and there is nothing to wait for.
+        """
         if self._lock_fd is not None:
             yield
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        if write:
+            self.require_write_access("this command")
+        if self.read_only:
+            try:
+                fd = os.open(self.root / ".lock", os.O_RDONLY)
+            except FileNotFoundError:
+                yield
+                return
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         wait = lock_timeout() if timeout is None else timeout
         deadline = time.monotonic() + wait
         while True:
@@ -298,15 +342,27 @@ class RegistryCore:
 
     # ------------------------------------------------------------------ SQL
     def sql(self, query: str) -> tuple[list[str], list[tuple]]:
-        """Run a read-only SQL query against the catalog; returns (column names, rows)."""
-        with self.read() as con:
+        """Run one query against the catalog and nothing else; returns (column names, rows).
+
+        The connection is read-only and locked down by DuckDB itself (:func:`catalog.connect_console`): no
+        file outside the catalog is read or written, nothing is attached, no extension is installed or
+        loaded, no setting changed. Large sorts spill into a private temporary directory, removed after.
+        """
+        if self._con is not None:
+            raise TaskregError("SQL refused: the console cannot run inside a write transaction")
+        try:
+            scratch: Path | None = Path(tempfile.mkdtemp(prefix="taskreg-sql-"))
+        except OSError:
+            scratch = None  # no writable temporary directory: the query runs in memory only
+        try:
+            con = catalog.connect_console(self.catalog_path, scratch / "spill" if scratch is not None else None)
             try:
-                cur = con.execute(query)
-            except duckdb.Error as exc:
-                raise TaskregError(f"SQL error: {str(exc).splitlines()[0]}") from None
-            if cur.description is None:
-                return [], []
-            return [d[0] for d in cur.description], cur.fetchall()
+                return catalog.console_query(con, query)
+            finally:
+                con.close()
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     # ------------------------------------------------------------------ indexes
     _KIND_SQL = {
@@ -334,14 +390,16 @@ class RegistryCore:
         with self.read() as con:
             gen = catalog.generation(con, kind)
             ids, vecs = self._kind_vectors(con, kind)
+        read_only = self.read_only  # this user cannot save it: the rebuilt index serves this process only
         if len(ids) == 0:
-            self.indexes.remove(kind)
+            if not read_only:
+                self.indexes.remove(kind)
             self._index_cache.pop(kind, None)
             return 0
         index = build_index(ids, vecs)
         with self.read() as con:
             current = catalog.generation(con, kind)
-        if current == gen:  # else a newer commit landed meanwhile and its own rebuild saves the newer index
+        if current == gen and not read_only:  # else a newer commit landed meanwhile and its rebuild saves that
             self.indexes.save(kind, index, gen)
         self._index_cache[kind] = (gen, index)
         return len(ids)
@@ -646,9 +704,10 @@ class RegistryCore:
         _refuse_nested(self.root, dest)
         if dest.exists() and not _is_empty_dir(dest):
             raise TaskregError(f"backup directory {dest} already exists and is not empty")
+        _require_writable_parent(dest, "backup")
         staging = _staging_dir(dest, "backup")
         try:
-            with self.lock():  # no commit can land while the catalog and MLflow are copied
+            with self.lock(write=False):  # no commit can land while the catalog and MLflow are copied
                 _copy_catalog(self.catalog_path, staging / "catalog.duckdb")
                 _copy_sqlite(self.root / "mlflow.db", staging / "mlflow.db")
                 _copy_tree(self.root / "index", staging / "index")
@@ -685,6 +744,9 @@ class RegistryCore:
             raise TaskregError(f"registry {target} is not empty: pass --force to replace it with the backup")
         if replace and not (target / "catalog.duckdb").is_file():
             raise TaskregError(f"{target} is not empty and not a taskreg registry: refusing to replace it")
+        if target.exists():
+            cls(target).require_write_access("restore")
+        _require_writable_parent(target, "restore")
         staging = _staging_dir(target, "restore")
         try:
             _copy_catalog(src / "catalog.duckdb", staging / "catalog.duckdb")
@@ -721,6 +783,13 @@ def _is_empty_dir(path: Path) -> bool:
 def _refuse_nested(a: Path, b: Path) -> None:
     if a == b or a in b.parents or b in a.parents:
         raise TaskregError(f"{a} and {b} overlap: the registry and its backup must be separate directories")
+
+
+def _require_writable_parent(final: Path, what: str) -> None:
+    """Refuse in one line when ``final`` cannot be created (or replaced) in its parent directory."""
+    parent = next((p for p in final.parents if p.exists()), None)
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise TaskregError(f"directory {parent} is not writable for this user: {what} needs to create {final} there")
 
 
 def _staging_dir(final: Path, what: str) -> Path:
@@ -772,7 +841,11 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 
 def _finish_copy(staging: Path, final_root: Path) -> None:
-    """Fold a copied DuckDB WAL into the catalog file and point MLflow's paths at ``final_root``."""
+    """Make the copy writable by its owner (the source may be a registry this user could only read), fold a
+    copied DuckDB WAL into the catalog file and point MLflow's paths at ``final_root``."""
+    for path in [staging, *staging.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
     if staging.joinpath("catalog.duckdb.wal").exists():
         con = duckdb.connect(str(staging / "catalog.duckdb"))
         try:

@@ -181,10 +181,11 @@ class ExpertOps(TaskOps):
             except (OSError, ValueError):
                 pass
         feats = extract_features(model, spec, ds.x, device=device)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, feats)
-        tmp.replace(path)
+        if not self.read_only:  # a registry this user cannot write still answers, without the cache
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, feats)
+            tmp.replace(path)
         return feats
 
     def evaluate(

@@ -52,6 +52,7 @@ class TaskOps(RecordOps):
         RunRef
     ]:
         """An MLflow run that is deleted again if the block fails (before the catalog commit)."""
+        self.require_write_access("this command")  # before MLflow writes anything (the CLI refused earlier)
         run = self.tracker.start_run(experiment, run_name, params=params, tags=tags)
         try:
             yield run

@@ -48,14 +48,15 @@ class TaxonomyOps(ExpertOps):
 
     def affinity(self, name: str, *, load: bool = True) -> AffinitySet:
         """An affinity set from the catalog. A built-in set not stored yet is loaded into the catalog on first
-        use, or, with ``load=False``, returned from the package's tables without writing anything."""
+        use; with ``load=False``, or on a registry this user cannot write, it is read from the package's
+        tables without writing anything."""
         from taskreg.selection.affinity_sets import BUILTIN_SETTINGS, AffinitySet, Transfer, builtin_affinity
 
         with self.read() as con:
             row = con.execute("SELECT source_only FROM affinity_sets WHERE name = ?", [name]).fetchone()
         if row is None:
             if name in BUILTIN_SETTINGS:
-                if not load:  # the same order as the catalog query below, so the BIP sees identical input
+                if not load or self.read_only:  # the same order as the catalog query below: identical BIP input
                     packaged = builtin_affinity(name)
                     ordered = sorted(packaged.transfers, key=lambda t: (t.target, t.order, list(t.sources)))
                     return AffinitySet(name=name, transfers=ordered, source_only=packaged.source_only)
@@ -118,7 +119,8 @@ class TaxonomyOps(ExpertOps):
         cost: Mapping[str, float] | None = None, pin_supervised: bool = True, free_source_only: bool = False,
         record: bool = True,
     ) -> Policy:
-        """Solve the transfer policy with the BIP and record it in ``policies``.
+        """Solve the transfer policy with the BIP and record it in ``policies`` (unless ``record`` is False or
+        this user cannot write the registry: a shared read-only registry still answers).
 
         Every task trained from scratch costs 1 (source-only ones included, as in the paper) unless ``cost``
         says otherwise; ``free_source_only`` makes the source-only tasks free (the budget counts labels)."""
@@ -132,7 +134,7 @@ class TaxonomyOps(ExpertOps):
         pol = solve_policy(aff, float(budget), max_order=max_order, targets=targets, source_only=source_only,
                            importance=importance, cost=cost, pin_supervised=pin_supervised,
                            free_source_only=free_source_only)
-        if record:
+        if record and not self.read_only:
             request = {"targets": list(targets) if targets else None, "source_only": list(source_only or []) or None,
                        "importance": dict(importance or {}), "cost": dict(cost or {}),
                        "pin_supervised": pin_supervised, "free_source_only": free_source_only}

@@ -71,7 +71,7 @@ def test_vectors_round_trip_through_arrow(registry: Registry) -> None:
 
 
 def test_sql_is_read_only(registry: Registry) -> None:
-    with pytest.raises(TaskregError, match="SQL error"):
+    with pytest.raises(TaskregError, match="SQL refused"):
         registry.sql("DELETE FROM tasks")
     cols, rows = registry.sql("SELECT count(*) AS n FROM tasks")
     assert cols == ["n"] and rows == [(0,)]

@@ -9,9 +9,11 @@ in test_cli.py, ``expert add`` in test_registry_workflow.py) are exercised here 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -321,3 +323,274 @@ def test_affinity_show_fits_80_columns(registry_root: Path) -> None:
     for name in shown["sources"]:  # every column header is readable, not squeezed to an empty box
         assert f" {name} " in res.output, name
     assert f"{shown['first_order'][0][0]:.4g}" in res.output
+
+
+# ---- issue 12 item 2: `taskreg sql` answers queries on the catalog and nothing else
+# DuckDB itself enforces it (external access off, no extension install/load, configuration locked) and only a
+# single query statement runs. Each statement below must be refused in one line, exit 2, with the registry
+# byte-identical and no file created or read anywhere ({d}: a directory outside the registry holding real
+# files with a secret; {reg}: the registry).
+
+SECRET = "taskreg-secret-5e1f"
+
+REFUSED_SQL: dict[str, str] = {
+    "COPY a table TO a file": "COPY tasks TO '{d}/out.csv'",
+    "COPY a query TO parquet": "COPY (SELECT * FROM tasks) TO '{d}/out.parquet' (FORMAT parquet)",
+    "COPY over the registry's mlflow.db": "COPY (SELECT 1 AS x) TO '{reg}/mlflow.db'",
+    "EXPORT DATABASE": "EXPORT DATABASE '{d}/export'",
+    "IMPORT DATABASE": "IMPORT DATABASE '{d}'",
+    "read_text of a file outside": "SELECT content FROM read_text('{d}/secret.txt')",
+    "read_text of /etc/hostname": "SELECT content FROM read_text('/etc/hostname')",
+    "read_csv of a file outside": "SELECT * FROM read_csv('{d}/secret.csv')",
+    "read_parquet of a file outside": "SELECT * FROM read_parquet('{d}/secret.parquet')",
+    "read_blob of the registry's mlflow.db": "SELECT content FROM read_blob('{reg}/mlflow.db')",
+    "glob of a directory": "SELECT * FROM glob('{d}/*')",
+    "a file path as a table": "SELECT * FROM '{d}/secret.csv'",
+    "sqlite_scan of mlflow.db (extension autoload)": "SELECT * FROM sqlite_scan('{reg}/mlflow.db', 'runs')",
+    "ATTACH a new database file": "ATTACH '{d}/new.duckdb' AS n",
+    "ATTACH the catalog a second time": "ATTACH '{reg}/catalog.duckdb' AS again (READ_ONLY)",
+    "ATTACH an in-memory database": "ATTACH ':memory:' AS scratch",
+    "INSTALL an extension": "INSTALL httpfs",
+    "LOAD an extension": "LOAD httpfs",
+    "LOAD an extension file": "LOAD '{d}/evil.duckdb_extension'",
+    "UPDATE EXTENSIONS": "UPDATE EXTENSIONS",
+    "SET enable_external_access": "SET enable_external_access = true",
+    "SET lock_configuration": "SET lock_configuration = false",
+    "SET allowed_directories": "SET allowed_directories = ['/']",
+    "SET allowed_paths": "SET allowed_paths = ['{d}/secret.txt']",
+    "SET temp_directory": "SET temp_directory = '{d}/spill'",
+    "RESET a setting": "RESET enable_external_access",
+    "PRAGMA writing a profile file": "PRAGMA profiling_output = '{d}/profile.json'",
+    "PRAGMA enable_profiling": "PRAGMA enable_profiling = 'json'",
+    "PRAGMA force_checkpoint": "PRAGMA force_checkpoint",
+    "CREATE TABLE": "CREATE TABLE x (a INTEGER)",
+    "CREATE TEMP TABLE": "CREATE TEMP TABLE x AS SELECT 1 AS a",
+    "CREATE VIEW": "CREATE VIEW v AS SELECT * FROM tasks",
+    "INSERT": "INSERT INTO affinity_sets (name, origin, source_only) VALUES ('x', 'y', [])",
+    "UPDATE": "UPDATE tasks SET name = 'renamed'",
+    "DELETE": "DELETE FROM tasks",
+    "DROP": "DROP TABLE tasks",
+    "CHECKPOINT": "CHECKPOINT",
+    "VACUUM": "VACUUM",
+    "a query followed by COPY": "SELECT 1; COPY tasks TO '{d}/second.csv'",
+    "a query followed by DELETE": "SELECT 1; DELETE FROM tasks",
+    "EXPLAIN ANALYZE of a COPY": "EXPLAIN ANALYZE COPY tasks TO '{d}/explained.csv'",
+}
+
+
+def _outside_files(d: Path) -> dict[str, bytes]:
+    """Real files outside the registry (the refusals must not be 'file not found'); name -> content."""
+    import duckdb
+
+    (d / "secret.txt").write_text(SECRET)
+    (d / "secret.csv").write_text(f"a\n{SECRET}\n")
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT '{SECRET}' AS a) TO '{d / 'secret.parquet'}' (FORMAT parquet)")
+    con.close()
+    return {p.name: p.read_bytes() for p in d.iterdir()}
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The process's temporary directory (where the console may spill), empty, to see what is left in it."""
+    import tempfile
+
+    path = tmp_path / "tmpdir"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", list(REFUSED_SQL))
+def test_sql_console_refuses_everything_but_queries(case: str, lab: Path, tmp_path: Path, private_tmp: Path) -> None:
+    d = tmp_path / "outside"
+    d.mkdir()
+    files = _outside_files(d)
+    query = REFUSED_SQL[case].format(d=d, reg=lab)
+    before, names = snapshot(lab), sorted(p.name for p in lab.rglob("*"))
+    res = runner.invoke(app, ["--registry", str(lab), "sql", query])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2, (case, res.exit_code, res.output, res.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: SQL "), (case, res.output)
+    assert len(lines[0]) < 400 and SECRET not in res.output, lines[0]
+    assert snapshot(lab) == before, case
+    assert sorted(p.name for p in lab.rglob("*")) == names, f"{case}: something was created in the registry"
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == files, f"{case}: a file outside was created or changed"
+    assert not list(private_tmp.iterdir()), f"{case}: the console left {list(private_tmp.iterdir())}"
+
+
+def test_sql_refusal_table_is_large() -> None:
+    assert len(REFUSED_SQL) >= 10
+
+
+def test_sql_console_still_answers_queries(lab: Path, private_tmp: Path) -> None:
+    def ask(query: str) -> list[dict]:
+        res = runner.invoke(app, ["--registry", str(lab), "sql", query, "--json"])
+        assert res.exit_code == 0, (query, res.output, res.exception)
+        return json.loads(res.output)
+
+    before = snapshot(lab)
+    assert ask("SELECT t.name, e.method FROM tasks t JOIN task_embeddings e ON e.task_id = t.id "
+               "ORDER BY e.method") == [{"name": "good", "method": "domain"}, {"name": "good", "method": "montecarlo"}]
+    assert ask("SELECT count(*) AS n, max(n_classes) AS k FROM tasks") == [{"n": 1, "k": 2}]
+    assert ask("SELECT round(list_cosine_similarity(vector, vector), 4) AS c, len(vector) > 8 AS long "
+               "FROM task_embeddings WHERE method = 'montecarlo'") == [{"c": 1.0, "long": True}]
+    assert ask("WITH x AS (SELECT name FROM experts) SELECT name FROM x UNION ALL SELECT name FROM probes "
+               "ORDER BY 1;") == [{"name": "default"}, {"name": "good-expert"}]
+    assert {"tasks", "experts", "affinities"} <= {r["name"] for r in ask("SHOW TABLES")}
+    assert "fingerprint" in {r["column_name"] for r in ask("DESCRIBE tasks")}
+    assert "sha256" in {r["name"] for r in ask("PRAGMA table_info('experts')")}
+    assert ask("EXPLAIN SELECT name FROM tasks")
+    assert ask("SELECT name FROM affinity_sets") == [{"name": "mine"}]
+    assert snapshot(lab) == before
+    assert not list(private_tmp.iterdir())
+
+
+# ---- issue 12 item 4: a registry this user cannot write (a shared team registry)
+# Reading commands answer (no lock, no MLflow relocation, no index repair: a missing index is rebuilt in
+# memory), writing commands refuse up front in one line, and the registry stays byte-identical. Root ignores
+# file modes, so as root the commands run as the unprivileged user `nobody` (65534).
+
+NOBODY = 65534
+
+READER_DRIVER = r"""
+import json, sys
+from typer.testing import CliRunner
+from taskreg.cli import app
+runner = CliRunner()
+out = []
+for argv in json.loads(sys.argv[1]):
+    res = runner.invoke(app, argv)
+    crash = res.exception if res.exception is not None and not isinstance(res.exception, SystemExit) else None
+    out.append({"code": res.exit_code, "output": res.output, "crash": repr(crash) if crash else None})
+print("\n" + json.dumps(out))
+"""
+
+
+def _drop_to_nobody() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+def _as_reader(script: str, args: list[str], home: Path) -> subprocess.CompletedProcess:
+    """Run ``python -c script args`` as a user who cannot write the registry (``nobody`` when we are root)."""
+    import shutil
+    import sys
+
+    import taskreg
+
+    cmd, preexec = [sys.executable, "-c", script, *args], None
+    if os.geteuid() == 0:
+        if shutil.which("setpriv"):  # execs the interpreter with root's path access, then runs without privileges
+            cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
+        else:
+            preexec = _drop_to_nobody
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home), "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONPATH": str(Path(taskreg.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    env.pop("TASKREG_HOME", None)
+    return subprocess.run(cmd, env=env, cwd=home, capture_output=True, text=True, timeout=600,
+                          preexec_fn=preexec)
+
+
+def _set_writable(root: Path, writable: bool) -> None:
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        path.chmod(mode | 0o200 if writable else mode & ~0o222)
+
+
+@pytest.fixture
+def shared_registry(lab: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """(registry, readable input directory, the reader's home): a copy of ``lab`` moved to a new path (its MLflow
+    paths point elsewhere), with a missing index, then made read-only. Built outside pytest's 0700 tmp dirs so
+    that ``nobody`` can reach it."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="taskreg-shared-"))
+    try:
+        base.chmod(0o755)
+        reg = base / "reg"
+        shutil.copytree(lab, reg)
+        for path in (reg / "index").glob("task__default__montecarlo.*"):
+            path.unlink()
+        inputs = base / "in"
+        inputs.mkdir()
+        save_random_expert(inputs / "w.pt")
+        npz(inputs, "query", **good_arrays(40))
+        (inputs / "aff.csv").write_bytes((DATA_DIR / "affinity_1k.csv").read_bytes())
+        home = base / "home"
+        home.mkdir()
+        if os.geteuid() == 0:
+            os.chown(home, NOBODY, NOBODY)
+        _set_writable(reg, False)
+        yield reg, inputs, home
+    finally:
+        _set_writable(base, True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+READERS: list[tuple[list[str], int, str]] = [  # argv, exit code, text the output must hold
+    (["task", "list"], 0, "good"),
+    (["task", "show", "good"], 0, "montecarlo"),
+    (["task", "neighbors", "good"], 0, "nearest to good"),
+    (["task", "distance", "good", "good"], 0, "d_sym(good, good) = 0.000000"),
+    (["expert", "list"], 0, "good-expert"),
+    (["expert", "show", "good-expert"], 0, "cifar_resnet8"),
+    (["probe", "list"], 0, "default"),
+    (["sql", "SELECT name FROM tasks", "--json"], 0, '"name": "good"'),
+    (["affinity", "list"], 0, "mine"),
+    (["affinity", "show", "mine"], 0, "first-order affinities"),
+    (["policy", "--affinity", "mine", "--budget", "2"], 0, "supervise"),
+    (["policy", "--affinity", "taskonomy", "--budget", "3"], 0, "supervise"),  # built-in: read, not stored
+    (["select", "--data", "{IN}/query.npz", "--method", "random", "--verify", "1"], 0,
+     "measured winner: good-expert"),  # the verified expert's features are not cached
+    (["check"], 1, "problem: index task/default/montecarlo: missing"),  # what its owner must repair
+    (["backup", "{HOME}/bk"], 0, "backed up"),
+]
+WRITERS: list[tuple[list[str], str]] = [  # argv, the command named in the refusal
+    (["task", "add", "new", "--data", "builtin:digits?classes=3,4&n=40"], "task add"),
+    (["task", "rm", "good"], "task rm"),
+    (["expert", "add", "e2", "--arch", "cifar_resnet8", "--weights", "{IN}/w.pt"], "expert add"),
+    (["expert", "rm", "good-expert"], "expert rm"),
+    (["expert", "train", "e3", "--data", "builtin:digits?n=40"], "expert train"),
+    (["expert", "eval"], "expert eval"),
+    (["probe", "add", "p2", "--arch", "cifar_resnet8", "--weights", "{IN}/w.pt"], "probe add"),
+    (["probe", "train", "p3"], "probe train"),
+    (["model2vec", "fit"], "model2vec fit"),
+    (["affinity", "import", "{IN}/aff.csv", "--name", "mine2"], "affinity import"),
+    (["taskonomy", "build", "--dictionary", "builtin-tiny"], "taskonomy build"),
+    (["taskonomy", "add-target", "t", "--data", "builtin:digits?n=40"], "taskonomy add-target"),
+    (["index", "rebuild"], "index rebuild"),
+    (["check", "--fix"], "check --fix"),
+    (["init"], "init"),
+    (["restore", "{HOME}/bk", "--force"], "restore"),  # the backup the readers just wrote
+]
+
+
+def test_read_only_registry_answers_readers_and_refuses_writers(shared_registry: tuple[Path, Path, Path]) -> None:
+    reg, inputs, home = shared_registry
+    probe = _as_reader("import os, sys, taskreg.cli; sys.exit(3 if os.access(sys.argv[1], os.W_OK) else 0)",
+                       [str(reg)], home)
+    if probe.returncode != 0:
+        pytest.skip("cannot run taskreg as a user without write access to the registry: "
+                    + (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1])
+    before, names = snapshot(reg), sorted(str(p.relative_to(reg)) for p in reg.rglob("*"))
+    commands = [[a.replace("{HOME}", str(home)).replace("{IN}", str(inputs)) for a in argv]
+                for argv in [r[0] for r in READERS] + [w[0] for w in WRITERS]]
+    done = _as_reader(READER_DRIVER, [json.dumps([["--registry", str(reg), *c] for c in commands])], home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for (argv, code, text), res in zip(READERS, results[: len(READERS)], strict=True):
+        assert res["crash"] is None and res["code"] == code and text in res["output"], (argv, res)
+        assert not res["output"].startswith("error"), (argv, res)
+    for (argv, what), res in zip(WRITERS, results[len(READERS):], strict=True):
+        lines = [ln for ln in res["output"].splitlines() if ln.strip()]
+        assert res["crash"] is None and res["code"] == 2, (argv, res)
+        assert lines == [f"error: registry {reg} is read-only for this user: {what} needs write access"], (argv, res)
+    assert snapshot(reg) == before
+    assert sorted(str(p.relative_to(reg)) for p in reg.rglob("*")) == names
+    assert (home / "bk" / "catalog.duckdb").is_file()
