@@ -210,7 +210,9 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Check catalog ↔ MLflow ↔ index consistency; exit 1 with the list of problems."""
-    reg = open_registry(registry)
+    from taskreg.registry import Registry
+
+    reg = Registry.open(root(registry), damaged_ok=True)  # a damaged registry is reported, not refused
     report = reg.check(fix=fix, deep=deep)
     if as_json:
         print_json({"ok": report.ok, "problems": report.problems, "notes": report.notes, "counts": report.counts})
@@ -843,6 +845,31 @@ def restore(
                            f"{report.problems[0]}")
     counts = ", ".join(f"{k} {v}" for k, v in report.counts.items() if v)
     typer.echo(f"restored {src} to {reg.root}" + (f" ({counts})" if counts else ""))
+
+
+@app.command()
+@handle_errors
+def recover(registry: RegistryOpt = None, device: DeviceOpt = "cpu") -> None:
+    """Rebuild the probes, tasks and experts that MLflow holds into a lost or emptied catalog."""
+    from taskreg.registry import Registry
+    from taskreg.registry.recovery import NOT_IN_MLFLOW
+
+    reg = Registry.open(root(registry), damaged_ok=True)
+    report = reg.recover(device=device)
+    if not report.found:
+        typer.echo("nothing to recover: the catalog accounts for every committed record MLflow holds")
+        return
+    for line in report.skipped:
+        typer.echo(f"not recovered: {line}")
+    for line in report.retired:
+        typer.echo(f"marked removed: {line}")
+    typer.echo(f"{report.summary()}; not kept in MLflow, so run again what the catalog had of: "
+               f"{', '.join(NOT_IN_MLFLOW)}")
+    check_report = reg.check()
+    for problem in check_report.problems:
+        typer.echo(f"problem: {problem}")
+    if not check_report.ok:
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- the main job
