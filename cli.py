@@ -253,7 +253,10 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Check catalog ↔ MLflow ↔ index consistency; exit 1 with the list of problems."""
-    reg = open_registry(registry, "check --fix" if fix else None)
+    from taskreg.registry import Registry
+
+    # a damaged registry is reported, not refused; --fix writes, so it needs write access
+    reg = Registry.open(root(registry), damaged_ok=True, write="check --fix" if fix else None)
     report = reg.check(fix=fix, deep=deep)
     if as_json:
         print_json({"ok": report.ok, "problems": report.problems, "notes": report.notes, "counts": report.counts})
@@ -899,17 +902,45 @@ def restore(
     from taskreg.registry.core import default_root
 
     target = (root(registry) or default_root()).expanduser().resolve()
-    replacing = force and target.is_dir() and any(target.iterdir())
-    if replacing:
-        typer.echo(f"replacing the registry at {target} with the backup {src.expanduser().resolve()}", err=True)
-    reg = Registry.restore(src, target, force=force)
+    replaced: list[Path] = []
+
+    def announce(path: Path) -> None:  # the backup checked out: say what is about to go before it goes
+        replaced.append(path)
+        typer.echo(f"replacing the registry at {path} with the backup {src.expanduser().resolve()}", err=True)
+
+    reg = Registry.restore(src, target, force=force, announce=announce)
     report = reg.check()
     if not report.ok:
         raise TaskregError(f"restored {reg.root}, but `taskreg check` finds {len(report.problems)} problem(s): "
                            f"{report.problems[0]}")
     counts = ", ".join(f"{k} {v}" for k, v in report.counts.items() if v)
     typer.echo(f"restored {src} to {reg.root}" + (f" ({counts})" if counts else "")
-               + ("; the registry that was there is replaced" if replacing else ""))
+               + ("; the registry that was there is replaced" if replaced else ""))
+
+
+@app.command()
+@handle_errors
+def recover(registry: RegistryOpt = None, device: DeviceOpt = "cpu") -> None:
+    """Rebuild the probes, tasks and experts that MLflow holds into a lost or emptied catalog."""
+    from taskreg.registry import Registry
+    from taskreg.registry.recovery import NOT_IN_MLFLOW
+
+    reg = Registry.open(root(registry), damaged_ok=True, write="recover")
+    report = reg.recover(device=device)
+    if not report.found:
+        typer.echo("nothing to recover: the catalog accounts for every committed record MLflow holds")
+        return
+    for line in report.skipped:
+        typer.echo(f"not recovered: {line}")
+    for line in report.retired:
+        typer.echo(f"marked removed: {line}")
+    typer.echo(f"{report.summary()}; not kept in MLflow, so run again what the catalog had of: "
+               f"{', '.join(NOT_IN_MLFLOW)}")
+    check_report = reg.check()
+    for problem in check_report.problems:
+        typer.echo(f"problem: {problem}")
+    if not check_report.ok:
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- the main job

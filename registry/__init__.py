@@ -10,10 +10,10 @@ Each group of operations lives in its own module as a mixin; ``Registry`` is the
 from __future__ import annotations
 
 from taskreg.registry.core import CheckReport, default_root
-from taskreg.registry.taskonomy import TaskonomyOps
+from taskreg.registry.recovery import RecoveryOps
 
 
-class Registry(TaskonomyOps):
+class Registry(RecoveryOps):
     """The registry facade used by the CLI and by Python callers."""
 
 

@@ -10,6 +10,8 @@ Schema versions (each a migration applied in order, recorded in ``schema_version
 2. ``index_state`` (a generation counter per vector kind, bumped in the same transaction as any
    change to the vectors, so a persisted Faiss index can tell that it is stale) and
    ``trivial_embeddings`` (the trivial task embedding t0 per probe and estimator).
+3. ``registry_info``: the registry's identity (a uuid written at ``init``, also an experiment tag in
+   ``mlflow.db``), so a catalog that does not belong to the MLflow store beside it is recognised.
 """
 
 from __future__ import annotations
@@ -188,7 +190,14 @@ CREATE TABLE trivial_embeddings (
 );
 """
 
-MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2]
+_MIGRATION_3 = """
+CREATE TABLE registry_info (
+    key         VARCHAR PRIMARY KEY,       -- 'registry_id'
+    value       VARCHAR NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 TABLES = (
@@ -333,6 +342,19 @@ def migrate(con: duckdb.DuckDBPyConnection, *, target: int = SCHEMA_VERSION) -> 
             con.execute("INSERT INTO schema_version(version) VALUES (?)", [version])
             applied.append(version)
     return applied
+
+
+def registry_id(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The registry's identity recorded in the catalog; None for a catalog made before identities existed."""
+    if schema_version(con) < 3:
+        return None
+    row = con.execute("SELECT value FROM registry_info WHERE key = 'registry_id'").fetchone()
+    return str(row[0]) if row else None
+
+
+def set_registry_id(con: duckdb.DuckDBPyConnection, value: str) -> None:
+    con.execute("INSERT INTO registry_info VALUES ('registry_id', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
+                [value, value])
 
 
 # --------------------------------------------------------------------------- vectors

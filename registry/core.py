@@ -11,9 +11,17 @@ retry briefly while a writer commits.
 Crash safety: the catalog is the source of truth and every command commits it in one DuckDB
 transaction. What a command killed at any point can leave behind is only ever a *leftover*, never
 an inconsistency: an MLflow run still tagged pending (killed before or just after the commit), the
-runs of a removed record (killed after an ``rm`` committed), an expert's registered model without
-its catalog row, a stale index (rebuilt on open) or an index temporary file. ``check`` lists them as
-notes; ``check --fix`` clears them under the lock, touching only what belongs to dead processes.
+runs of a removed record (killed after an ``rm`` committed; ``rm`` tags them ``removing`` before its
+commit), an expert's registered model without its catalog row, a stale index (rebuilt on open) or an
+index temporary file. ``check`` lists them as notes; ``check --fix`` clears them under the lock,
+touching only what belongs to dead processes.
+
+A lost catalog is not a leftover. A committed record run that no catalog row references and that no
+``rm`` marked, a registered model holding such a run, a catalog whose registry id differs from the one
+in ``mlflow.db``, or a missing catalog beside an MLflow store that holds the registry's runs: the
+registry is damaged. ``init`` refuses to start a new registry over it, ``open`` refuses it (naming the
+recovery: ``taskreg restore BACKUP --force``, or ``taskreg recover`` to rebuild the records MLflow
+holds), ``check`` reports it as a problem, and ``check --fix`` never deletes any of it.
 
 Backup and restore: :meth:`RegistryCore.backup` copies the catalog, ``mlflow.db`` (sqlite's backup
 API) and the indexes while holding the registry lock, then the artifacts (written before the catalog
@@ -34,7 +42,8 @@ import sqlite3
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +55,18 @@ import numpy as np
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
 from taskreg.registry.index import IndexStore, build_index, choose_index_type, kind_name, normalise
-from taskreg.registry.tracking import EXPERIMENTS, Tracker, process_alive, process_token, recorded_root, relocate
+from taskreg.registry.tracking import (
+    EXPERIMENTS,
+    RECORD_RUN_KINDS,
+    StoreSummary,
+    Tracker,
+    process_alive,
+    process_token,
+    recorded_root,
+    relocate,
+    store_summary,
+    stored_registry_id,
+)
 
 if TYPE_CHECKING:
     import faiss
@@ -54,9 +74,8 @@ if TYPE_CHECKING:
 DEFAULT_ROOT = ".taskreg"
 DEFAULT_LOCK_TIMEOUT = 120.0
 BACKUP_MANIFEST = "backup.json"
-# MLflow run kinds that stand for one catalog record: a committed run of these kinds that no catalog row
-# references is what an interrupted `rm` leaves behind (other kinds, e.g. pipeline stage logs, never are).
-RECORD_RUN_KINDS = ("task_embedding", "expert", "probe", "task_network")
+RECOVERY = ("restore a backup (`taskreg restore BACKUP --force`) or rebuild the probes, tasks and experts that "
+            "MLflow holds (`taskreg recover`)")
 # Every catalog column holding an MLflow run id (the same tables as the run query of `check`).
 _RUN_IDS_SQL = (
     "SELECT run_id FROM task_embeddings WHERE run_id IS NOT NULL UNION ALL SELECT run_id FROM experts "
@@ -198,58 +217,115 @@ class RegistryCore:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock_fd: int | None = None
         self._index_cache: dict[str, tuple[int, faiss.Index]] = {}
+        self.damage: str | None = None  # set by ``open(damaged_ok=True)`` on a damaged registry
 
     # ------------------------------------------------------------------ open / init
     @classmethod
     def init(cls, root: Path | str | None = None) -> RegistryCore:
-        """Create (or upgrade) a registry at ``root``; idempotent."""
+        """Create (or upgrade) a registry at ``root``; idempotent on a healthy registry.
+
+        Refuses, changing nothing, a directory whose ``mlflow.db`` holds a registry but whose catalog is
+        missing or empty, and a registry whose catalog lost records that MLflow still holds: that is a
+        damaged registry, not a new one (see the module docstring).
+        """
         reg = cls(Path(root) if root is not None else default_root())
         if reg.root.exists() and not reg.root.is_dir():
             raise TaskregError(f"{reg.root} exists and is not a directory")
         reg.require_write_access("init")
+        if reg._catalog_state()[0] > 0:
+            reg = cls.open(reg.root)
+            lost = reg.unaccounted()
+            if lost:
+                raise TaskregError(f"the catalog lost records: {lost.describe()}: a damaged registry, not a new one; "
+                                   f"{RECOVERY}")
+            reg.tracker.init()
+            return reg
+        store = store_summary(reg.root / "mlflow.db")
+        if store is not None and store.holds_registry():
+            raise TaskregError(_missing_catalog(store))
         for sub in ("artifacts", "index", "cache"):
             (reg.root / sub).mkdir(parents=True, exist_ok=True)
+        registry_id = uuid.uuid4().hex
         with reg.write(transactional=False) as con:
             catalog.migrate(con)
-        reg.tracker.init()
+            catalog.set_registry_id(con, registry_id)
+        reg.tracker.init(registry_id)  # after the catalog: an MLflow identity always had a catalog first
         return reg
 
     @classmethod
     def open(cls, root: Path | str | None = None, *, repair_indexes: bool = True,
-             write: str | None = None) -> RegistryCore:
+             write: str | None = None, damaged_ok: bool = False) -> RegistryCore:
         """Open an existing registry: migrate an older catalog, rebuild stale or missing indexes.
 
         ``write`` names what the caller is about to write (e.g. "task add"): on a registry this user cannot
         write it is refused here, before any work. Without it the registry may be read-only (a shared team
-        registry): then nothing is written on open (no MLflow relocation, no migration, no index repair;
-        stale indexes are rebuilt in memory when a query needs them).
+        registry): then nothing is written on open (no MLflow relocation, no migration, no identity, no index
+        repair; stale indexes are rebuilt in memory when a query needs them).
+
+        A damaged registry (catalog missing beside an MLflow store holding the registry, or a catalog of
+        another registry) is refused on one line naming the recovery; with ``damaged_ok`` (for ``check``)
+        it is opened untouched and :attr:`damage` says what is wrong.
         """
         reg = cls(Path(root) if root is not None else default_root())
-        if not reg.catalog_path.exists():
-            raise TaskregError(f"no registry at {reg.root} (run `taskreg init` or pass --registry DIR)")
-        read_only = reg.read_only
-        if write is not None:
-            reg.require_write_access(write)
-        recorded = recorded_root(reg.root / "mlflow.db")
-        if recorded is not None and recorded != reg.root and not read_only:
-            with reg.lock():  # the registry was copied or restored elsewhere: point MLflow at our artifacts
-                relocate(reg.root / "mlflow.db", recorded, reg.root)
-        with reg.read() as con:
-            version = catalog.schema_version(con)
-        if version < catalog.SCHEMA_VERSION:
-            if read_only:
-                raise TaskregError(f"registry {reg.root} is read-only for this user and its catalog (schema version "
-                                   f"{version}) needs an upgrade to {catalog.SCHEMA_VERSION}: its owner must open it "
-                                   "once with this taskreg")
-            with reg.write(transactional=False) as con:
-                catalog.migrate(con)
+        version, mine = reg._catalog_state()
+        theirs = stored_registry_id(reg.root / "mlflow.db")
+        if version == 0:
+            store = store_summary(reg.root / "mlflow.db")
+            if store is not None and store.holds_registry():
+                reg.damage = _missing_catalog(store)
+            elif not reg.catalog_path.exists():
+                raise TaskregError(f"no registry at {reg.root} (run `taskreg init` or pass --registry DIR)")
         elif version > catalog.SCHEMA_VERSION:
             raise TaskregError(
                 f"catalog schema version {version} is newer than this taskreg ({catalog.SCHEMA_VERSION})"
             )
-        if repair_indexes and not read_only:
+        elif mine is not None and theirs is not None and mine != theirs:
+            reg.damage = (f"catalog.duckdb belongs to registry {mine} but mlflow.db to registry {theirs}: a catalog "
+                          f"was created over another registry's MLflow store; {RECOVERY}")
+        if write is not None:
+            reg.require_write_access(write)
+        if reg.damage is not None:
+            if damaged_ok:
+                return reg
+            raise TaskregError(reg.damage)
+        read_only = reg.read_only
+        if version < catalog.SCHEMA_VERSION and read_only:
+            raise TaskregError(f"registry {reg.root} is read-only for this user and its catalog (schema version "
+                               f"{version}) needs an upgrade to {catalog.SCHEMA_VERSION}: its owner must open it "
+                               "once with this taskreg")
+        if read_only:
+            return reg
+        recorded = recorded_root(reg.root / "mlflow.db")
+        if recorded is not None and recorded != reg.root:
+            with reg.lock():  # the registry was copied or restored elsewhere: point MLflow at our artifacts
+                relocate(reg.root / "mlflow.db", recorded, reg.root)
+        if version < catalog.SCHEMA_VERSION:
+            with reg.write(transactional=False) as con:
+                catalog.migrate(con)
+        if mine is None or theirs is None:
+            reg._adopt_identity()
+        if repair_indexes:
             reg.repair_indexes()
         return reg
+
+    def _catalog_state(self) -> tuple[int, str | None]:
+        """(schema version, registry id) of the catalog; (0, None) when the file is missing or holds no schema."""
+        if not self.catalog_path.exists():
+            return 0, None
+        with self.read() as con:
+            return catalog.schema_version(con), catalog.registry_id(con)
+
+    def _adopt_identity(self) -> None:
+        """Give the catalog and MLflow one registry id where either lacks it (a registry made before ids
+        existed, or an ``init`` killed between the two): the catalog takes MLflow's, else a new one."""
+        theirs = stored_registry_id(self.root / "mlflow.db")
+        with self.write() as con:
+            mine = catalog.registry_id(con)
+            if mine is None:
+                mine = theirs or uuid.uuid4().hex
+                catalog.set_registry_id(con, mine)
+        if theirs is None:
+            self.tracker.set_registry_id(mine)
 
     # ------------------------------------------------------------------ write access
     @property
@@ -529,6 +605,9 @@ class RegistryCore:
         ``deep`` rehashes every file).
         """
         report = CheckReport()
+        if self.damage is not None:  # opened with damaged_ok: nothing to compare, and nothing is touched
+            report.problems.append(self.damage)
+            return report
         with self.read() as con:
             report.counts = catalog.counts(con)
             version = catalog.schema_version(con)
@@ -647,6 +726,56 @@ class RegistryCore:
                 model[key] = value
         return models
 
+    def _model_runs(self, name: str | None = None) -> dict[str, set[str]]:
+        """Registered model name -> the run ids of its versions (only ``name`` when given), read like
+        :meth:`_run_states`; ``Tracker.model_runs`` when the schema differs."""
+        sql = "SELECT name, run_id FROM model_versions" + (" WHERE name = ?" if name is not None else "")
+        rows = _read_mlflow_db(self.root / "mlflow.db", sql, [name] if name is not None else [])
+        if rows is None:
+            runs = self.tracker.model_runs()
+            return runs if name is None else {k: v for k, v in runs.items() if k == name}
+        out: dict[str, set[str]] = {}
+        for model, run_id in rows:
+            out.setdefault(model, set()).update([run_id] if run_id else [])
+        return out
+
+    def unaccounted(self) -> Unaccounted:
+        """Committed records that MLflow holds and the catalog does not: committed record runs that no
+        catalog row references and no ``rm`` marked, and expert models holding such a run.
+
+        Read under the registry lock, where it is exact: a command commits its catalog rows and its MLflow
+        states under the lock in an order (run pending until after the commit; ``removing`` before an rm's
+        commit) that never shows a committed, unmarked, unreferenced run to a lock holder.
+        """
+        with self.lock():
+            with self.read() as con:
+                referenced = {r[0] for r in con.execute(_RUN_IDS_SQL).fetchall()}
+                experts = {f"expert-{r[0]}" for r in con.execute("SELECT name FROM experts").fetchall()}
+            tags: dict[str, dict[str, str]] = {}
+            states = self._run_states(tags)
+            models = self._registered_models()
+            model_runs = self._model_runs()
+        runs = [(r, tags.get(r, {}).get("taskreg.kind", ""), tags.get(r, {}).get("mlflow.runName", ""))
+                for r, state in sorted(states.items()) if state == "committed" and r not in referenced
+                and tags.get(r, {}).get("taskreg.kind") in RECORD_RUN_KINDS]
+        lost_models = sorted(m for m, t in models.items() if t.get("taskreg.kind") == "expert" and m not in experts
+                             and _holds_committed(model_runs.get(m, set()), states))
+        return Unaccounted(runs, lost_models)
+
+    def _refuse_lost_model(self, name: str) -> None:
+        """Refuse when the registered model ``name`` holds a committed, unmarked run although the caller saw no
+        catalog row for it: a record the catalog lost."""
+        runs = self._model_runs(name).get(name, set())
+        if any(self.tracker.run_state(r) == "committed" for r in runs):
+            raise TaskregError(f"registered model {name} holds a committed record that the catalog does not have "
+                               f"(the catalog lost records, see `taskreg check`): {RECOVERY}")
+
+    def _clear_stray_model(self, name: str) -> None:
+        """Delete the registered model ``name`` that has no catalog row (the caller holds the lock and saw no
+        row): the leftover of a killed add or rm. A model the catalog lost is refused, never deleted."""
+        self._refuse_lost_model(name)
+        self.tracker.delete_registered_model(name)
+
     def _leftovers(self, report: CheckReport, referenced: set[str], experts: list[str],
                    models: dict[str, dict[str, str]], states: dict[str, str], run_tags: dict[str, dict[str, str]],
                    *, fix: bool) -> None:
@@ -654,25 +783,32 @@ class RegistryCore:
 
         Removal happens under the registry lock after re-reading the catalog, and a pending run is
         deleted only when the process that created it is dead: a command still computing, or one
-        that committed while this check was looking, keeps its run and its model.
+        that committed while this check was looking, keeps its run and its model. Committed records the
+        catalog does not account for (:meth:`unaccounted`) are problems, and nothing of them is removed.
         """
         expert_models = {f"expert-{n}" for n in experts}
-        stray_models = sorted(m for m, tags in models.items()
-                              if tags.get("taskreg.kind") == "expert" and m not in expert_models)
-        unmarked = sorted(r for r, state in states.items() if state == "pending" and r in referenced)
+        strays = sorted(m for m, tags in models.items()
+                        if tags.get("taskreg.kind") == "expert" and m not in expert_models)
+        model_runs = self._model_runs() if strays else {}
+        stray_models = [m for m in strays if not _holds_committed(model_runs.get(m, set()), states)]
+        unmarked = sorted(r for r, state in states.items() if state in ("pending", "removing") and r in referenced)
         never = sorted(r for r, state in states.items() if state == "pending" and r not in referenced)
         running = {r for r in never if run_tags.get(r, {}).get("taskreg.owner") and
                    process_alive(run_tags[r]["taskreg.owner"])}
-        removed = sorted(r for r, state in states.items() if state == "committed" and r not in referenced and
-                         run_tags.get(r, {}).get("taskreg.kind") in RECORD_RUN_KINDS)
+        removed = sorted(r for r, state in states.items() if state == "removing" and r not in referenced)
+        maybe_lost = any(state == "committed" and r not in referenced and
+                         run_tags.get(r, {}).get("taskreg.kind") in RECORD_RUN_KINDS for r, state in states.items())
         temps = sorted(self.indexes.folder.glob("*.tmp")) if self.indexes.folder.is_dir() else []
         report.notes += [f"registered model {m} has no catalog row (leftover)" for m in stray_models]
-        report.notes += [f"MLflow run {r} is committed in the catalog but still tagged pending (interrupted after "
-                         "its commit)" for r in unmarked]
+        report.notes += [f"MLflow run {r} is committed in the catalog but still tagged {states[r]} (interrupted "
+                         + ("after its commit)" if states[r] == "pending" else "rm, before its commit)")
+                         for r in unmarked]
         report.notes += [f"MLflow run {r} was never committed ("
                          + ("its command is still running)" if r in running else "interrupted command)") for r in never]
         report.notes += [f"MLflow run {r} belongs to a removed record (interrupted rm)" for r in removed]
         report.notes += [f"index temporary file {t.name} (interrupted index write)" for t in temps]
+        if maybe_lost or len(stray_models) < len(strays):
+            report.problems += self.unaccounted().problems()  # confirmed under the lock
         if not fix or not (stray_models or unmarked or never or removed or temps):
             return
         with self.lock():
@@ -726,11 +862,14 @@ class RegistryCore:
         return dest
 
     @classmethod
-    def restore(cls, backup: Path | str, root: Path | str | None = None, *, force: bool = False) -> RegistryCore:
+    def restore(cls, backup: Path | str, root: Path | str | None = None, *, force: bool = False,
+                announce: Callable[[Path], None] | None = None) -> RegistryCore:
         """Restore a directory written by :meth:`backup` as the registry ``root`` and open it.
 
         ``root`` must be new or empty unless ``force``, which replaces an existing registry (never a
-        directory that is not one). Stop other taskreg processes on ``root`` before forcing.
+        directory that is not one); ``announce(root)`` is called once the backup has been checked and
+        copied, just before the existing registry is replaced. Stop other taskreg processes on ``root``
+        before forcing.
         """
         src = Path(backup).expanduser().resolve()
         target = (Path(root) if root is not None else default_root()).expanduser().resolve()
@@ -742,7 +881,8 @@ class RegistryCore:
         replace = target.exists() and not _is_empty_dir(target)
         if replace and not force:
             raise TaskregError(f"registry {target} is not empty: pass --force to replace it with the backup")
-        if replace and not (target / "catalog.duckdb").is_file():
+        store = store_summary(target / "mlflow.db")  # a registry whose catalog was lost is one too
+        if replace and not (target / "catalog.duckdb").is_file() and not (store and store.holds_registry()):
             raise TaskregError(f"{target} is not empty and not a taskreg registry: refusing to replace it")
         if target.exists():
             cls(target).require_write_access("restore")
@@ -761,6 +901,8 @@ class RegistryCore:
                 raise TaskregError(f"backup {src} has catalog schema version {version}; this taskreg reads up to "
                                    f"{catalog.SCHEMA_VERSION}")
             if replace:
+                if announce is not None:
+                    announce(target)
                 old = target.parent / f".{target.name}.replaced-{os.getpid()}"
                 with cls(target).lock():  # no command of ours commits into the old registry while it moves
                     os.rename(target, old)
@@ -772,6 +914,54 @@ class RegistryCore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return cls.open(target)
+
+
+# --------------------------------------------------------------------------- damage
+
+@dataclass
+class Unaccounted:
+    """Committed records MLflow holds that the catalog does not (see :meth:`RegistryCore.unaccounted`)."""
+
+    runs: list[tuple[str, str, str]]  # (run id, taskreg.kind, run name)
+    models: list[str]  # registered expert models holding a committed run without a catalog row
+
+    SHOWN = 20  # problem lines listing runs, the rest counted
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.models)
+
+    def describe(self) -> str:
+        """E.g. 'mlflow.db holds 4 committed runs (1 expert, 1 probe, 2 task_embedding) and 1 registered model
+        that the catalog does not have and no `rm` removed'."""
+        kinds: dict[str, int] = {}
+        for _, kind, _ in self.runs:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        parts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        what = [f"{len(self.runs)} committed run{'s' * (len(self.runs) != 1)} ({parts})"] if self.runs else []
+        if self.models:
+            what.append(f"{len(self.models)} registered model{'s' * (len(self.models) != 1)}")
+        return f"mlflow.db holds {' and '.join(what)} that the catalog does not have and no `rm` removed"
+
+    def problems(self) -> list[str]:
+        if not self:
+            return []
+        lines = [f"committed MLflow run {r} ({kind} {name}) has no catalog row and no removal mark: the catalog "
+                 "lost this record" for r, kind, name in self.runs[:self.SHOWN]]
+        if len(self.runs) > self.SHOWN:
+            lines.append(f"... and {len(self.runs) - self.SHOWN} more such committed runs")
+        lines += [f"registered model {m} holds a committed run but has no catalog row: the catalog lost this record"
+                  for m in self.models]
+        lines.append(f"the catalog lost records: {self.describe()}; `check --fix` leaves them alone; {RECOVERY}")
+        return lines
+
+
+def _holds_committed(run_ids: set[str], states: dict[str, str]) -> bool:
+    return any(states.get(r) == "committed" for r in run_ids)
+
+
+def _missing_catalog(store: StoreSummary) -> str:
+    return (f"catalog.duckdb is missing or empty but mlflow.db holds {store.describe()}: a damaged registry, "
+            f"not a new one; {RECOVERY}")
 
 
 # --------------------------------------------------------------------------- backup helpers

@@ -140,6 +140,7 @@ class ExpertOps(TaskOps):
         with self.read() as con:
             if catalog.get_expert(con, name) is not None:
                 raise TaskregError(f"expert {name!r} already exists")
+        self._refuse_lost_model(f"expert-{name}")  # before any work: the name is taken by a record the catalog lost
 
     def _register_expert(self, name: str, model: nn.Module, arch: str, trained_on: str | None, origin: str,
                          params: dict, metrics: dict | None = None, *, n_train: int | None = None,
@@ -150,10 +151,11 @@ class ExpertOps(TaskOps):
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             rel, sha = self._store_weights(run, state, f"{name}.pt")
             # The registered model and the catalog row are created under one hold of the lock, so a model
-            # without a row is the leftover of a killed attempt (or of a killed `expert rm`): replace it.
+            # without a row is the leftover of a killed attempt (or of a killed `expert rm`): replace it,
+            # unless it holds a committed expert the catalog lost (refused, never deleted).
             with self.lock():
                 self._refuse_existing_expert(name)  # another process may have registered it meanwhile
-                self.tracker.delete_registered_model(f"expert-{name}")
+                self._clear_stray_model(f"expert-{name}")
                 version = self.tracker.register(f"expert-{name}", run, "weights", tags)
                 try:
                     with self.write() as con:

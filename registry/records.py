@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -13,6 +15,26 @@ from taskreg.registry.core import RegistryCore
 
 
 class RecordOps(RegistryCore):
+    @contextmanager
+    def _marking_removal(self) -> Iterator[Callable[[list[str]], None]]:
+        """``mark(run_ids)`` tags the runs of a record ``removing`` before the catalog commit that deletes its
+        rows (call it inside that transaction, under the lock): a committed run without a row and without
+        this mark is then a record the catalog lost, never an interrupted ``rm`` (see core's docstring).
+        If the block fails, the marked runs are committed again (their rows were rolled back)."""
+        marked: list[str] = []
+
+        def mark(run_ids: list[str]) -> None:
+            for run_id in run_ids:
+                marked.append(run_id)
+                self.tracker.mark_removing(run_id)
+
+        try:
+            yield mark
+        except BaseException:
+            for run_id in marked:
+                self.tracker.commit(run_id)
+            raise
+
     # ------------------------------------------------------------------ tasks
     def list_tasks(self, *, limit: int | None = None) -> list[catalog.TaskRecord]:
         with self.read() as con:
@@ -49,14 +71,16 @@ class RecordOps(RegistryCore):
 
     def remove_task(self, name: str) -> None:
         rec = self.get_task(name)
-        with self.write() as con:
+        with self.lock(), self._marking_removal() as mark, self.write() as con:
+            if con.execute("SELECT 1 FROM tasks WHERE id = ?", [rec.id]).fetchone() is None:
+                raise TaskregError(f"unknown task {name!r} (removed meanwhile)")
             runs = [r[0] for r in con.execute(
-                "SELECT run_id FROM task_embeddings WHERE task_id = ? AND run_id IS NOT NULL", [rec.id]
+                "SELECT DISTINCT run_id FROM task_embeddings WHERE task_id = ? AND run_id IS NOT NULL", [rec.id]
             ).fetchall()]
             kinds = [r[0] for r in con.execute(
-                "SELECT DISTINCT 'task/' || probe || '/' || method FROM task_embeddings WHERE task_id = ?",
-                [rec.id],
+                "SELECT DISTINCT 'task/' || probe || '/' || method FROM task_embeddings WHERE task_id = ?", [rec.id],
             ).fetchall()]
+            mark(runs)
             con.execute("DELETE FROM task_embeddings WHERE task_id = ?", [rec.id])
             con.execute("DELETE FROM expert_task_results WHERE task_id = ?", [rec.id])
             con.execute("DELETE FROM tasks WHERE id = ?", [rec.id])
@@ -90,14 +114,16 @@ class RecordOps(RegistryCore):
 
     def remove_expert(self, name: str) -> None:
         rec = self.get_expert(name)
-        with self.lock():  # the model goes under the same hold as the row: a new `expert add` of the name waits
-            with self.write() as con:
+        # the model goes under the same hold of the lock as the row: a new `expert add` of the name waits
+        with self.lock():
+            with self._marking_removal() as mark, self.write() as con:
                 if con.execute("SELECT 1 FROM experts WHERE id = ?", [rec.id]).fetchone() is None:
                     raise TaskregError(f"unknown expert {name!r} (removed meanwhile)")
                 kinds = [r[0] for r in con.execute(
                     "SELECT DISTINCT 'model2vec/' || probe || '/' || method FROM model2vec WHERE expert_id = ?",
                     [rec.id],
                 ).fetchall()]
+                mark([rec.run_id] if rec.run_id else [])
                 con.execute("DELETE FROM expert_task_results WHERE expert_id = ?", [rec.id])
                 con.execute("DELETE FROM model2vec WHERE expert_id = ?", [rec.id])
                 con.execute("DELETE FROM experts WHERE id = ?", [rec.id])

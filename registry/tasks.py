@@ -162,6 +162,7 @@ class TaskOps(RecordOps):
             "montecarlo": trivial_embedding(model, "montecarlo", spec=spec, device=device),
             "variational": trivial_embedding(fisher_layout(model), "variational"),
         }
+        params = {**params, "input_size": spec.input_size}  # with the arch, all `taskreg recover` needs
         with self._pending_run("probes", f"probe-{name}", params, {"taskreg.kind": "probe"}) as run:
             self.tracker.log_metrics(run.run_id, metrics)
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -231,7 +232,7 @@ class TaskOps(RecordOps):
                                            device=device, progress=progress)
         params = {"task": name, "source": ds.source, "probe": rec.name, "arch": rec.arch, "method": method,
                   "max_samples": max_samples, "seed": seed, "n_samples": emb.n_samples, "n_classes": ds.n_classes,
-                  "fingerprint": ds.fingerprint()}
+                  "fingerprint": ds.fingerprint(), "domain": ds.domain, "dataset_size": ds.n}  # all a rebuild needs
         kinds = [self.kind("task", rec.name, method), self.kind("task", rec.name, "domain")]
         with self._pending_run("tasks", f"task-{name}-{method}", params, {"taskreg.kind": "task_embedding"}) as run:
             norm = float(np.linalg.norm(emb.vector))

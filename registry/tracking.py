@@ -13,7 +13,12 @@ Runs are created with the tag ``taskreg.state=pending`` and marked ``committed``
 row that references them is committed; ``taskreg check`` reports pending runs as orphans. Each run
 also records the process that created it (``taskreg.owner``, see :func:`process_token`), so
 ``taskreg check --fix`` deletes the pending runs of dead processes only, never those of a command
-that is still computing.
+that is still computing. Removing a record tags its runs ``taskreg.state=removing`` before the catalog
+commit that deletes the rows, so a committed run that no catalog row references and that carries no such
+mark is a record the catalog lost (``check`` reports it and never deletes it), not a leftover of ``rm``.
+
+The registry's identity (a uuid, also stored in the catalog) is the tag ``taskreg.registry_id`` of the
+``taskreg-tasks`` experiment: a catalog created anew beside an existing MLflow store does not match it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ if TYPE_CHECKING:
 
 EXPERIMENTS = ("tasks", "experts", "probes", "taskonomy", "model2vec")
 ALIAS = "current"
+REGISTRY_ID_TAG = "taskreg.registry_id"
+# MLflow run kinds that stand for one catalog record: a committed run of these kinds that no catalog row
+# references is either marked ``removing`` (an interrupted `rm`) or a record the catalog lost. Other
+# kinds (pipeline stage logs) never have a row.
+RECORD_RUN_KINDS = ("task_embedding", "expert", "probe", "task_network")
 
 
 def _quiet_mlflow() -> None:
@@ -45,6 +55,19 @@ def _quiet_mlflow() -> None:
 class RunRef:
     run_id: str
     artifact_dir: Path  # local directory holding the run's artifacts
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What one MLflow run holds, for rebuilding its catalog record (``taskreg recover``)."""
+
+    run_id: str
+    name: str
+    start_time: int
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+    artifact_dir: Path
 
 
 class Tracker:
@@ -79,8 +102,8 @@ class Tracker:
             self._experiments[name] = eid
         return self._experiments[name]
 
-    def init(self) -> None:
-        """Create the tracking database and the experiments.
+    def init(self, registry_id: str | None = None) -> None:
+        """Create the tracking database and the experiments; record the registry's identity when given.
 
         MLflow gives its ``Default`` experiment an artifact location the first time it creates the database:
         through a plain client that is ``./mlruns`` of the current directory. The store is therefore created
@@ -97,6 +120,11 @@ class Tracker:
         _repoint_default_experiment(self.root / "mlflow.db", self.root / "artifacts" / "0")
         for name in EXPERIMENTS:
             self.experiment_id(name)
+        if registry_id is not None:
+            self.set_registry_id(registry_id)
+
+    def set_registry_id(self, registry_id: str) -> None:
+        self.client.set_experiment_tag(self.experiment_id("tasks"), REGISTRY_ID_TAG, registry_id)
 
     # ------------------------------------------------------------------ runs
     def start_run(
@@ -128,6 +156,10 @@ class Tracker:
         """Mark a run as referenced by a committed catalog row."""
         self.client.set_tag(run_id, "taskreg.state", "committed")
 
+    def mark_removing(self, run_id: str) -> None:
+        """Mark the run of a record whose catalog rows are about to be deleted (before that commit)."""
+        self.client.set_tag(run_id, "taskreg.state", "removing")
+
     def delete_run(self, run_id: str) -> None:
         from mlflow.exceptions import MlflowException
 
@@ -137,7 +169,7 @@ class Tracker:
             pass
 
     def run_state(self, run_id: str) -> str | None:
-        """'committed', 'pending', 'deleted' or None when the run does not exist."""
+        """'committed', 'pending', 'removing', 'deleted' or None when the run does not exist."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -147,6 +179,11 @@ class Tracker:
         if run.info.lifecycle_stage == "deleted":
             return "deleted"
         return run.data.tags.get("taskreg.state", "committed")
+
+    def run_data(self, run_id: str) -> RunData:
+        run = self.client.get_run(run_id)
+        return RunData(run_id, run.info.run_name or "", int(run.info.start_time or 0), dict(run.data.tags),
+                       dict(run.data.params), dict(run.data.metrics), _local_path(run.info.artifact_uri))
 
     def pending_runs(self) -> list[str]:
         return list(self.runs_in_state("pending"))
@@ -196,6 +233,108 @@ class Tracker:
             token = page.token
             if not token:
                 return models
+
+    def model_version(self, name: str, run_id: str) -> str | None:
+        """The version of registered model ``name`` made from ``run_id`` (None: there is none)."""
+        for mv in self.client.search_model_versions(f"name = '{name}'"):
+            if mv.run_id == run_id:
+                return str(mv.version)
+        return None
+
+    def model_runs(self) -> dict[str, set[str]]:
+        """Registered model name -> the run ids of its versions."""
+        runs: dict[str, set[str]] = {}
+        token = None
+        while True:
+            page = self.client.search_model_versions(max_results=1000, page_token=token)
+            for mv in page:
+                runs.setdefault(mv.name, set()).update([mv.run_id] if mv.run_id else [])
+            token = page.token
+            if not token:
+                return runs
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """What a registry's ``mlflow.db`` holds, read without MLflow (see :func:`store_summary`)."""
+
+    registry_id: str | None
+    runs: dict[tuple[str, str], int]  # (taskreg.state, taskreg.kind) -> active runs of the taskreg experiments
+    models: int  # registered models
+
+    def committed_records(self) -> dict[str, int]:
+        """Record kind -> committed runs of that kind (each stands for a catalog record)."""
+        out: dict[str, int] = {}
+        for (state, kind), n in self.runs.items():
+            if state == "committed" and kind in RECORD_RUN_KINDS:
+                out[kind] = out.get(kind, 0) + n
+        return out
+
+    def holds_registry(self) -> bool:
+        """Whether a catalog has existed for this store: its identity, any run or any registered model."""
+        return self.registry_id is not None or sum(self.runs.values()) > 0 or self.models > 0
+
+    def describe(self) -> str:
+        """E.g. '4 committed runs (1 probe, 2 task_embedding, 1 expert) and 1 registered model'."""
+        records = self.committed_records()
+        n = sum(records.values())
+        parts = [f"{n} committed record run{'s' * (n != 1)}"
+                 + (f" ({', '.join(f'{v} {k}' for k, v in sorted(records.items()))})" if records else "")]
+        other = sum(self.runs.values()) - n
+        if other:
+            parts.append(f"{other} other run{'s' * (other != 1)}")
+        parts.append(f"{self.models} registered model{'s' * (self.models != 1)}")
+        return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+_EXPERIMENT_IDS_SQL = (
+    "SELECT e.name, t.value FROM experiments e LEFT JOIN experiment_tags t "
+    "ON t.experiment_id = e.experiment_id AND t.key = ? WHERE e.name LIKE 'taskreg-%'"
+)
+_RUN_COUNTS_SQL = (
+    "SELECT coalesce(s.value, 'committed'), coalesce(k.value, ''), count(*) FROM runs r "
+    "JOIN experiments e ON e.experiment_id = r.experiment_id "
+    "LEFT JOIN tags s ON s.run_uuid = r.run_uuid AND s.key = 'taskreg.state' "
+    "LEFT JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = 'taskreg.kind' "
+    "WHERE e.name LIKE 'taskreg-%' AND r.lifecycle_stage = 'active' GROUP BY 1, 2"
+)
+
+
+def stored_registry_id(db: Path) -> str | None:
+    """The registry id recorded in ``mlflow.db`` (read-only, no MLflow import); None when there is none."""
+    import sqlite3
+
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            row = con.execute(_EXPERIMENT_IDS_SQL + " AND e.name = 'taskreg-tasks'", [REGISTRY_ID_TAG]).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return row[1] if row else None
+
+
+def store_summary(db: Path) -> StoreSummary | None:
+    """Identity, run counts and registered models of ``mlflow.db``, read-only through sqlite (no MLflow import,
+    nothing written); None when there is no such file or it is not an MLflow store."""
+    import sqlite3
+
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            ids = dict(con.execute(_EXPERIMENT_IDS_SQL, [REGISTRY_ID_TAG]).fetchall())
+            runs = {(state, kind): int(n) for state, kind, n in con.execute(_RUN_COUNTS_SQL).fetchall()}
+            models = int(con.execute("SELECT count(*) FROM registered_models").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return StoreSummary(ids.get("taskreg-tasks"), runs, models)
 
 
 def process_token(pid: int | None = None) -> str:

@@ -34,7 +34,7 @@ def test_opening_an_older_catalog_migrates_it(tmp_path, registry_template) -> No
 
     reg = Registry.open(root)
     with reg.read() as con:
-        assert catalog.schema_version(con) == 2
+        assert catalog.schema_version(con) == catalog.SCHEMA_VERSION
         assert con.execute("SELECT name FROM tasks").fetchall() == [("kept",)]
         assert con.execute("SELECT count(*) FROM index_state").fetchone()[0] == 0
     assert reg.check().ok

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from taskreg.cli import app
+from taskreg.registry import catalog
 from tests.conftest import snapshot
 
 runner = CliRunner()
@@ -46,7 +47,7 @@ def test_init_list_check(tmp_path) -> None:
 def test_sql_and_json(registry_root) -> None:
     res = run("--registry", str(registry_root), "sql", "SELECT max(version) AS v FROM schema_version", "--json")
     assert res.exit_code == 0
-    assert json.loads(res.output) == [{"v": 2}]
+    assert json.loads(res.output) == [{"v": catalog.SCHEMA_VERSION}]
 
 
 def test_task_list_table_is_limited_by_default_and_json_is_complete(registry_root) -> None:

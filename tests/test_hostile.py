@@ -594,3 +594,94 @@ def test_read_only_registry_answers_readers_and_refuses_writers(shared_registry:
     assert snapshot(reg) == before
     assert sorted(str(p.relative_to(reg)) for p in reg.rglob("*")) == names
     assert (home / "bk" / "catalog.duckdb").is_file()
+
+
+# ---- issue 12 item 3: a lost catalog is a damaged registry, not a new one -----------------------------
+# `init` refuses it, every command names the recovery, `check` reports it, `check --fix` deletes nothing.
+
+def lost_catalog(lab: Path, dest: Path, catalog_from: Path | None = None) -> Path:
+    """A copy of ``lab`` whose catalog.duckdb is gone, or replaced by ``catalog_from``'s."""
+    import shutil
+
+    shutil.copytree(lab, dest)
+    Registry.open(dest)  # points the copy's MLflow paths at it (done once, before any snapshot)
+    (dest / "catalog.duckdb").unlink()
+    if catalog_from is not None:
+        shutil.copy(catalog_from / "catalog.duckdb", dest / "catalog.duckdb")
+    return dest
+
+
+def mlflow_records(root: Path) -> tuple[list, list]:
+    """(active runs with their state, registered models) of a registry's MLflow store."""
+    from tests.procs import mlflow_rows
+
+    runs = mlflow_rows(root, "SELECT r.name, coalesce(t.value, 'committed') FROM runs r LEFT JOIN tags t ON "
+                             "t.run_uuid = r.run_uuid AND t.key = 'taskreg.state' WHERE r.lifecycle_stage = 'active' "
+                             "ORDER BY r.name")
+    return runs, mlflow_rows(root, "SELECT name FROM registered_models ORDER BY name")
+
+
+def one_error(res: object) -> str:
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (res.exit_code, res.output)
+    assert len(lines[0]) < 400, lines[0]
+    return lines[0]
+
+
+def test_init_refuses_a_registry_whose_catalog_is_missing(lab: Path, tmp_path: Path) -> None:
+    root = lost_catalog(lab, tmp_path / "reg")
+    before = snapshot(root)
+    line = one_error(runner.invoke(app, ["--registry", str(root), "init"]))
+    assert "catalog.duckdb is missing" in line and "damaged registry" in line, line
+    assert "3 committed record runs (1 expert, 1 probe, 1 task_embedding) and 1 registered model" in line, line
+    assert "taskreg restore BACKUP --force" in line and "taskreg recover" in line, line
+    assert snapshot(root) == before and not (root / "catalog.duckdb").exists()
+    for argv in (["task", "list"], ["expert", "add", "x", "--arch", "cifar_resnet8", "--weights", str(lab.parent /
+                                                                                                        "w.pt")]):
+        assert "damaged registry" in one_error(runner.invoke(app, ["--registry", str(root), *argv]))
+    for argv in (["check"], ["check", "--fix"]):
+        res = runner.invoke(app, ["--registry", str(root), *argv])
+        assert res.exit_code == 1 and "problem: catalog.duckdb is missing" in res.output, res.output
+    assert snapshot(root) == before
+
+
+def test_check_fix_keeps_the_records_of_a_catalog_created_anew(lab: Path, tmp_path: Path,
+                                                              registry_template: Path) -> None:
+    """What `init` used to make of a lost catalog: an empty catalog beside the MLflow store of the records."""
+    root = lost_catalog(lab, tmp_path / "reg", catalog_from=registry_template)  # empty, same registry id
+    records = mlflow_records(root)
+    assert len(records[0]) == 3 and records[1] == [("expert-good-expert",)]
+    import json
+
+    for argv in (["check", "--json"], ["check", "--fix", "--json"]):
+        res = runner.invoke(app, ["--registry", str(root), *argv])
+        report = json.loads(res.output)
+        assert res.exit_code == 1 and not report["ok"], res.output
+        lost = [p for p in report["problems"] if "has no catalog row and no removal mark" in p]
+        assert len(lost) == 3 and any("registered model expert-good-expert" in p for p in report["problems"])
+        assert not [n for n in report["notes"] if "removed record" in n or "registered model" in n], report["notes"]
+        assert mlflow_records(root) == records  # --fix deleted nothing
+    before = snapshot(root)
+    line = one_error(runner.invoke(app, ["--registry", str(root), "init"]))
+    assert "the catalog lost records" in line and "damaged registry" in line, line
+    # adding an expert of a lost expert's name would have replaced its registered model: refused
+    line = one_error(runner.invoke(app, ["--registry", str(root), "expert", "add", "good-expert", "--arch",
+                                         "cifar_resnet8", "--weights", str(lab.parent / "w.pt")]))
+    assert "catalog lost records" in line, line
+    assert snapshot(root) == before
+
+
+def test_a_catalog_of_another_registry_is_refused(lab: Path, tmp_path: Path) -> None:
+    import duckdb
+
+    root = lost_catalog(lab, tmp_path / "reg", catalog_from=lab)
+    con = duckdb.connect(str(root / "catalog.duckdb"))
+    con.execute("UPDATE registry_info SET value = 'another-registry' WHERE key = 'registry_id'")
+    con.close()
+    before = snapshot(root)
+    for argv in (["init"], ["task", "list"], ["recover"]):
+        line = one_error(runner.invoke(app, ["--registry", str(root), *argv]))
+        assert "belongs to registry another-registry" in line, line
+    res = runner.invoke(app, ["--registry", str(root), "check", "--fix"])
+    assert res.exit_code == 1 and "problem: catalog.duckdb belongs to registry another-registry" in res.output
+    assert snapshot(root) == before
