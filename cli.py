@@ -61,7 +61,21 @@ RegistryOpt = Annotated[
                  show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-DeviceOpt = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps ...")]
+
+
+def _check_device_option(value: str) -> str:
+    """Refuse a device torch cannot use here, on one line, before the command touches the registry."""
+    from taskreg.devices import check_device
+
+    try:
+        return check_device(value)
+    except TaskregError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+DeviceOpt = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps ...",
+                                        callback=_check_device_option)]
 SeedOpt = Annotated[int, typer.Option(help="Random seed (results are deterministic given it).")]
 ProbeOpt = Annotated[str | None, typer.Option(help="Probe name (default: the probe named 'default').")]
 MethodOpt = Annotated[str, typer.Option(help="Task2Vec estimator: montecarlo or variational.")]
@@ -118,7 +132,19 @@ def console() -> Any:
 
 
 def print_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=2, default=_json_default))
+    """Standard JSON only: a NaN or an infinity anywhere is a bug here (``allow_nan=False`` raises), never
+    output that strict parsers (Python's, JavaScript's JSON.parse) reject. Commands whose values can be
+    legitimately unknown print null with a reason (see ``select``) or convert with :func:`finite_or_none`."""
+    typer.echo(json.dumps(payload, indent=2, default=_json_default, allow_nan=False))
+
+
+def finite_or_none(value: Any) -> Any:
+    """A non-finite float (NaN, +-Inf, numpy's too) becomes None (JSON null); anything else is unchanged."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(obj: Any) -> Any:
@@ -274,11 +300,11 @@ def check(
 @app.command()
 @handle_errors
 def sql(query: str, registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
-    """Run a read-only SQL query against the catalog (DuckDB)."""
+    """Run a read-only SQL query against the catalog (DuckDB); with --json, NaN and infinities print as null."""
     reg = open_registry(registry)
     cols, rows = reg.sql(query)
-    if as_json:
-        print_json([dict(zip(cols, row, strict=True)) for row in rows])
+    if as_json:  # JSON has no NaN or infinity: such values print as null
+        print_json([{c: finite_or_none(v) for c, v in zip(cols, row, strict=True)} for row in rows])
     else:
         print_table(query, cols, rows)
 
@@ -609,10 +635,14 @@ def expert_eval(
 ) -> None:
     """Linear probe of every expert on every task; test errors go to expert_task_results (resumable)."""
     reg = open_registry(registry, "expert eval")
+    notes: list[str] = []
     with progress_bar("measuring experts x tasks") as bar:
         done, skipped = reg.evaluate(experts=parse_list(experts), tasks=parse_list(tasks), device=device,
-                                     progress=bar)
-    typer.echo(f"measured {done} expert/task pair(s); {skipped} already measured")
+                                     progress=bar, on_unmeasurable=notes.append)
+    for note in notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"measured {done} expert/task pair(s); {skipped} already measured"
+               + (f"; {len(notes)} expert(s) not measurable (see the notes)" if notes else ""))
 
 
 @model2vec_app.command("fit")
@@ -656,12 +686,19 @@ def select(
     if as_json:
         print_json(out.to_json())
         return
-    print_table(f"best experts for {data} ({out.method})", ["rank", "expert", "score", "trained_on", "measured error"],
+    print_table(f"best experts for {data} ({out.method}: {out.better} score is better)",
+                ["rank", "expert", "score", "trained_on", "measured error"],
                 [(r["rank"], r["expert"], r["score"], r["trained_on"], r["measured_error"]) for r in out.results])
+    for r in out.results:
+        if r["score"] is None:
+            typer.echo(f"note: {r['expert']} is not scored by {out.method}: {r['unscored_reason']}")
     if out.verified:
-        print_table(f"verified top {len(out.verified)} (linear probe on the query)", ["expert", "test error"],
-                    [(v["expert"], v["test_error"]) for v in out.verified])
-        typer.echo(f"measured winner: {out.measured_winner}")
+        print_table(f"verified top {len(out.verified)} (linear probe on the query; lower error is better)",
+                    ["expert", "test error"], [(v["expert"], v["test_error"]) for v in out.verified])
+        for v in out.verified:
+            if v["test_error"] is None:
+                typer.echo(f"note: {v['expert']} is not measured: {v['note']}")
+        typer.echo(f"measured winner: {out.measured_winner or '-'}")
     typer.echo(f"cost: {out.cost}; {out.seconds:.2f} s")
 
 

@@ -358,6 +358,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise TaskregError(f"weight file {p} not found")
+    if p.stat().st_size == 0:
+        raise TaskregError(f"weights {p} is empty")
     if p.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file  # type: ignore[import-not-found]
@@ -370,14 +372,50 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # noqa: BLE001 - any parser failure is the user's file
             raise TaskregError(f"weight file {p} refused: {type(exc).__name__}: {_first_line(exc)}") from None
         return _unwrap_state_dict(obj, str(p))
+    import pickle
+    import warnings
+
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors of all kinds are the file's fault
-        raise TaskregError(
-            f"weight file {p} refused (only plain tensors are accepted, nothing executable): "
-            f"{type(exc).__name__}: {_first_line(exc)}"
-        ) from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols etc.: the refusal below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TaskregError(_unpickling_refusal(p, exc)) from None
+    except EOFError:
+        raise TaskregError(f"weights {p} is truncated (the data ends early); nothing was loaded") from None
+    except Exception as exc:  # noqa: BLE001 - unreadable files of all kinds are the file's fault
+        detail = _first_line(exc).split(". ")[0]
+        what = "corrupted or truncated" if "zip archive" in detail else "not readable as a state_dict"
+        raise TaskregError(f"weight file {p} refused: {what} ({type(exc).__name__}: {detail})") from None
     return _unwrap_state_dict(obj, str(p))
+
+
+#: pickle opcodes that import a name or call one: a file using them (beyond what torch's weights-only
+#: unpickler allows) would run code when unpickled unsafely
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def _unpickling_refusal(p: Path, exc: BaseException) -> str:
+    """One line for a file torch's weights-only unpickler refused (torch's own message is 15 lines)."""
+    import re
+
+    named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if named is not None or _pickles_objects(p):
+        culprit = f"{named.group(1)[:80]}; " if named is not None else ""
+        return (f"weights {p} is not a plain state_dict: it contains pickled objects that could run code "
+                f"({culprit}refused, nothing was executed)")
+    return f"weight file {p} refused: not a torch.save state_dict (nothing was executed)"
+
+
+def _pickles_objects(p: Path) -> bool:
+    """Whether ``p`` is a pickle stream that imports or calls names (read opcode by opcode, never executed)."""
+    import pickletools
+
+    try:
+        with open(p, "rb") as fh:
+            return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(fh))
+    except Exception:  # noqa: BLE001 - not a pickle at all
+        return False
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:

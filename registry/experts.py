@@ -50,15 +50,30 @@ class Selection:
     n_experts: int
     verified: list[dict[str, Any]] = field(default_factory=list)
     measured_winner: str | None = None
+    better: str = "lower"  # "lower" or "higher": which way the method's score points
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"query": self.query, "method": self.method, "results": self.results,
-                               "seconds": self.seconds, "cost": self.cost,
+        out: dict[str, Any] = {"query": self.query, "method": self.method, "better": self.better,
+                               "results": self.results, "seconds": self.seconds, "cost": self.cost,
                                "candidates_scored": self.candidates_scored, "n_experts": self.n_experts}
         if self.verified:
             out["verified"] = self.verified
             out["measured_winner"] = self.measured_winner
         return out
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One expert in a ranking: its score, or None and the reason the method could not score it."""
+
+    expert: catalog.ExpertRecord
+    score: float | None
+    unscored_reason: str | None = None
+
+
+def nonfinite_note(what: str = "features") -> str:
+    """Why an expert whose ``what`` (features, outputs) on the query hold NaN or Inf is not scored or measured."""
+    return f"NaN or infinite {what} on the query (its weights are broken; `taskreg expert rm` removes it)"
 
 
 class ExpertOps(TaskOps):
@@ -88,7 +103,8 @@ class ExpertOps(TaskOps):
         state = load_state_dict_file(weights)
         model = create_model(arch, num_classes=_head_classes(state))
         load_weights(model, state, ignore_head=False)
-        return self._register_expert(name, model, arch, trained_on, "added", {"weights_file": str(weights)})
+        return self._register_expert(name, model, arch, trained_on, "added", {"weights_file": str(weights)},
+                                     label=f"weights {weights}")
 
     def train_expert(
         self, name: str, source: str, *, from_probe: bool = True, probe: str | None = None,
@@ -103,6 +119,7 @@ class ExpertOps(TaskOps):
         subsample of ``max_samples`` images; the expert itself trains on all of them).
         """
         from taskreg.embedders.probes import create_model, default_spec
+        from taskreg.embedders.weight_checks import check_network
         from taskreg.trainers.experts import finetune_expert
 
         check_name(name, "expert name")
@@ -118,13 +135,15 @@ class ExpertOps(TaskOps):
         t0 = time.perf_counter()
         model = finetune_expert(base, spec, ds.x, ds.y, epochs=epochs, seed=seed, device=device, progress=progress)
         metrics = {"train_seconds": time.perf_counter() - t0}
+        label = f"expert {name}: the fine-tuned network"
+        check_network(model, default_spec(arch), label)  # a diverged training registers nothing, not even its task
         if not self._task_exists(task):
             self.add_task(task, ds.source, probe=probe, seed=seed, device=device, progress=embed_progress, dataset=ds,
                           max_samples=max_samples)
         params = {"source": ds.source, "from_probe": from_probe, "epochs": epochs, "seed": seed,
                   "n_train": ds.n, "n_classes": ds.n_classes}
         return self._register_expert(name, model, arch, task, "trained", params, metrics, n_train=ds.n,
-                                     n_classes=ds.n_classes)
+                                     n_classes=ds.n_classes, label=label)
 
     def _task_exists(self, name: str) -> bool:
         with self.read() as con:
@@ -144,7 +163,12 @@ class ExpertOps(TaskOps):
 
     def _register_expert(self, name: str, model: nn.Module, arch: str, trained_on: str | None, origin: str,
                          params: dict, metrics: dict | None = None, *, n_train: int | None = None,
-                         n_classes: int | None = None) -> catalog.ExpertRecord:
+                         n_classes: int | None = None, label: str | None = None) -> catalog.ExpertRecord:
+        """Store a network as an expert; it must be usable first (``label`` names it in the refusal)."""
+        from taskreg.embedders.probes import default_spec
+        from taskreg.embedders.weight_checks import check_network
+
+        check_network(model, default_spec(arch), label or f"expert {name}")
         tags = {"arch": arch, "trained_on": trained_on or "", "taskreg.kind": "expert", "origin": origin}
         with self._pending_run("experts", f"expert-{name}", {"arch": arch, **params}, tags) as run:
             self.tracker.log_metrics(run.run_id, metrics or {})
@@ -193,11 +217,15 @@ class ExpertOps(TaskOps):
     def evaluate(
         self, *, experts: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
         protocol: LinearProbeProtocol | None = None, device: str = "cpu", progress: Progress = None,
+        on_unmeasurable: Callable[[str], None] | None = None,
     ) -> tuple[int, int]:
         """Fill ``expert_task_results`` with linear-probe test errors; skips pairs already measured.
 
         Returns (measured now, already present). Each result is committed on its own, so an
-        interrupted run resumes where it stopped.
+        interrupted run resumes where it stopped. An expert whose features on a task hold NaN or Inf
+        (broken weights) cannot be measured: without ``on_unmeasurable`` that is a TaskregError naming
+        it; with it, the pair is skipped (nothing stored), every other pair is measured, and the callback
+        receives one line per such expert at the end.
         """
         from taskreg.trainers.experts import LinearProbeProtocol, linear_probe_error
 
@@ -210,6 +238,8 @@ class ExpertOps(TaskOps):
         skipped = len(exp_recs) * len(task_recs) - len(todo)
         data: dict[int, datasets.Dataset] = {}
         loaded: dict[int, tuple] = {}
+        broken: dict[str, list[str]] = {}  # expert -> tasks on which its features are not finite
+        measured = 0
         for i, (erec, trec) in enumerate(todo):
             if trec.id not in data:
                 data[trec.id] = self.task_data(trec)
@@ -217,7 +247,15 @@ class ExpertOps(TaskOps):
                 loaded = {erec.id: self.load_expert(erec.name)}  # keep one network in memory at a time
             _, model, spec = loaded[erec.id]
             feats = self.expert_features(erec, model, spec, data[trec.id], device=device)
+            if not np.isfinite(feats).all():
+                if on_unmeasurable is None:
+                    raise TaskregError(_unmeasurable(erec.name, [trec.name]))
+                broken.setdefault(erec.name, []).append(trec.name)
+                if progress:
+                    progress(i + 1, len(todo))
+                continue
             res = linear_probe_error(feats, data[trec.id].y, protocol)
+            measured += 1
             with self.write() as con:  # nothing is stored for an expert or task removed meanwhile
                 con.execute(
                     "INSERT INTO expert_task_results (expert_id, task_id, test_error, train_error, protocol, seconds) "
@@ -228,7 +266,10 @@ class ExpertOps(TaskOps):
                 )
             if progress:
                 progress(i + 1, len(todo))
-        return len(todo), skipped
+        for name, failed in broken.items():  # only filled when on_unmeasurable is given
+            if on_unmeasurable is not None:
+                on_unmeasurable(_unmeasurable(name, failed))
+        return measured, skipped
 
     def task_data(self, rec: catalog.TaskRecord) -> datasets.Dataset:
         """Reload a registered task's data from its source and check it is still the same data."""
@@ -347,32 +388,57 @@ class ExpertOps(TaskOps):
                                                        device, by_id, top)
         else:
             ranked, scored, cost = self._rank_by_forward(ds, method, experts, seed, device, progress)
+        # an expert the method cannot score comes last, with its reason instead of a number (never NaN)
+        ranked = [r for r in ranked if r.score is not None] + [r for r in ranked if r.score is None]
 
         measured = self._measured_errors(ds)
-        results = [{"rank": r + 1, "expert": e.name, "score": float(s), "trained_on": e.trained_on,
-                    "measured_error": measured.get(e.id)} for r, (e, s) in enumerate(ranked[:top])]
+        results = []
+        for i, r in enumerate(ranked[:top]):
+            row: dict[str, Any] = {"rank": i + 1, "expert": r.expert.name, "score": r.score,
+                                   "trained_on": r.expert.trained_on, "measured_error": measured.get(r.expert.id)}
+            if r.score is None:
+                row["unscored_reason"] = r.unscored_reason
+            results.append(row)
         out = Selection(query=source, method=method, results=results, seconds=0.0, cost=cost,
-                        candidates_scored=scored, n_experts=len(experts))
+                        candidates_scored=scored, n_experts=len(experts), better=sel.BETTER[method])
         if verify:
-            from taskreg.trainers.experts import LinearProbeProtocol
-
-            cands = [e for e, _ in ranked[: min(verify, len(ranked))]]
-            loaded = {e.name: self.load_expert(e.name) for e in cands}
-
-            def feats(name: str, x: np.ndarray) -> np.ndarray:
-                rec, model, spec = loaded[name]
-                return self.expert_features(rec, model, spec, ds, device=device)
-
-            winner, measures = sel.verify_topk(feats, [e.name for e in cands], ds.x, ds.y, LinearProbeProtocol())
-            out.verified = [{"expert": m.candidate, "test_error": m.result.test_error} for m in measures]
-            out.measured_winner = str(winner)
+            self._verify(out, [r.expert for r in ranked[:verify]], ds, device)
         out.seconds = time.perf_counter() - t_start
         return out
 
+    def _verify(self, out: Selection, cands: list[catalog.ExpertRecord], ds: datasets.Dataset, device: str) -> None:
+        """Measure the top candidates with the linear probe on the query; fill ``verified`` and ``measured_error``.
+
+        An expert whose features on the query are not finite cannot be measured: it is listed last in
+        ``verified`` with ``test_error`` None and a note, and cannot be the measured winner.
+        """
+        from taskreg.selection import select as sel
+        from taskreg.trainers.experts import LinearProbeProtocol
+
+        feats: dict[str, np.ndarray] = {}
+        broken: list[str] = []
+        for e in cands:
+            rec, model, spec = self.load_expert(e.name)
+            f = self.expert_features(rec, model, spec, ds, device=device)
+            if np.isfinite(f).all():
+                feats[e.name] = f
+            else:
+                broken.append(e.name)
+        if feats:
+            winner, measures = sel.verify_topk(lambda name, _x: feats[name], list(feats), ds.x, ds.y,
+                                               LinearProbeProtocol())
+            out.verified = [{"expert": m.candidate, "test_error": m.result.test_error} for m in measures]
+            out.measured_winner = str(winner)
+        out.verified += [{"expert": n, "test_error": None, "note": nonfinite_note()} for n in broken]
+        errors = {v["expert"]: v["test_error"] for v in out.verified}
+        for row in out.results:  # the query's own measurement, when the expert was verified
+            if row["measured_error"] is None and errors.get(row["expert"]) is not None:
+                row["measured_error"] = errors[row["expert"]]
+
     def _rank_by_index(self, ds: datasets.Dataset, method: str, probe: str, embedding: str, alpha: float,
                        max_samples: int | None, seed: int, device: str, by_id: dict[int, catalog.ExpertRecord],
-                       top: int) -> tuple[list[tuple[catalog.ExpertRecord, float]], int, str]:
-        """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last."""
+                       top: int) -> tuple[list[Scored], int, str]:
+        """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last, unscored."""
         from taskreg.selection.select import rerank
 
         _, emb, dom = self.embed_dataset(ds, probe=probe, method=embedding, max_samples=max_samples, seed=seed,
@@ -387,7 +453,7 @@ class ExpertOps(TaskOps):
             if len({e.id for e, _ in pairs}) >= min(top, n_experts) or want >= 4 * n_experts + 64:
                 break
             want *= 4
-        ranked: list[tuple[catalog.ExpertRecord, float]] = []
+        ranked: list[Scored] = []
         if pairs:
             cands = np.stack([v for _, v in pairs])
             order = rerank(query, cands, "asym" if method == "model2vec" else method, t0=t0, alpha=alpha)
@@ -396,12 +462,39 @@ class ExpertOps(TaskOps):
                 e = pairs[r.index][0]
                 if e.id not in seen:
                     seen.add(e.id)
-                    ranked.append((e, r.score))
-        ranked_ids = {x.id for x, _ in ranked}
+                    ranked.append(Scored(e, r.score))
+        ranked_ids = {x.expert.id for x in ranked}
         rest = [e for e in by_id.values() if e.id not in ranked_ids]
-        ranked += [(e, float("nan")) for e in rest]
+        if rest:
+            reasons = self._unscored_reasons(method, probe, vec_method, rest, want)
+            ranked += [Scored(e, None, reasons[e.id]) for e in rest]
         cost = f"1 probe pass over {min(ds.n, max_samples or ds.n)} images; {len(pairs)} candidates re-ranked"
         return ranked, len(pairs), cost
+
+    def _unscored_reasons(self, method: str, probe: str, vec_method: str, experts: list[catalog.ExpertRecord],
+                          want: int) -> dict[int, str]:
+        """Why each of ``experts`` got no distance from an index method (expert id -> one-line reason)."""
+        with self.read() as con:
+            if method == "model2vec":
+                fitted = {r[0] for r in con.execute("SELECT expert_id FROM model2vec WHERE probe = ? AND method = ?",
+                                                    [probe, vec_method]).fetchall()}
+            else:
+                embedded = {r[0] for r in con.execute(
+                    "SELECT t.name FROM tasks t JOIN task_embeddings e ON e.task_id = t.id WHERE e.probe = ? "
+                    "AND e.method = ?", [probe, vec_method]).fetchall()}
+        out: dict[int, str] = {}
+        for e in experts:
+            if method == "model2vec":
+                out[e.id] = ("no Model2Vec vector (registered after `taskreg model2vec fit`: run it again)"
+                             if e.id not in fitted else f"not among the {want} nearest index candidates")
+            elif e.trained_on is None:
+                out[e.id] = ("no training task to embed (a Taskonomy task network)" if e.origin == "task_network"
+                             else "no training task to embed (registered without --trained-on)")
+            elif e.trained_on not in embedded:
+                out[e.id] = f"its training task {e.trained_on} has no {vec_method} embedding with probe {probe}"
+            else:
+                out[e.id] = f"its training task is not among the {want} nearest index candidates"
+        return out
 
     def _candidates(self, method: str, probe: str, vec_method: str, query: np.ndarray, want: int,
                     by_id: dict[int, catalog.ExpertRecord]) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:
@@ -429,39 +522,73 @@ class ExpertOps(TaskOps):
         return [(by_id[i], np.asarray(v, dtype=np.float32)) for i, v in rows if i in by_id]
 
     def _rank_by_forward(self, ds: datasets.Dataset, method: str, experts: list[catalog.ExpertRecord], seed: int,
-                         device: str, progress: Progress) -> tuple[list[tuple[catalog.ExpertRecord, float]], int, str]:
-        """Baselines that look at every expert (transferability scores) or at none (generic, random)."""
+                         device: str, progress: Progress) -> tuple[list[Scored], int, str]:
+        """Baselines that look at every expert (transferability scores) or at none (generic, random).
+
+        An expert whose features (or outputs) on the query are not finite is not scored: it comes last
+        with the reason, so one broken expert does not stop the ranking of the others."""
         from taskreg.selection import select as sel
         from taskreg.selection import transferability as tr
         from taskreg.trainers.experts import expert_logits
 
         if method == "random":
             order = sel.random_ranking(len(experts), seed)
-            return [(experts[i], float(r)) for r, i in enumerate(order)], 0, "no computation"
+            return [Scored(experts[i], float(r)) for r, i in enumerate(order)], 0, "no computation"
         if method == "generic":
-            sizes = [(e.n_classes or 0, e.n_train or 0) for e in experts]
-            first = sel.generic_expert([s[0] for s in sizes], [s[1] for s in sizes])
-            rest = sorted((i for i in range(len(experts)) if i != first), key=lambda i: -sizes[i][0] * sizes[i][1])
-            order = [first, *rest]
-            return [(experts[i], float(sizes[i][0] * sizes[i][1])) for i in order], 0, "no computation"
-        scores = []
+            return self._rank_generic(experts), 0, "no computation"
+        scores: list[float] = []
+        scored: list[catalog.ExpertRecord] = []
+        unscored: list[Scored] = []
         t0 = time.perf_counter()
         for i, e in enumerate(experts):
             rec, model, spec = self.load_expert(e.name)
             if method in ("logme", "hscore"):
-                feats = self.expert_features(rec, model, spec, ds, device=device)
-                scores.append(tr.logme(feats, ds.y) if method == "logme" else tr.hscore(feats, ds.y))
+                values = self.expert_features(rec, model, spec, ds, device=device)
             else:
-                logits = expert_logits(model, spec, ds.x, device=device)
-                if method == "leep":
-                    scores.append(tr.leep(tr.softmax(logits), ds.y))
+                values = expert_logits(model, spec, ds.x, device=device)
+            if not np.isfinite(values).all():
+                what = "features" if method in ("logme", "hscore") else "outputs"
+                unscored.append(Scored(e, None, nonfinite_note(what)))
+            else:
+                if method == "logme":
+                    score = tr.logme(values, ds.y)
+                elif method == "hscore":
+                    score = tr.hscore(values, ds.y)
+                elif method == "leep":
+                    score = tr.leep(tr.softmax(values), ds.y)
                 else:
-                    scores.append(tr.nce(logits.argmax(1), ds.y))
+                    score = tr.nce(values.argmax(1), ds.y)
+                if np.isfinite(score):
+                    scores.append(float(score))
+                    scored.append(e)
+                else:
+                    unscored.append(Scored(e, None, f"{method} is not finite on the query ({score})"))
             if progress:
                 progress(i + 1, len(experts))
         ranked = sel.rank_by_scores(scores, higher_is_better=True)
         cost = f"a forward pass of all {len(experts)} experts over {ds.n} images ({time.perf_counter() - t0:.1f} s)"
-        return [(experts[r.index], r.score) for r in ranked], len(experts), cost
+        return [Scored(scored[r.index], r.score) for r in ranked] + unscored, len(experts), cost
+
+    def _rank_generic(self, experts: list[catalog.ExpertRecord]) -> list[Scored]:
+        """The broadest training task first (classes x samples, from the expert or its registered training task)."""
+        from taskreg.selection import select as sel
+
+        tasks = {t.name: t for t in self.list_tasks()}
+        sizes: dict[int, tuple[int, int]] = {}  # expert position -> (classes, samples), where known
+        for i, e in enumerate(experts):
+            task = tasks.get(e.trained_on or "")
+            if e.n_classes and e.n_train:
+                sizes[i] = (e.n_classes, e.n_train)
+            elif task is not None:
+                sizes[i] = (task.n_classes, task.n_samples)
+        known = list(sizes)
+        ranked: list[Scored] = []
+        if known:
+            first = known[sel.generic_expert([sizes[i][0] for i in known], [sizes[i][1] for i in known])]
+            rest = sorted((i for i in known if i != first), key=lambda i: -sizes[i][0] * sizes[i][1])
+            ranked = [Scored(experts[i], float(sizes[i][0] * sizes[i][1])) for i in [first, *rest]]
+        return ranked + [Scored(e, None, "training-set size unknown (no training task recorded)")
+                         for i, e in enumerate(experts) if i not in sizes]
 
     def _measured_errors(self, ds: datasets.Dataset) -> dict[int, float]:
         """Measured test errors of the experts on the query, when the query is a registered task."""
@@ -470,6 +597,12 @@ class ExpertOps(TaskOps):
                 "SELECT r.expert_id, r.test_error FROM expert_task_results r JOIN tasks t ON t.id = r.task_id "
                 "WHERE t.fingerprint = ?", [ds.fingerprint()]).fetchall()
         return {int(e): float(err) for e, err in rows}
+
+
+def _unmeasurable(expert: str, tasks: list[str]) -> str:
+    shown = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
+    return (f"expert {expert} gives NaN or infinite features on task(s) {shown}: not measured (its weights are "
+            f"broken: `taskreg expert rm {expert}`)")
 
 
 def candidate_floor_for(top: int) -> int:

@@ -146,7 +146,7 @@ class TaskOps(RecordOps):
             spec = ProbeSpec(arch=arch, input_size=int(input_size), in_chans=spec.in_chans, mean=spec.mean,
                              std=spec.std)
         return self._register_probe(name, model, spec, "added", {"arch": arch, "weights_file": str(weights)}, {},
-                                    device=device)
+                                    device=device, label=f"weights {weights}")
 
     def _refuse_existing_probe(self, name: str) -> None:
         with self.read() as con:
@@ -154,9 +154,11 @@ class TaskOps(RecordOps):
                 raise TaskregError(f"probe {name!r} already exists")
 
     def _register_probe(self, name: str, model: nn.Module, spec: ProbeSpec, origin: str, params: dict,
-                        metrics: dict, device: str = "cpu") -> catalog.ProbeRecord:
+                        metrics: dict, device: str = "cpu", label: str | None = None) -> catalog.ProbeRecord:
         from taskreg.embedders.task2vec import fisher_layout, trivial_embedding
+        from taskreg.embedders.weight_checks import check_network
 
+        check_network(model, spec, label or f"probe {name}: the trained network")  # before anything is stored
         model.eval()
         trivial = {
             "montecarlo": trivial_embedding(model, "montecarlo", spec=spec, device=device),

@@ -22,6 +22,10 @@ from taskreg.errors import TaskregError
 from taskreg.trainers.experts import LinearProbeProtocol, ProbeResult, linear_probe_error
 
 METHODS = ("asym", "sym", "model2vec", "domain")
+#: which way the score of each ``taskreg select`` method points: distances (and the random baseline's draw
+#: order) are better when lower; transferability scores and the generic expert's task size when higher
+BETTER = {"asym": "lower", "sym": "lower", "model2vec": "lower", "domain": "lower", "random": "lower",
+          "logme": "higher", "leep": "higher", "nce": "higher", "hscore": "higher", "generic": "higher"}
 C = TypeVar("C", bound=Hashable)
 
 
