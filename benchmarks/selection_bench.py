@@ -58,12 +58,12 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from taskreg.data import Dataset  # noqa: E402
 from taskreg.embedders.model2vec import fit_model2vec  # noqa: E402
 from taskreg.embedders.model2vec import rank as model2vec_rank  # noqa: E402
 from taskreg.plotting import pyplot  # noqa: E402
 from taskreg.registry import Registry  # noqa: E402
 from taskreg.registry.catalog import ExpertRecord, TaskRecord  # noqa: E402
-from taskreg.registry.datasets import Dataset  # noqa: E402
 from taskreg.selection import metrics  # noqa: E402
 from taskreg.selection import select as sel  # noqa: E402
 from taskreg.selection import transferability as tr  # noqa: E402

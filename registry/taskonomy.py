@@ -354,7 +354,7 @@ class TaskonomyOps(TaxonomyOps):
         losses and win rates join the dictionary's tables and its affinity set is re-normalised, so
         ``taskreg policy --affinity DICT --targets NAME`` answers which sources to use.
         """
-        from taskreg.registry import datasets
+        from taskreg import data as datasets
         from taskreg.trainers import transfer as tr
         from taskreg.trainers.experts import stratified_split
         from taskreg.trainers.tasks import Dictionary, TaskSpec
