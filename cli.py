@@ -329,9 +329,9 @@ def index_rebuild(registry: RegistryOpt = None) -> None:
 @handle_errors
 def data_inspect(source: str, as_json: JsonOpt = False) -> None:
     """Load a dataset source and print its shape, classes and counts."""
-    from taskreg.registry import datasets
+    from taskreg.data import describe, load
 
-    summary = datasets.describe(datasets.load(source))
+    summary = describe(load(source))
     if as_json:
         from dataclasses import asdict
 
@@ -343,9 +343,9 @@ def data_inspect(source: str, as_json: JsonOpt = False) -> None:
 @data_app.command("builtins")
 def data_builtins() -> None:
     """List the built-in dataset sources."""
-    from taskreg.registry import datasets
+    from taskreg.data import list_builtins
 
-    for name in datasets.list_builtins():
+    for name in list_builtins():
         typer.echo(name)
 
 

@@ -39,7 +39,7 @@ import torch
 
 from taskreg.trainers import transfer as T
 from taskreg.trainers.executors import LocalExecutor, RayExecutor, get_executor
-from taskreg.trainers.tasks import DictionaryRef
+from taskreg.trainers.taskonomy_dictionary import DictionaryRef
 
 STAGES = ("start", "task networks", "encoding", "first order", "stop")
 

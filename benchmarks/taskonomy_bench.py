@@ -146,7 +146,7 @@ def build_timing(root: Path, *, n_images: int, max_order: int, executor: str) ->
 def caching_speedup(n_jobs: int = 24, n_images: int = 960) -> None:
     """Seconds for the same first-order transfer jobs with cached features vs re-encoding inside each job."""
     from taskreg.trainers import transfer as tr
-    from taskreg.trainers.tasks import DictionaryRef
+    from taskreg.trainers.taskonomy_dictionary import DictionaryRef
 
     d = DictionaryRef("builtin", n_images=n_images).load()
     sources = [s for s in d.source_names if d.task(s).trainable][:4]

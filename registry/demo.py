@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from taskreg.registry import Registry, datasets
+from taskreg import data as datasets
+from taskreg.registry import Registry
 
 Step = Callable[[str], Callable[[int, int], None]]
 Log = Callable[[str], None]

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from taskreg import data as datasets
 from taskreg.errors import TaskregError
-from taskreg.registry import catalog, datasets
+from taskreg.registry import catalog
 from taskreg.registry.core import file_sha256
 from taskreg.registry.index import search
 from taskreg.registry.names import check_name

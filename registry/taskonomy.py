@@ -29,7 +29,7 @@ from taskreg.registry.taxonomy import TaxonomyOps, _delete_affinity_set, _insert
 if TYPE_CHECKING:
     from torch import nn
 
-    from taskreg.trainers.tasks import DictionaryRef
+    from taskreg.trainers.taskonomy_dictionary import DictionaryRef
     from taskreg.trainers.transfer import TaskNetwork, TransferJob, TransferResult
 
 Progress = Callable[[int, int], None] | None
@@ -60,7 +60,7 @@ class TaskonomyOps(TaxonomyOps):
     def dictionary_ref(self, dictionary: str, *, n_images: int = 1600, size: int = 32, seed: int = 0,
                        tiny: bool = False) -> tuple[str, DictionaryRef]:
         """(name, reference) of a dictionary: 'builtin' (or 'builtin-tiny') or a path to a user ``.npz``."""
-        from taskreg.trainers.tasks import DictionaryRef
+        from taskreg.trainers.taskonomy_dictionary import DictionaryRef
 
         if dictionary in ("builtin", "builtin-tiny"):
             tiny = tiny or dictionary == "builtin-tiny"
@@ -168,7 +168,7 @@ class TaskonomyOps(TaxonomyOps):
         """Run (or resume) the whole Taskonomy pipeline and store the affinity set named after the dictionary."""
         from taskreg.trainers import transfer as tr
         from taskreg.trainers.executors import get_executor
-        from taskreg.trainers.tasks import dictionary_fingerprint
+        from taskreg.trainers.taskonomy_dictionary import dictionary_fingerprint
 
         if max_order < 1:
             raise TaskregError(f"--max-order must be at least 1, got {max_order}")
@@ -354,10 +354,10 @@ class TaskonomyOps(TaxonomyOps):
         losses and win rates join the dictionary's tables and its affinity set is re-normalised, so
         ``taskreg policy --affinity DICT --targets NAME`` answers which sources to use.
         """
-        from taskreg.registry import datasets
+        from taskreg import data as datasets
         from taskreg.trainers import transfer as tr
         from taskreg.trainers.experts import stratified_split
-        from taskreg.trainers.tasks import Dictionary, TaskSpec
+        from taskreg.trainers.taskonomy_dictionary import Dictionary, TaskSpec
 
         check_name(name, "target name")
         dname, ref = self.dictionary_ref(dictionary, seed=seed)

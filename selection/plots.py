@@ -8,19 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from taskreg.errors import TaskregError
-
-
-def _pyplot():  # noqa: ANN202
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from taskreg.plotting import pyplot
 
 
 def _group_colours(groups: Sequence[str]) -> dict[str, tuple]:
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10" if len(set(groups)) <= 10 else "tab20")
     return {g: cmap(i % cmap.N) for i, g in enumerate(sorted(set(groups)))}
 
@@ -44,7 +36,7 @@ def plot_distance_matrix(dist: np.ndarray, names: Sequence[str], path: Path | st
     np.fill_diagonal(d, 0.0)
     link = linkage(squareform(np.clip(d, 0, None), checks=False), method="average")
 
-    plt = _pyplot()
+    plt = pyplot()
     size = max(6.0, min(0.22 * n + 3, 24.0))
     fontsize = max(4, min(9, int(300 / max(n, 1))))
     # room under the heatmap for the rotated column labels (about 0.6 em per character)
@@ -91,7 +83,7 @@ def plot_embedding_map(points: np.ndarray, names: Sequence[str], groups: Sequenc
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) != len(names) or len(names) != len(groups):
         raise TaskregError(f"points must be (N, 2) with N names and groups, got {pts.shape}")
-    plt = _pyplot()
+    plt = pyplot()
     colours = _group_colours(groups)
     fig, ax = plt.subplots(figsize=(9, 7))
     for g, c in colours.items():

@@ -12,20 +12,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from taskreg.errors import TaskregError
+from taskreg.plotting import pyplot
 from taskreg.selection.bip import Policy
 
 SUPERVISED_COLOUR = "#3b75af"
 SOURCE_ONLY_COLOUR = "#b8b8b8"
 TRANSFER_COLOUR = "#ef8636"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_affinity_matrices(
@@ -48,7 +40,7 @@ def plot_affinity_matrices(
     for name, m in (("raw_matrix", raw), ("ahp_matrix", ahp)):
         if m.shape != shape:
             raise TaskregError(f"{name} must have shape (n_targets, n_sources) = {shape}, got {m.shape}")
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import LogNorm
 
     positive = ahp[np.isfinite(ahp) & (ahp > 0)]
@@ -113,7 +105,7 @@ def plot_policy(policy: Policy, path: str, title: str | None = None) -> None:
     target; a higher-order transfer joins its sources in a small black junction node, which has one
     arrow to the target. Targets solved by their own network carry a bold outline.
     """
-    plt = _pyplot()
+    plt = pyplot()
     top = list(policy.supervised) + list(policy.source_only_used)
     bottom = [tr.target for tr in policy.transfers]
     edges = [(tuple(s for s in tr.sources if s in top), tr.target) for tr in policy.transfers]

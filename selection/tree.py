@@ -25,6 +25,7 @@ from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
 from scipy.spatial.distance import pdist
 
 from taskreg.errors import TaskregError
+from taskreg.plotting import pyplot
 from taskreg.selection.affinity_sets import AffinitySet
 
 _METRICS = ("correlation", "cosine", "euclidean")
@@ -105,11 +106,9 @@ def similarity_tree(
 
 def plot_tree(tree: Tree, path: str, title: str | None = None) -> None:
     """Save the tree as a horizontal dendrogram PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from scipy.cluster.hierarchy import dendrogram
+
+    plt = pyplot()
 
     n = len(tree.labels)
     fig, ax = plt.subplots(figsize=(8, max(3.0, 0.32 * n + 1.0)))

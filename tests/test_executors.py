@@ -14,7 +14,7 @@ import torch
 from taskreg.errors import TaskregError
 from taskreg.trainers import transfer as T
 from taskreg.trainers.executors import LocalExecutor, RayExecutor, get_executor
-from taskreg.trainers.tasks import RANDOM_TASK, DictionaryRef
+from taskreg.trainers.taskonomy_dictionary import RANDOM_TASK, DictionaryRef
 
 REF = DictionaryRef(tiny=True)
 # find_spec, not importorskip: the executor sets Ray's environment (quiet, loopback) before ray is first imported

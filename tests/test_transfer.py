@@ -12,7 +12,7 @@ import pytest
 
 from taskreg.errors import TaskregError
 from taskreg.trainers import transfer as T
-from taskreg.trainers.tasks import RANDOM_TASK, Dictionary, DictionaryRef
+from taskreg.trainers.taskonomy_dictionary import RANDOM_TASK, Dictionary, DictionaryRef
 
 FAST = {"epochs": 2, "batch_size": 16}
 REF = DictionaryRef(tiny=True)

@@ -22,7 +22,7 @@ from torch import nn
 
 from taskreg.embedders.probes import ProbeNet, ProbeSpec, register_model, register_spec
 from taskreg.errors import TaskregError
-from taskreg.trainers.tasks import TaskSpec
+from taskreg.trainers.taskonomy_dictionary import TaskSpec
 
 REP_CHANNELS = 16
 WIDTH = 32

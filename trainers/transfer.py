@@ -29,7 +29,7 @@ rates between any two results for one target compare the same images (:func:`win
 Jobs. :class:`TransferJob` is a small picklable description with a stable ``key`` (the lead skips
 jobs whose key is already stored); :func:`run_job` executes one in any process. Big arrays travel as
 file paths: frozen features as ``.npy`` files (``feature_paths``), the dictionary as a
-:class:`~taskreg.trainers.tasks.DictionaryRef` (rebuilt or reloaded once per worker process).
+:class:`~taskreg.trainers.taskonomy_dictionary.DictionaryRef` (rebuilt or reloaded once per worker process).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from taskreg.trainers.networks import (
     random_projection_encoder,
     rep_shape_for,
 )
-from taskreg.trainers.tasks import Dictionary, DictionaryRef, TaskSpec
+from taskreg.trainers.taskonomy_dictionary import Dictionary, DictionaryRef, TaskSpec
 
 Progress = Callable[[int, int], None] | None
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from taskreg.errors import TaskregError
-from taskreg.trainers.tasks import (
+from taskreg.trainers.taskonomy_dictionary import (
     JIGSAW_PERMUTATIONS,
     RANDOM_TASK,
     Dictionary,

@@ -1,0 +1,71 @@
+"""The one photograph loader and the one image resizer of the package.
+
+:func:`load_photograph` reads the photographs that ship inside scikit-image and scikit-learn (offline:
+no download) and :func:`resize_image` resizes one image. ``builtin:patches``, the image-folder source
+and the Taskonomy task dictionary (``taskreg.trainers.taskonomy_dictionary``) all use them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from taskreg.errors import TaskregError
+
+#: Photographs bundled with scikit-learn (``sklearn.datasets.load_sample_image``).
+SKLEARN_PHOTOS = ("china", "flower")
+#: Stereo pairs bundled with scikit-image: the photograph is the left view.
+STEREO_PHOTOS = ("motorcycle",)
+KERNELS = ("lanczos", "linear")
+
+
+def load_photograph(name: str) -> np.ndarray:
+    """A photograph bundled with scikit-image or scikit-learn as (H, W, 3) uint8 (grey replicated, alpha dropped).
+
+    name : a scikit-image ``skimage.data`` image ('astronaut', 'coins', ...; only those in the wheel
+        load offline: 'eagle' & co. need a download and fail), 'motorcycle' (left view of
+        ``skimage.data.stereo_motorcycle``), or 'china' / 'flower' (scikit-learn's sample images).
+    """
+    if name in SKLEARN_PHOTOS:
+        from sklearn.datasets import load_sample_image
+
+        image = load_sample_image(f"{name}.jpg")
+    else:
+        import skimage.data
+
+        loader = getattr(skimage.data, f"stereo_{name}" if name in STEREO_PHOTOS else name, None)
+        if loader is None or name.startswith("_"):
+            raise TaskregError(f"unknown bundled photograph {name!r}")
+        image = loader()[0] if name in STEREO_PHOTOS else loader()
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3], dtype=np.uint8)
+
+
+def short_side_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) scaled so that the shorter side is ``short_side`` pixels (aspect ratio kept)."""
+    f = short_side / min(height, width)
+    return max(short_side, round(height * f)), max(short_side, round(width * f))
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int], *, kernel: str = "lanczos") -> np.ndarray:
+    """Resize one image to ``shape`` = (height, width).
+
+    image : (H, W) or (H, W, C).
+    kernel :
+        'lanczos' (default): Pillow's Lanczos filter on a uint8 grey or RGB image; returns uint8. The
+        dataset sources use it (photograph crops, image folders of mixed sizes).
+        'linear': scikit-image's anti-aliased bilinear interpolation on a real-valued image; returns
+        float32 in the input's value range. The Taskonomy dictionary uses it for its photographs and
+        the disparity map: its pixels key every cached Taskonomy result, so its kernel stays.
+    """
+    if kernel == "lanczos":
+        from PIL import Image
+
+        resized = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize(shape[::-1], Image.Resampling.LANCZOS)
+        return np.asarray(resized)
+    if kernel == "linear":
+        from skimage.transform import resize
+
+        return resize(image, shape, order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
+    raise TaskregError(f"unknown resize kernel {kernel!r}; known: {', '.join(KERNELS)}")
