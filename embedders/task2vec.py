@@ -271,25 +271,36 @@ def _sample_labels(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
+def _is_pointwise(conv: nn.Conv2d) -> bool:
+    """A 1x1 conv with stride 1 and no padding: its unfolded input is the input itself (no copy)."""
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
+
+
 def _sq_grad_plans(conv: nn.Conv2d, a_shape: Sequence[int], g_shape: Sequence[int]) -> dict[str, tuple[float, int]]:
     """Per form of :func:`_per_filter_sq_grad_sum`: (estimated cost per sample, floats held per sample).
 
-    The cost counts multiply-adds, ``_MEM_WEIGHT`` per float written and the overhead of unfolding; on the
-    ResNets of probes.py its pick is measured against the fastest form for every layer shape at 32, 64 and
-    224 px by ``benchmarks/task2vec_bench.py --forms`` (benchmarks/RESULTS.md).
+    The cost counts multiply-adds, ``_MEM_WEIGHT`` per float written and the overhead of unfolding (none for a
+    pointwise conv, whose unfolded input is a view); on the ResNets of probes.py its pick is measured against
+    the fastest form for every layer shape at 32, 64 and 224 px, and on EfficientNet-Lite0 at 128 px, by
+    ``benchmarks/task2vec_bench.py --forms`` (benchmarks/RESULTS.md). A conv with G groups is G independent
+    convs of C/G input and O/G output channels: per-group Gram matrices (G of them) and per-sample gradients
+    of O x K/G weights.
     a_shape : (B, C, H, W) conv input, g_shape : (B, O, Ho, Wo) output gradient.
     """
     c, h, w = a_shape[1], a_shape[2], a_shape[3]
     o, p = g_shape[1], g_shape[2] * g_shape[3]
+    groups = conv.groups
     taps = conv.kernel_size[0] * conv.kernel_size[1]
     k = c * taps
+    k_g = k // groups
     hw2 = (h * w) ** 2
     padded2 = ((h + 2 * conv.padding[0]) * (w + 2 * conv.padding[1])) ** 2
-    unfold = _UNFOLD_FIXED + _UNFOLD_PER_ROW * k + _MEM_WEIGHT * k * p
+    unfold = 0.0 if _is_pointwise(conv) else _UNFOLD_FIXED + _UNFOLD_PER_ROW * k + _MEM_WEIGHT * k * p
     return {
-        "direct": (unfold + o * p * k + _MEM_WEIGHT * o * k, k * p + o * k),
-        "cols_gram": (unfold + p * p * k + o * p * p + _MEM_WEIGHT * p * p, k * p + p * p),
-        "shifted_gram": (hw2 * c + o * p * p + _MEM_WEIGHT * (hw2 + padded2 + 2 * taps * p * p), hw2 + padded2 + p * p),
+        "direct": (unfold + o * p * k_g + _MEM_WEIGHT * o * k_g, k * p + o * k_g),
+        "cols_gram": (unfold + p * p * k + o * p * p + _MEM_WEIGHT * groups * p * p, k * p + groups * p * p),
+        "shifted_gram": (hw2 * c + o * p * p + _MEM_WEIGHT * groups * (hw2 + padded2 + 2 * taps * p * p),
+                         groups * (hw2 + padded2 + p * p)),
     }
 
 
@@ -299,25 +310,26 @@ def _cheapest_form(plans: dict[str, tuple[float, int]]) -> str:
 
 
 def _patch_gram(conv: nn.Conv2d, a: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
-    """Gram matrices of each image's receptive fields without unfolding: (B, C, H, W) -> (B, P, P).
+    """Gram matrices of each image's receptive fields, per group, without unfolding: (B, C, H, W) -> (B G, P, P).
 
     <patch_p, patch_q> = sum_taps M[s p + d t, s q + d t] where M = A^T A is the (zero-padded) Gram of the
-    input's pixel vectors (C channels each): one (HW x C) @ (C x HW) product per image and one shifted
-    slice-add per kernel tap, instead of K x P unfolded columns and a (P x K) @ (K x P) product.
+    input's pixel vectors (the C/G channels of one group each): one (HW x C/G) @ (C/G x HW) product per image and
+    group and one shifted slice-add per kernel tap, instead of K x P unfolded columns and a (P x K) @ (K x P)
+    product. Row ``i G + j`` is image i, group j.
     """
     b, c, h, w = a.shape
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
-    av = a.reshape(b, c, h * w)
-    m = torch.bmm(av.transpose(1, 2), av).view(b, h, w, h, w)
+    av = a.reshape(b * conv.groups, c // conv.groups, h * w)
+    m = torch.bmm(av.transpose(1, 2), av).view(-1, h, w, h, w)
     if ph or pw:
         m = F.pad(m, (pw, pw, ph, ph, pw, pw, ph, ph))
     rows = [slice(i * dh, i * dh + sh * (ho - 1) + 1, sh) for i in range(kh)]
     cols = [slice(j * dw, j * dw + sw * (wo - 1) + 1, sw) for j in range(kw)]
-    taps = [m[:, r, c, r, c] for r in rows for c in cols]  # views (b, Ho, Wo, Ho, Wo), one per kernel tap
+    taps = [m[:, r, c, r, c] for r in rows for c in cols]  # views (b G, Ho, Wo, Ho, Wo), one per kernel tap
     gram = taps[0].clone()
     for tap in taps[1:]:
         gram += tap
-    return gram.reshape(b, ho * wo, ho * wo)
+    return gram.reshape(-1, ho * wo, ho * wo)
 
 
 def _per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, form: str | None = None
@@ -333,26 +345,38 @@ def _per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, f
     * ``shifted_gram``: the same with the patch Gram from :func:`_patch_gram` -- (HW)^2 C + O P^2, no unfolding
       (few input positions, many channels: most of a ResNet at 32 px).
 
+    A grouped conv (``groups`` = G > 1, depthwise when G = C) is G independent convs: filter o sees only the
+    C/G channels of its group, i.e. the rows of A_i of that group, so each form runs per (image, group) with
+    the O/G filters and K/G unfolded rows of the group (direct: O P K/G; the Grams: one P x P per group).
+    A pointwise conv (1x1, stride 1, no padding) is not unfolded at all: A_i is the input itself.
+
     ``form=None`` picks the cheapest by :func:`_sq_grad_plans` (:func:`_cheapest_form`). Images are processed
     in chunks of about ``_MAX_CHUNK_FLOATS`` floats of intermediates so that they stay in cache.
     """
-    if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        raise TaskregError("Task2Vec supports plain convolutions only (groups=1, numeric zero padding)")
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise TaskregError("Task2Vec supports convolutions with numeric zero padding only")
     b, o, ho, wo = g.shape
+    groups = conv.groups
     plans = _sq_grad_plans(conv, a.shape, g.shape)
     form = form or _cheapest_form(plans)
     chunk = max(1, _MAX_CHUNK_FLOATS // max(1, plans[form][1]))
     total = torch.zeros(o, dtype=g.dtype, device=g.device)
     for s in range(0, b, chunk):
-        gs = g[s : s + chunk].reshape(-1, o, ho * wo)  # (b, O, P)
+        gs = g[s : s + chunk].reshape(-1, o // groups, ho * wo)  # (b G, O/G, P)
         if form == "shifted_gram":
-            total += (torch.bmm(gs, _patch_gram(conv, a[s : s + chunk], ho, wo)) * gs).sum(dim=(0, 2))
-            continue
-        cols = F.unfold(a[s : s + chunk], conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (b,K,P)
-        if form == "cols_gram":
-            total += (torch.bmm(gs, torch.bmm(cols.transpose(1, 2), cols)) * gs).sum(dim=(0, 2))
+            per = (torch.bmm(gs, _patch_gram(conv, a[s : s + chunk], ho, wo)) * gs).sum(dim=2)  # (b G, O/G)
         else:
-            total += torch.bmm(gs, cols.transpose(1, 2)).square().sum(dim=(0, 2))  # (b, O, K) per-sample grads
+            sub = a[s : s + chunk]
+            if _is_pointwise(conv):
+                cols = sub.reshape(sub.shape[0], sub.shape[1], -1)  # (b, C, P): a view of the input
+            else:
+                cols = F.unfold(sub, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (b, K, P)
+            cols = cols.reshape(gs.shape[0], -1, ho * wo)  # (b G, K/G, P): unfold rows are channel-major
+            if form == "cols_gram":
+                per = (torch.bmm(gs, torch.bmm(cols.transpose(1, 2), cols)) * gs).sum(dim=2)
+            else:
+                per = torch.bmm(gs, cols.transpose(1, 2)).square().sum(dim=2)  # (b G, O/G, K/G) per-sample grads
+        total += per.reshape(-1, o).sum(dim=0)
     return total
 
 
@@ -383,8 +407,7 @@ class _FisherAccumulator:
         """(D,) mean over samples of the per-filter average squared gradient."""
         parts = []
         for (_, m), s in zip(self.convs, self.sums, strict=True):
-            per_filter = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-            parts.append(s / max(1, n_samples) / max(1, per_filter))
+            parts.append(s / max(1, n_samples) / m.weight[0].numel())  # weights per filter: C/G x kh x kw
         return torch.cat(parts).numpy().astype(np.float32)
 
     def remove(self) -> None:
@@ -557,16 +580,19 @@ def _sgvb_refine(net: nn.Module, convs: list[tuple[str, nn.Conv2d]], log_rel: li
     n = xt.shape[0]
     params = [r.detach().float().to(dev).clone().requires_grad_(True) for r in log_rel]
     neg_log_prior = [-torch.log(p).float().to(dev) for p in prior]
-    sizes = [float(m.in_channels * m.kernel_size[0] * m.kernel_size[1]) for _, m in convs]
+    sizes = [float(m.weight[0].numel()) for _, m in convs]  # weights per filter
     noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
 
     def make_hook(i: int) -> Callable[..., torch.Tensor]:
         conv = convs[i][1]
-        ones = torch.ones(1, conv.in_channels, *conv.kernel_size, device=dev)
+        groups, per_group = conv.groups, conv.out_channels // conv.groups
+        ones = torch.ones(groups, conv.in_channels // groups, *conv.kernel_size, device=dev)
 
         def hook(mod: nn.Conv2d, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
             a = inputs[0]
-            energy = F.conv2d(a * a, ones, None, mod.stride, mod.padding, mod.dilation)  # (B, 1, Ho, Wo)
+            energy = F.conv2d(a * a, ones, None, mod.stride, mod.padding, mod.dilation, groups)  # (B, G, Ho, Wo)
+            if groups > 1:  # filter o sees the channels of its group only
+                energy = energy.repeat_interleave(per_group, dim=1)
             var = torch.exp(neg_log_prior[i] - params[i]).view(1, -1, 1, 1) * energy  # 1/Lambda * energy
             eps = torch.randn(out.shape, generator=noise_gen, device=out.device, dtype=out.dtype)
             return out + torch.sqrt(var.clamp_min(1e-30)) * eps

@@ -67,13 +67,24 @@ def test_per_sample_fisher_matches_autograd(probe: torch.nn.Module) -> None:
     assert np.allclose(fast, ref, rtol=1e-4, atol=1e-6 * ref.max())
 
 
-CONV_CASES = [  # (in, out, kernel, stride, padding, dilation, input H, W)
-    (3, 8, 7, 2, 3, 1, 19, 16),
-    (6, 5, 3, 1, 1, 1, 6, 7),
-    (4, 6, 3, 2, 1, 1, 7, 7),
-    (5, 4, 1, 2, 0, 1, 6, 5),
-    (3, 4, 3, 1, 2, 2, 5, 6),
-    (8, 3, 3, 1, 1, 1, 1, 1),
+CONV_CASES = [  # (in, out, kernel, stride, padding, dilation, input H, W, groups)
+    (3, 8, 7, 2, 3, 1, 19, 16, 1),
+    (6, 5, 3, 1, 1, 1, 6, 7, 1),
+    (4, 6, 3, 2, 1, 1, 7, 7, 1),
+    (5, 4, 1, 2, 0, 1, 6, 5, 1),
+    (3, 4, 3, 1, 2, 2, 5, 6, 1),
+    (8, 3, 3, 1, 1, 1, 1, 1, 1),
+    (6, 5, 1, 1, 0, 1, 5, 4, 1),  # pointwise: not unfolded
+    # grouped and depthwise (EfficientNet-Lite's MBConv); stride 2 with padding 0 = the pre-padded TF "SAME" case
+    (8, 8, 3, 1, 1, 1, 7, 6, 8),  # 3x3 depthwise, stride 1
+    (8, 8, 3, 2, 1, 1, 9, 8, 8),  # 3x3 depthwise, stride 2
+    (6, 6, 3, 2, 0, 1, 9, 8, 6),  # 3x3 depthwise, stride 2, padding 0
+    (6, 6, 5, 1, 2, 1, 8, 7, 6),  # 5x5 depthwise
+    (5, 5, 5, 2, 0, 1, 11, 10, 5),  # 5x5 depthwise, stride 2, padding 0
+    (4, 6, 3, 1, 1, 1, 6, 5, 2),  # groups=2
+    (4, 6, 3, 2, 1, 2, 9, 9, 2),  # groups=2, stride 2, dilation 2
+    (4, 8, 3, 1, 1, 1, 5, 5, 4),  # depthwise with channel multiplier 2
+    (6, 4, 1, 1, 0, 1, 4, 5, 2),  # grouped pointwise
 ]
 
 
@@ -81,9 +92,10 @@ CONV_CASES = [  # (in, out, kernel, stride, padding, dilation, input H, W)
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_every_per_sample_form_is_the_definition(form: str, case: tuple[int, ...]) -> None:
     """Each form's per-filter sum of squared per-sample weight gradients equals one backward per sample."""
-    c_in, c_out, k, stride, pad, dil, h, w = case
+    c_in, c_out, k, stride, pad, dil, h, w, groups = case
     torch.manual_seed(1)
-    conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, dilation=dil, bias=False).double()
+    conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, dilation=dil, groups=groups,
+                           bias=False).double()
     a = torch.randn(5, c_in, h, w, dtype=torch.float64)
     out_shape = conv(a).shape
     r = torch.randn(out_shape, dtype=torch.float64)  # loss_i = <r_i, conv(a_i)>: its output gradient is r_i
