@@ -20,9 +20,10 @@ Estimators
     ``g_i @ unfold(a_i)^T``. Because only the per-filter *sum of squares* is needed, layers with few
     output positions P use the Gram form ``sum_o g_io^T (A_i^T A_i) g_io`` instead, and where the input
     has few positions too, the Gram of the receptive fields is assembled from the Gram of the input's
-    pixels without unfolding at all; a cost model picks one of the three exact forms per layer (see
-    :func:`_per_filter_sq_grad_sum`). Autograd only computes the gradients w.r.t. activations (the
-    weights are frozen and the graph starts at the first conv's output, so not even the images'
+    pixels without unfolding at all; grouped and depthwise convs (EfficientNet's) run per group, or through
+    torch's own weight-gradient kernel with the images folded into the groups; a cost model picks one of the
+    four exact forms per layer (see :func:`_per_filter_sq_grad_sum`). Autograd only computes the gradients
+    w.r.t. activations (the weights are frozen and the graph starts at the first conv's output, so not even the images'
     gradient is formed): the whole pass costs less than one forward+backward of ordinary training.
     Why not the cheaper "square of the batch-sum gradient"?
     With labels drawn from the model the scores have zero conditional mean, so it would be unbiased
@@ -95,7 +96,7 @@ __all__ = [
 ]
 
 METHODS = ("montecarlo", "variational")
-SQ_GRAD_FORMS = ("direct", "cols_gram", "shifted_gram")  # see _per_filter_sq_grad_sum
+SQ_GRAD_FORMS = ("direct", "cols_gram", "shifted_gram", "native")  # see _per_filter_sq_grad_sum
 DEFAULT_PRIOR_SCALE = 1.0  # lambda2_f = scale / mean(w_f^2): prior weight-noise std = the filter's RMS weight
 DEFAULT_BETA: float | None = None  # None: beta = N / (number of conv weights), see _variational_fisher
 VAR_SOLVERS = ("sgvb", "fixed_point")
@@ -114,6 +115,7 @@ _EPS = 1e-12
 _MEM_WEIGHT = 4.0
 _UNFOLD_FIXED = 40_000.0
 _UNFOLD_PER_ROW = 200.0
+_NATIVE_PER_MAC = 4.0  # torch's conv weight-gradient kernel, per multiply-add, relative to a matmul's
 _MAX_CHUNK_FLOATS = 600_000  # floats of per-sample intermediates per chunk (~2.4 MB, _sq_grad_plans): chunks that stay
 # in cache made the per-sample pass of ResNet-18 ~30% faster than whole 64-image batches (9.4 MB per layer-1 conv)
 
@@ -297,6 +299,7 @@ def _sq_grad_plans(conv: nn.Conv2d, a_shape: Sequence[int], g_shape: Sequence[in
     padded2 = ((h + 2 * conv.padding[0]) * (w + 2 * conv.padding[1])) ** 2
     unfold = 0.0 if _is_pointwise(conv) else _UNFOLD_FIXED + _UNFOLD_PER_ROW * k + _MEM_WEIGHT * k * p
     return {
+        "native": (_NATIVE_PER_MAC * o * p * k_g + _MEM_WEIGHT * o * k_g, o * k_g),
         "direct": (unfold + o * p * k_g + _MEM_WEIGHT * o * k_g, k * p + o * k_g),
         "cols_gram": (unfold + p * p * k + o * p * p + _MEM_WEIGHT * groups * p * p, k * p + groups * p * p),
         "shifted_gram": (hw2 * c + o * p * p + _MEM_WEIGHT * groups * (hw2 + padded2 + 2 * taps * p * p),
@@ -343,7 +346,12 @@ def _per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, f
     * ``direct``: form G_i A_i^T and square it -- O P K per image (large P: early layers, big inputs);
     * ``cols_gram``: sum_p,q G_op G_oq (A_i^T A_i)_pq -- P^2 K + O P^2 (few output positions);
     * ``shifted_gram``: the same with the patch Gram from :func:`_patch_gram` -- (HW)^2 C + O P^2, no unfolding
-      (few input positions, many channels: most of a ResNet at 32 px).
+      (few input positions, many channels: most of a ResNet at 32 px);
+    * ``native``: torch's own weight-gradient kernel of the conv (``torch.nn.grad.conv2d_weight``, the one
+      ordinary training runs) with the images folded into the groups -- B images of a G-group conv are one
+      image of a (B G)-group conv whose weight gradient is the B per-sample gradients side by side. Same
+      O P K/G multiply-adds as ``direct`` without unfolding; the form for depthwise convs, where ``direct``
+      would run one tiny (1 x P) @ (P x taps) product per image and channel.
 
     A grouped conv (``groups`` = G > 1, depthwise when G = C) is G independent convs: filter o sees only the
     C/G channels of its group, i.e. the rows of A_i of that group, so each form runs per (image, group) with
@@ -362,6 +370,14 @@ def _per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, f
     chunk = max(1, _MAX_CHUNK_FLOATS // max(1, plans[form][1]))
     total = torch.zeros(o, dtype=g.dtype, device=g.device)
     for s in range(0, b, chunk):
+        if form == "native":
+            sub, gsub = a[s : s + chunk], g[s : s + chunk]
+            nb = sub.shape[0]
+            grads = torch.nn.grad.conv2d_weight(  # (b O, C/G, kh, kw): per-sample weight gradients
+                sub.reshape(1, nb * sub.shape[1], *sub.shape[2:]), (nb * o, *conv.weight.shape[1:]),
+                gsub.reshape(1, nb * o, ho, wo), conv.stride, conv.padding, conv.dilation, nb * groups)
+            total += grads.reshape(nb, o, -1).square().sum(dim=(0, 2))
+            continue
         gs = g[s : s + chunk].reshape(-1, o // groups, ho * wo)  # (b G, O/G, P)
         if form == "shifted_gram":
             per = (torch.bmm(gs, _patch_gram(conv, a[s : s + chunk], ho, wo)) * gs).sum(dim=2)  # (b G, O/G)

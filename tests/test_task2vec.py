@@ -126,6 +126,22 @@ def test_per_sample_forms_picked_for_resnet18_at_32px() -> None:
     assert all(form == "shifted_gram" for n, form in picked.items() if n.startswith("layer") and "downsample" not in n)
 
 
+def test_per_sample_forms_picked_for_efficientnet_lite0_at_128px() -> None:
+    """Depthwise convs go through torch's weight-gradient kernel with the images folded into the groups (the
+    unfold of ``direct`` would feed one (1 x P) @ (P x taps) product per image and channel); dense convs never."""
+    net = create_model("efficientnet_lite0").eval()
+    shapes: dict[str, tuple[torch.nn.Conv2d, torch.Size, torch.Size]] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, (mod, i[0].shape, o.shape)))
+             for n, m in _convs(net)]
+    with torch.no_grad():
+        net(torch.zeros(2, 3, 128, 128))
+    for hk in hooks:
+        hk.remove()
+    picked = {n: _cheapest_form(_sq_grad_plans(*v)) for n, v in shapes.items()}
+    assert {f for n, f in picked.items() if "depthwise" in n} == {"native"}
+    assert "native" not in {f for n, f in picked.items() if "depthwise" not in n}
+
+
 def test_embedding_shape_metadata_and_model_untouched(probe: torch.nn.Module, digits) -> None:
     x, y = digits
     before = {k: v.clone() for k, v in probe.state_dict().items()}
