@@ -207,7 +207,7 @@ def conv_cases(arch: str, size: int, batch: int) -> list[tuple[str, torch.nn.Con
 
 def forms(args: argparse.Namespace) -> None:
     """Time each exact per-sample form on every distinct conv shape of the probes, against the cost model's pick."""
-    print("\n## 1b. Per-sample squared gradients: the three exact forms per conv shape (microseconds per image; "
+    print("\n## 1b. Per-sample squared gradients: each exact form per conv shape (microseconds per image; "
           "'-' = over 20 M floats of intermediates per image, not run)")
     print(f"{'probe':<18} {'first conv of this shape':<22} {'C':>4} {'HxW':>7} {'O':>4} {'P':>6} "
           + " ".join(f"{f:>13}" for f in t2v.SQ_GRAD_FORMS) + f" {'picked':>13} {'picked/best':>11}")
@@ -345,7 +345,7 @@ def main() -> None:
     ap.add_argument("--prior-scale", type=float, default=None, help="variational prior scale (default: library's)")
     ap.add_argument("--task-size", type=int, default=None)
     ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--forms", action="store_true", help="also time the three per-sample forms on every conv shape")
+    ap.add_argument("--forms", action="store_true", help="also time each exact per-sample form on every conv shape")
     ap.add_argument("--forms-probes", nargs="+", default=["resnet18@32", "resnet18@64", "resnet18@224", "resnet34@32",
                                                           "cifar_resnet20@32"], metavar="ARCH@PX",
                     help="probes and input sizes of --forms (e.g. efficientnet_lite0@128)")
