@@ -18,6 +18,7 @@ from taskreg.embedders.task2vec import (
     _convs,
     _montecarlo_fisher,
     _per_filter_sq_grad_sum,
+    _receptive_energy,
     _sq_grad_plans,
     balanced_subsample,
     domain_embedding,
@@ -108,6 +109,23 @@ def test_every_per_sample_form_is_the_definition(form: str, case: tuple[int, ...
     assert torch.allclose(fast, ref, rtol=1e-10, atol=1e-12 * float(ref.max()))
     plans = _sq_grad_plans(conv, a.shape, r.shape)
     assert set(plans) == set(SQ_GRAD_FORMS) and all(cost > 0 and floats > 0 for cost, floats in plans.values())
+
+
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if c[-1] > 1] + [CONV_CASES[1]])
+def test_receptive_energy_is_the_squared_weight_jacobian(case: tuple[int, ...]) -> None:
+    """The SGVB noise variance per output (local reparameterisation) = sum over its filter's weights of
+    (d out / d w)^2, for dense, grouped and depthwise convs."""
+    c_in, c_out, k, stride, pad, dil, h, w, groups = case
+    torch.manual_seed(2)
+    conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, dilation=dil, groups=groups,
+                           bias=False).double()
+    a = torch.randn(2, c_in, h, w, dtype=torch.float64)
+    out = conv(a)
+    energy = _receptive_energy(conv, a).expand_as(out)
+    ho, wo = out.shape[2:]
+    for idx in [(0, 0, 0, 0), (1, c_out - 1, ho - 1, wo - 1), (1, c_out // 2, 0, wo // 2)]:
+        (grad,) = torch.autograd.grad(out[idx], conv.weight, retain_graph=True)
+        assert torch.isclose(energy[idx], grad.square().sum(), rtol=1e-12)
 
 
 def test_per_sample_forms_picked_for_resnet18_at_32px() -> None:
