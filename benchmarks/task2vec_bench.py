@@ -2,10 +2,12 @@
 
 Run: .venv/bin/python benchmarks/task2vec_bench.py [--quick]
 
-1. Speed: seconds to embed N MNIST images (ResNet-18, 32x32, random init) with each estimator, and the
-   ratio to a plain forward+backward pass (cross-entropy, batch 64, all weights requiring grad) over the
-   same images with the same network, measured in the same process (--repeats interleaved rounds; the ratio
-   is the median of the per-round ratios).
+1. Speed: seconds to embed N MNIST images (ResNet-18, 32x32, random init; other probes with --arch, --size and
+   --zoo-weights) with each estimator, and the ratio to a plain forward+backward pass (cross-entropy, batch 64,
+   all weights requiring grad) over the same images with the same network, measured in the same process
+   (--repeats interleaved rounds; the ratio is the median of the per-round ratios).
+   E.g. EfficientNet-Lite0 with its ImageNet weights at 128 px on 200 images, speed only:
+   --arch efficientnet_lite0 --size 128 --zoo-weights --sizes 200 --methods montecarlo --skip-quality
 2. Stability: d_sym between two seeds of the same task vs d_sym between different tasks.
 3. Meaning: tasks from the same source (MNIST digit pairs, sklearn-digits pairs, skimage photo-patch
    pairs) nearer than tasks from another source -- fraction of correct orderings over all triples
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import itertools
 import statistics
@@ -99,11 +102,22 @@ def var_kwargs(args: argparse.Namespace) -> dict[str, object]:
     return kw
 
 
-def speed(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> None:
-    print("\n## 1. Speed (ResNet-18, random init, 32x32 MNIST, batch 64)")
+def speed_probe(args: argparse.Namespace) -> tuple[torch.nn.Module, ProbeSpec, str]:
+    """The probe of the speed part: ``args.arch`` at ``args.size`` px, random init or the zoo's ImageNet body."""
     torch.manual_seed(0)
-    model = create_model("resnet18", num_classes=10)
-    spec = ProbeSpec("resnet18", input_size=32)
+    model = create_model(args.arch, num_classes=10)
+    if args.zoo_weights:
+        from taskreg.embedders.probes import load_weights
+        from taskreg.embedders.zoo import load_zoo_state_dict
+
+        load_weights(model, load_zoo_state_dict(args.arch))  # ImageNet body, fresh 10-class head
+    spec = dataclasses.replace(default_spec(args.arch), input_size=args.size)
+    return model, spec, "ImageNet weights" if args.zoo_weights else "random init"
+
+
+def speed(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> None:
+    model, spec, init = speed_probe(args)
+    print(f"\n## 1. Speed ({args.arch}, {init}, MNIST at {args.size}x{args.size}, batch 64)")
     print("(rounds interleave the floor and the embedding, so slow phases of a noisy machine hit both; the ratio "
           "is the median over rounds of embed / floor of the same round, with the range in brackets)")
     print(f"{'N':>6} {'method':<12} {'embed s':>9} {'fwd+bwd s':>10} {'ratio':>7}  range")
@@ -191,13 +205,15 @@ def conv_cases(arch: str, size: int, batch: int) -> list[tuple[str, torch.nn.Con
 
 def forms(args: argparse.Namespace) -> None:
     """Time each exact per-sample form on every distinct conv shape of the probes, against the cost model's pick."""
-    print("\n## 1b. Per-sample squared gradients: the three exact forms per conv shape (microseconds per image; "
+    print("\n## 1b. Per-sample squared gradients: each exact form per conv shape (microseconds per image; "
           "'-' = over 20 M floats of intermediates per image, not run)")
     print(f"{'probe':<18} {'first conv of this shape':<22} {'C':>4} {'HxW':>7} {'O':>4} {'P':>6} "
           + " ".join(f"{f:>13}" for f in t2v.SQ_GRAD_FORMS) + f" {'picked':>13} {'picked/best':>11}")
     worst = 1.0
-    for arch, size, batch in [("resnet18", 32, 32), ("resnet18", 64, 16), ("resnet18", 224, 4),
-                              ("resnet34", 32, 32), ("cifar_resnet20", 32, 32)]:
+    for probe in args.forms_probes:
+        arch, size = probe.rsplit("@", 1)
+        size = int(size)
+        batch = max(2, min(32, 1024 // size))  # 32 images at 32 px, 16 at 64, 4 at 224
         for name, conv, a, g in conv_cases(arch, size, batch):
             plans = t2v._sq_grad_plans(conv, a.shape, g.shape)
             us = {}
@@ -327,7 +343,14 @@ def main() -> None:
     ap.add_argument("--prior-scale", type=float, default=None, help="variational prior scale (default: library's)")
     ap.add_argument("--task-size", type=int, default=None)
     ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--forms", action="store_true", help="also time the three per-sample forms on every conv shape")
+    ap.add_argument("--forms", action="store_true", help="also time each exact per-sample form on every conv shape")
+    ap.add_argument("--forms-probes", nargs="+", default=["resnet18@32", "resnet18@64", "resnet18@224", "resnet34@32",
+                                                          "cifar_resnet20@32"], metavar="ARCH@PX",
+                    help="probes and input sizes of --forms (e.g. efficientnet_lite0@128)")
+    ap.add_argument("--arch", default="resnet18", help="probe of the speed part (default resnet18)")
+    ap.add_argument("--size", type=int, default=32, help="input size of the speed part in px (default 32)")
+    ap.add_argument("--zoo-weights", action="store_true",
+                    help="speed part: load the zoo's ImageNet weights into --arch (needs the 'zoo' extra)")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-shuffled", action="store_true", help="skip part 5 (shuffled-label copies of the tasks)")
     args = ap.parse_args()

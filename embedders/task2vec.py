@@ -20,9 +20,10 @@ Estimators
     ``g_i @ unfold(a_i)^T``. Because only the per-filter *sum of squares* is needed, layers with few
     output positions P use the Gram form ``sum_o g_io^T (A_i^T A_i) g_io`` instead, and where the input
     has few positions too, the Gram of the receptive fields is assembled from the Gram of the input's
-    pixels without unfolding at all; a cost model picks one of the three exact forms per layer (see
-    :func:`_per_filter_sq_grad_sum`). Autograd only computes the gradients w.r.t. activations (the
-    weights are frozen and the graph starts at the first conv's output, so not even the images'
+    pixels without unfolding at all; grouped and depthwise convs (EfficientNet's) run per group, or through
+    torch's own weight-gradient kernel with the images folded into the groups; a cost model picks one of the
+    four exact forms per layer (see :func:`_per_filter_sq_grad_sum`). Autograd only computes the gradients
+    w.r.t. activations (the weights are frozen and the graph starts at the first conv's output, so not even the images'
     gradient is formed): the whole pass costs less than one forward+backward of ordinary training.
     Why not the cheaper "square of the batch-sum gradient"?
     With labels drawn from the model the scores have zero conditional mean, so it would be unbiased
@@ -95,7 +96,7 @@ __all__ = [
 ]
 
 METHODS = ("montecarlo", "variational")
-SQ_GRAD_FORMS = ("direct", "cols_gram", "shifted_gram")  # see _per_filter_sq_grad_sum
+SQ_GRAD_FORMS = ("direct", "cols_gram", "shifted_gram", "native")  # see _per_filter_sq_grad_sum
 DEFAULT_PRIOR_SCALE = 1.0  # lambda2_f = scale / mean(w_f^2): prior weight-noise std = the filter's RMS weight
 DEFAULT_BETA: float | None = None  # None: beta = N / (number of conv weights), see _variational_fisher
 VAR_SOLVERS = ("sgvb", "fixed_point")
@@ -114,6 +115,7 @@ _EPS = 1e-12
 _MEM_WEIGHT = 4.0
 _UNFOLD_FIXED = 40_000.0
 _UNFOLD_PER_ROW = 200.0
+_NATIVE_PER_MAC = 4.0  # torch's conv weight-gradient kernel, per multiply-add, relative to a matmul's
 _MAX_CHUNK_FLOATS = 600_000  # floats of per-sample intermediates per chunk (~2.4 MB, _sq_grad_plans): chunks that stay
 # in cache made the per-sample pass of ResNet-18 ~30% faster than whole 64-image batches (9.4 MB per layer-1 conv)
 
@@ -271,25 +273,37 @@ def _sample_labels(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
+def _is_pointwise(conv: nn.Conv2d) -> bool:
+    """A 1x1 conv with stride 1 and no padding: its unfolded input is the input itself (no copy)."""
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
+
+
 def _sq_grad_plans(conv: nn.Conv2d, a_shape: Sequence[int], g_shape: Sequence[int]) -> dict[str, tuple[float, int]]:
     """Per form of :func:`_per_filter_sq_grad_sum`: (estimated cost per sample, floats held per sample).
 
-    The cost counts multiply-adds, ``_MEM_WEIGHT`` per float written and the overhead of unfolding; on the
-    ResNets of probes.py its pick is measured against the fastest form for every layer shape at 32, 64 and
-    224 px by ``benchmarks/task2vec_bench.py --forms`` (benchmarks/RESULTS.md).
+    The cost counts multiply-adds, ``_MEM_WEIGHT`` per float written and the overhead of unfolding (none for a
+    pointwise conv, whose unfolded input is a view); on the ResNets of probes.py its pick is measured against
+    the fastest form for every layer shape at 32, 64 and 224 px, and on EfficientNet-Lite0 at 128 px, by
+    ``benchmarks/task2vec_bench.py --forms`` (benchmarks/RESULTS.md). A conv with G groups is G independent
+    convs of C/G input and O/G output channels: per-group Gram matrices (G of them) and per-sample gradients
+    of O x K/G weights.
     a_shape : (B, C, H, W) conv input, g_shape : (B, O, Ho, Wo) output gradient.
     """
     c, h, w = a_shape[1], a_shape[2], a_shape[3]
     o, p = g_shape[1], g_shape[2] * g_shape[3]
+    groups = conv.groups
     taps = conv.kernel_size[0] * conv.kernel_size[1]
     k = c * taps
+    k_g = k // groups
     hw2 = (h * w) ** 2
     padded2 = ((h + 2 * conv.padding[0]) * (w + 2 * conv.padding[1])) ** 2
-    unfold = _UNFOLD_FIXED + _UNFOLD_PER_ROW * k + _MEM_WEIGHT * k * p
+    unfold = 0.0 if _is_pointwise(conv) else _UNFOLD_FIXED + _UNFOLD_PER_ROW * k + _MEM_WEIGHT * k * p
     return {
-        "direct": (unfold + o * p * k + _MEM_WEIGHT * o * k, k * p + o * k),
-        "cols_gram": (unfold + p * p * k + o * p * p + _MEM_WEIGHT * p * p, k * p + p * p),
-        "shifted_gram": (hw2 * c + o * p * p + _MEM_WEIGHT * (hw2 + padded2 + 2 * taps * p * p), hw2 + padded2 + p * p),
+        "native": (_NATIVE_PER_MAC * o * p * k_g + _MEM_WEIGHT * o * k_g, o * k_g),
+        "direct": (unfold + o * p * k_g + _MEM_WEIGHT * o * k_g, k * p + o * k_g),
+        "cols_gram": (unfold + p * p * k + o * p * p + _MEM_WEIGHT * groups * p * p, k * p + groups * p * p),
+        "shifted_gram": (hw2 * c + o * p * p + _MEM_WEIGHT * groups * (hw2 + padded2 + 2 * taps * p * p),
+                         groups * (hw2 + padded2 + p * p)),
     }
 
 
@@ -299,25 +313,26 @@ def _cheapest_form(plans: dict[str, tuple[float, int]]) -> str:
 
 
 def _patch_gram(conv: nn.Conv2d, a: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
-    """Gram matrices of each image's receptive fields without unfolding: (B, C, H, W) -> (B, P, P).
+    """Gram matrices of each image's receptive fields, per group, without unfolding: (B, C, H, W) -> (B G, P, P).
 
     <patch_p, patch_q> = sum_taps M[s p + d t, s q + d t] where M = A^T A is the (zero-padded) Gram of the
-    input's pixel vectors (C channels each): one (HW x C) @ (C x HW) product per image and one shifted
-    slice-add per kernel tap, instead of K x P unfolded columns and a (P x K) @ (K x P) product.
+    input's pixel vectors (the C/G channels of one group each): one (HW x C/G) @ (C/G x HW) product per image and
+    group and one shifted slice-add per kernel tap, instead of K x P unfolded columns and a (P x K) @ (K x P)
+    product. Row ``i G + j`` is image i, group j.
     """
     b, c, h, w = a.shape
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
-    av = a.reshape(b, c, h * w)
-    m = torch.bmm(av.transpose(1, 2), av).view(b, h, w, h, w)
+    av = a.reshape(b * conv.groups, c // conv.groups, h * w)
+    m = torch.bmm(av.transpose(1, 2), av).view(-1, h, w, h, w)
     if ph or pw:
         m = F.pad(m, (pw, pw, ph, ph, pw, pw, ph, ph))
     rows = [slice(i * dh, i * dh + sh * (ho - 1) + 1, sh) for i in range(kh)]
     cols = [slice(j * dw, j * dw + sw * (wo - 1) + 1, sw) for j in range(kw)]
-    taps = [m[:, r, c, r, c] for r in rows for c in cols]  # views (b, Ho, Wo, Ho, Wo), one per kernel tap
+    taps = [m[:, r, c, r, c] for r in rows for c in cols]  # views (b G, Ho, Wo, Ho, Wo), one per kernel tap
     gram = taps[0].clone()
     for tap in taps[1:]:
         gram += tap
-    return gram.reshape(b, ho * wo, ho * wo)
+    return gram.reshape(-1, ho * wo, ho * wo)
 
 
 def _per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, form: str | None = None
@@ -331,28 +346,53 @@ def _per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, f
     * ``direct``: form G_i A_i^T and square it -- O P K per image (large P: early layers, big inputs);
     * ``cols_gram``: sum_p,q G_op G_oq (A_i^T A_i)_pq -- P^2 K + O P^2 (few output positions);
     * ``shifted_gram``: the same with the patch Gram from :func:`_patch_gram` -- (HW)^2 C + O P^2, no unfolding
-      (few input positions, many channels: most of a ResNet at 32 px).
+      (few input positions, many channels: most of a ResNet at 32 px);
+    * ``native``: torch's own weight-gradient kernel of the conv (``torch.nn.grad.conv2d_weight``, the one
+      ordinary training runs) with the images folded into the groups -- B images of a G-group conv are one
+      image of a (B G)-group conv whose weight gradient is the B per-sample gradients side by side. Same
+      O P K/G multiply-adds as ``direct`` without unfolding; the form for depthwise convs, where ``direct``
+      would run one tiny (1 x P) @ (P x taps) product per image and channel.
+
+    A grouped conv (``groups`` = G > 1, depthwise when G = C) is G independent convs: filter o sees only the
+    C/G channels of its group, i.e. the rows of A_i of that group, so each form runs per (image, group) with
+    the O/G filters and K/G unfolded rows of the group (direct: O P K/G; the Grams: one P x P per group).
+    A pointwise conv (1x1, stride 1, no padding) is not unfolded at all: A_i is the input itself.
 
     ``form=None`` picks the cheapest by :func:`_sq_grad_plans` (:func:`_cheapest_form`). Images are processed
     in chunks of about ``_MAX_CHUNK_FLOATS`` floats of intermediates so that they stay in cache.
     """
-    if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        raise TaskregError("Task2Vec supports plain convolutions only (groups=1, numeric zero padding)")
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise TaskregError("Task2Vec supports convolutions with numeric zero padding only")
     b, o, ho, wo = g.shape
+    groups = conv.groups
     plans = _sq_grad_plans(conv, a.shape, g.shape)
     form = form or _cheapest_form(plans)
     chunk = max(1, _MAX_CHUNK_FLOATS // max(1, plans[form][1]))
     total = torch.zeros(o, dtype=g.dtype, device=g.device)
     for s in range(0, b, chunk):
-        gs = g[s : s + chunk].reshape(-1, o, ho * wo)  # (b, O, P)
-        if form == "shifted_gram":
-            total += (torch.bmm(gs, _patch_gram(conv, a[s : s + chunk], ho, wo)) * gs).sum(dim=(0, 2))
+        if form == "native":
+            sub, gsub = a[s : s + chunk], g[s : s + chunk]
+            nb = sub.shape[0]
+            grads = torch.nn.grad.conv2d_weight(  # (b O, C/G, kh, kw): per-sample weight gradients
+                sub.reshape(1, nb * sub.shape[1], *sub.shape[2:]), (nb * o, *conv.weight.shape[1:]),
+                gsub.reshape(1, nb * o, ho, wo), conv.stride, conv.padding, conv.dilation, nb * groups)
+            total += grads.reshape(nb, o, -1).square().sum(dim=(0, 2))
             continue
-        cols = F.unfold(a[s : s + chunk], conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (b,K,P)
-        if form == "cols_gram":
-            total += (torch.bmm(gs, torch.bmm(cols.transpose(1, 2), cols)) * gs).sum(dim=(0, 2))
+        gs = g[s : s + chunk].reshape(-1, o // groups, ho * wo)  # (b G, O/G, P)
+        if form == "shifted_gram":
+            per = (torch.bmm(gs, _patch_gram(conv, a[s : s + chunk], ho, wo)) * gs).sum(dim=2)  # (b G, O/G)
         else:
-            total += torch.bmm(gs, cols.transpose(1, 2)).square().sum(dim=(0, 2))  # (b, O, K) per-sample grads
+            sub = a[s : s + chunk]
+            if _is_pointwise(conv):
+                cols = sub.reshape(sub.shape[0], sub.shape[1], -1)  # (b, C, P): a view of the input
+            else:
+                cols = F.unfold(sub, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (b, K, P)
+            cols = cols.reshape(gs.shape[0], -1, ho * wo)  # (b G, K/G, P): unfold rows are channel-major
+            if form == "cols_gram":
+                per = (torch.bmm(gs, torch.bmm(cols.transpose(1, 2), cols)) * gs).sum(dim=2)
+            else:
+                per = torch.bmm(gs, cols.transpose(1, 2)).square().sum(dim=2)  # (b G, O/G, K/G) per-sample grads
+        total += per.reshape(-1, o).sum(dim=0)
     return total
 
 
@@ -383,8 +423,7 @@ class _FisherAccumulator:
         """(D,) mean over samples of the per-filter average squared gradient."""
         parts = []
         for (_, m), s in zip(self.convs, self.sums, strict=True):
-            per_filter = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-            parts.append(s / max(1, n_samples) / max(1, per_filter))
+            parts.append(s / max(1, n_samples) / m.weight[0].numel())  # weights per filter: C/G x kh x kw
         return torch.cat(parts).numpy().astype(np.float32)
 
     def remove(self) -> None:
@@ -450,9 +489,11 @@ def _features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, 
 
     The Fisher pass then starts from the kept features (head, sampled labels, backward) instead of
     running the network forward a second time. Returns (features (N, D) on CPU, per-batch graph-carrying
-    features, the hooked accumulator), or None -- nothing kept -- when the first batch shows that all
-    graphs would need more than ``budget`` bytes (the distinct activation storages autograd saves, weights
-    excluded; ResNet-18 at 32x32: 442 KB per image).
+    features, the hooked accumulator), or None -- nothing kept -- when a forward pass of one image shows that
+    all graphs would need more than ``budget`` bytes (the distinct activation storages autograd saves, weights
+    excluded; ResNet-18 at 32x32: 442 KB per image; EfficientNet-Lite0 at 128 px: 24.7 MiB). Measuring on
+    one image rather than on the first batch wastes one image's forward pass, not a batch's, when nothing is
+    kept.
     """
     if budget <= 0 or type(net).forward is not ProbeNet.forward:
         return None
@@ -474,16 +515,13 @@ def _features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, 
     graphs: list[torch.Tensor | None] = []
     n = xt.shape[0]
     try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net.features(xt[:1].to(dev))  # its graph is dropped unused; BatchNorm in eval: images independent
+        if saved * n > budget:
+            acc.remove()
+            return None
         for i in range(0, n, batch_size):
-            xb = xt[i : i + batch_size].to(dev)
-            if i == 0:
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    zb = net.features(xb)
-                if saved / xb.shape[0] * n > budget:
-                    acc.remove()
-                    return None
-            else:
-                zb = net.features(xb)
+            zb = net.features(xt[i : i + batch_size].to(dev))
             graphs.append(zb)
             feats.append(zb.detach().float().cpu())
             if tick is not None:
@@ -540,6 +578,17 @@ def _perturbed_fisher(net: nn.Module, convs: list[tuple[str, nn.Conv2d]], w_hat:
     return _split_layers(torch.from_numpy(acc.per_filter_mean(xt.shape[0])).double(), convs)
 
 
+def _receptive_energy(conv: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
+    """Sum of the squared inputs each output sees: (B, C, H, W) -> (B, O, Ho, Wo), or (B, 1, Ho, Wo) when every
+    filter sees all channels (groups = 1). The variance of a conv output under independent weight noise of unit
+    variance, i.e. the sum of its squared derivatives w.r.t. its filter's weights; with G groups filter o sees
+    only the C/G channels of its group."""
+    groups = conv.groups
+    ones = torch.ones(groups, conv.in_channels // groups, *conv.kernel_size, device=a.device, dtype=a.dtype)
+    energy = F.conv2d(a * a, ones, None, conv.stride, conv.padding, conv.dilation, groups)  # (B, G, Ho, Wo)
+    return energy.repeat_interleave(conv.out_channels // groups, dim=1) if groups > 1 else energy
+
+
 def _sgvb_refine(net: nn.Module, convs: list[tuple[str, nn.Conv2d]], log_rel: list[torch.Tensor],
                  prior: list[torch.Tensor], xt: torch.Tensor, y: torch.Tensor, *, beta: float, epochs: int,
                  lr: float, batch_size: int, dev: torch.device, gen: torch.Generator,
@@ -557,16 +606,12 @@ def _sgvb_refine(net: nn.Module, convs: list[tuple[str, nn.Conv2d]], log_rel: li
     n = xt.shape[0]
     params = [r.detach().float().to(dev).clone().requires_grad_(True) for r in log_rel]
     neg_log_prior = [-torch.log(p).float().to(dev) for p in prior]
-    sizes = [float(m.in_channels * m.kernel_size[0] * m.kernel_size[1]) for _, m in convs]
+    sizes = [float(m.weight[0].numel()) for _, m in convs]  # weights per filter
     noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
 
     def make_hook(i: int) -> Callable[..., torch.Tensor]:
-        conv = convs[i][1]
-        ones = torch.ones(1, conv.in_channels, *conv.kernel_size, device=dev)
-
         def hook(mod: nn.Conv2d, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-            a = inputs[0]
-            energy = F.conv2d(a * a, ones, None, mod.stride, mod.padding, mod.dilation)  # (B, 1, Ho, Wo)
+            energy = _receptive_energy(mod, inputs[0])
             var = torch.exp(neg_log_prior[i] - params[i]).view(1, -1, 1, 1) * energy  # 1/Lambda * energy
             eps = torch.randn(out.shape, generator=noise_gen, device=out.device, dtype=out.dtype)
             return out + torch.sqrt(var.clamp_min(1e-30)) * eps

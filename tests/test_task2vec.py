@@ -18,6 +18,7 @@ from taskreg.embedders.task2vec import (
     _convs,
     _montecarlo_fisher,
     _per_filter_sq_grad_sum,
+    _receptive_energy,
     _sq_grad_plans,
     balanced_subsample,
     domain_embedding,
@@ -67,13 +68,24 @@ def test_per_sample_fisher_matches_autograd(probe: torch.nn.Module) -> None:
     assert np.allclose(fast, ref, rtol=1e-4, atol=1e-6 * ref.max())
 
 
-CONV_CASES = [  # (in, out, kernel, stride, padding, dilation, input H, W)
-    (3, 8, 7, 2, 3, 1, 19, 16),
-    (6, 5, 3, 1, 1, 1, 6, 7),
-    (4, 6, 3, 2, 1, 1, 7, 7),
-    (5, 4, 1, 2, 0, 1, 6, 5),
-    (3, 4, 3, 1, 2, 2, 5, 6),
-    (8, 3, 3, 1, 1, 1, 1, 1),
+CONV_CASES = [  # (in, out, kernel, stride, padding, dilation, input H, W, groups)
+    (3, 8, 7, 2, 3, 1, 19, 16, 1),
+    (6, 5, 3, 1, 1, 1, 6, 7, 1),
+    (4, 6, 3, 2, 1, 1, 7, 7, 1),
+    (5, 4, 1, 2, 0, 1, 6, 5, 1),
+    (3, 4, 3, 1, 2, 2, 5, 6, 1),
+    (8, 3, 3, 1, 1, 1, 1, 1, 1),
+    (6, 5, 1, 1, 0, 1, 5, 4, 1),  # pointwise: not unfolded
+    # grouped and depthwise (EfficientNet-Lite's MBConv); stride 2 with padding 0 = the pre-padded TF "SAME" case
+    (8, 8, 3, 1, 1, 1, 7, 6, 8),  # 3x3 depthwise, stride 1
+    (8, 8, 3, 2, 1, 1, 9, 8, 8),  # 3x3 depthwise, stride 2
+    (6, 6, 3, 2, 0, 1, 9, 8, 6),  # 3x3 depthwise, stride 2, padding 0
+    (6, 6, 5, 1, 2, 1, 8, 7, 6),  # 5x5 depthwise
+    (5, 5, 5, 2, 0, 1, 11, 10, 5),  # 5x5 depthwise, stride 2, padding 0
+    (4, 6, 3, 1, 1, 1, 6, 5, 2),  # groups=2
+    (4, 6, 3, 2, 1, 2, 9, 9, 2),  # groups=2, stride 2, dilation 2
+    (4, 8, 3, 1, 1, 1, 5, 5, 4),  # depthwise with channel multiplier 2
+    (6, 4, 1, 1, 0, 1, 4, 5, 2),  # grouped pointwise
 ]
 
 
@@ -81,9 +93,10 @@ CONV_CASES = [  # (in, out, kernel, stride, padding, dilation, input H, W)
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_every_per_sample_form_is_the_definition(form: str, case: tuple[int, ...]) -> None:
     """Each form's per-filter sum of squared per-sample weight gradients equals one backward per sample."""
-    c_in, c_out, k, stride, pad, dil, h, w = case
+    c_in, c_out, k, stride, pad, dil, h, w, groups = case
     torch.manual_seed(1)
-    conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, dilation=dil, bias=False).double()
+    conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, dilation=dil, groups=groups,
+                           bias=False).double()
     a = torch.randn(5, c_in, h, w, dtype=torch.float64)
     out_shape = conv(a).shape
     r = torch.randn(out_shape, dtype=torch.float64)  # loss_i = <r_i, conv(a_i)>: its output gradient is r_i
@@ -96,6 +109,23 @@ def test_every_per_sample_form_is_the_definition(form: str, case: tuple[int, ...
     assert torch.allclose(fast, ref, rtol=1e-10, atol=1e-12 * float(ref.max()))
     plans = _sq_grad_plans(conv, a.shape, r.shape)
     assert set(plans) == set(SQ_GRAD_FORMS) and all(cost > 0 and floats > 0 for cost, floats in plans.values())
+
+
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if c[-1] > 1] + [CONV_CASES[1]])
+def test_receptive_energy_is_the_squared_weight_jacobian(case: tuple[int, ...]) -> None:
+    """The SGVB noise variance per output (local reparameterisation) = sum over its filter's weights of
+    (d out / d w)^2, for dense, grouped and depthwise convs."""
+    c_in, c_out, k, stride, pad, dil, h, w, groups = case
+    torch.manual_seed(2)
+    conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, dilation=dil, groups=groups,
+                           bias=False).double()
+    a = torch.randn(2, c_in, h, w, dtype=torch.float64)
+    out = conv(a)
+    energy = _receptive_energy(conv, a).expand_as(out)
+    ho, wo = out.shape[2:]
+    for idx in [(0, 0, 0, 0), (1, c_out - 1, ho - 1, wo - 1), (1, c_out // 2, 0, wo // 2)]:
+        (grad,) = torch.autograd.grad(out[idx], conv.weight, retain_graph=True)
+        assert torch.isclose(energy[idx], grad.square().sum(), rtol=1e-12)
 
 
 def test_per_sample_forms_picked_for_resnet18_at_32px() -> None:
@@ -112,6 +142,22 @@ def test_per_sample_forms_picked_for_resnet18_at_32px() -> None:
     picked = {n: _cheapest_form(_sq_grad_plans(*v)) for n, v in shapes.items()}
     assert picked["conv1"] == "direct"
     assert all(form == "shifted_gram" for n, form in picked.items() if n.startswith("layer") and "downsample" not in n)
+
+
+def test_per_sample_forms_picked_for_efficientnet_lite0_at_128px() -> None:
+    """Depthwise convs go through torch's weight-gradient kernel with the images folded into the groups (the
+    unfold of ``direct`` would feed one (1 x P) @ (P x taps) product per image and channel); dense convs never."""
+    net = create_model("efficientnet_lite0").eval()
+    shapes: dict[str, tuple[torch.nn.Conv2d, torch.Size, torch.Size]] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, (mod, i[0].shape, o.shape)))
+             for n, m in _convs(net)]
+    with torch.no_grad():
+        net(torch.zeros(2, 3, 128, 128))
+    for hk in hooks:
+        hk.remove()
+    picked = {n: _cheapest_form(_sq_grad_plans(*v)) for n, v in shapes.items()}
+    assert {f for n, f in picked.items() if "depthwise" in n} == {"native"}
+    assert "native" not in {f for n, f in picked.items() if "depthwise" not in n}
 
 
 def test_embedding_shape_metadata_and_model_untouched(probe: torch.nn.Module, digits) -> None:
