@@ -39,6 +39,8 @@ builtins (each cached in-process; every ``load`` returns fresh copies)
     ``builtin:patches``  (3, 32, 32) crops of the photographs bundled with scikit-image and scikit-learn,
                          ``PATCHES_PER_PHOTO`` per photograph, labelled by photograph (17 classes).
     ``builtin:faces``    skimage's LFW subset, (1, 25, 25): first 100 "face", last 100 "nonface".
+    ``builtin:animals``  10,000 animal silhouettes (1, 28, 28), 1,000 per class, from the ``animal-mnist``
+                         wheel (read with a numpy-only unpickler; installed with ``--no-deps``).
 
 selectors (applied in this order: classes → split → n → transform; ``seed`` only feeds n and noise)
     ``classes=a,b,c``  keep these classes, relabelled 0..k-1 in the given order; the values are the
@@ -63,7 +65,7 @@ Layout
     ``sources/``     one module per source kind and the dispatch table ``sources.KINDS``:
                      ``npz``, ``folder``, ``builtin`` (the ``builtin:`` scheme and its table
                      ``BUILTINS``) and one module per built-in family (``mnist5k``, ``digits``,
-                     ``faces``, ``patches``)
+                     ``faces``, ``patches``, ``animals``)
     ``selectors``    the ``?key=value`` selectors and the transforms, one table entry each
     ``validation``   the error format, the size limits, pixel/layout/label conversion, Dataset invariants
     ``images``       the one photograph loader and the one image resizer (also used by the Taskonomy

@@ -91,3 +91,37 @@ def test_pyplot_helper_selects_agg() -> None:
 
     plt = pyplot()
     assert plt.__name__ == "matplotlib.pyplot" and matplotlib.get_backend().lower() == "agg"
+
+
+def test_builtin_animals_reads_the_wheel_without_running_its_pickles(tmp_path: pathlib.Path) -> None:
+    import gzip
+    import importlib.util
+    import os
+    import pickle
+
+    from taskreg.data.sources import animals
+
+    # a tampered data file: a pickle whose global would run code is refused, and nothing runs
+    class Exploit:
+        def __reduce__(self):  # noqa: ANN204
+            return (os.mkdir, (str(tmp_path / "pwned"),))
+
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as f:
+        pickle.dump(Exploit(), f)
+    with pytest.raises(TaskregError, match="not a plain pickled array.*posix.mkdir is not allowed"):
+        animals.read_array(bad)
+    assert not (tmp_path / "pwned").exists()
+    good = tmp_path / "good.gz"
+    with gzip.open(good, "wb") as f:
+        pickle.dump(np.arange(6, dtype=np.uint8).reshape(2, 3), f)
+    np.testing.assert_array_equal(animals.read_array(good), np.arange(6).reshape(2, 3))
+
+    if importlib.util.find_spec("animal_mnist") is None:
+        with pytest.raises(TaskregError, match="pip install --no-deps animal-mnist"):
+            load("builtin:animals")
+        pytest.skip("the animal-mnist wheel is not installed (make installs it)")
+    ds = load("builtin:animals?split=test")
+    assert ds.x.shape == (2500, 1, 28, 28) and ds.n_classes == 10
+    assert np.bincount(ds.y).tolist() == [250] * 10 and 0.0 <= ds.x.min() < ds.x.max() <= 1.0
+    assert "builtin:animals" in list_builtins()

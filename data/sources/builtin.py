@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from taskreg.data.dataset import RawData
-from taskreg.data.sources import digits, faces, mnist5k, patches
+from taskreg.data.sources import animals, digits, faces, mnist5k, patches
 from taskreg.data.validation import fail
 
 SCHEME = "builtin"
@@ -26,6 +26,7 @@ class Builtin:
 
 
 BUILTINS: dict[str, Builtin] = {
+    "animals": Builtin(animals.DESCRIPTION, animals.load),
     "digits": Builtin(digits.DESCRIPTION, digits.load),
     "faces": Builtin(faces.DESCRIPTION, faces.load),
     "mnist5k": Builtin(mnist5k.DESCRIPTION, mnist5k.load),
