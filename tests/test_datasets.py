@@ -85,7 +85,8 @@ def test_builtin_shapes_ranges_counts(
 
 
 def test_list_builtins() -> None:
-    assert list_builtins() == ["builtin:digits", "builtin:faces", "builtin:mnist5k", "builtin:patches"]
+    assert list_builtins() == ["builtin:animals", "builtin:digits", "builtin:faces", "builtin:mnist5k",
+                               "builtin:patches"]
 
 
 def test_builtin_contents_match_their_packages() -> None:
