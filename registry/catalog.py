@@ -727,3 +727,84 @@ def insert_affinity_set(con: duckdb.DuckDBPyConnection, aff: AffinitySet, origin
 def delete_affinity_set(con: duckdb.DuckDBPyConnection, name: str) -> None:
     con.execute("DELETE FROM affinities WHERE name = ?", [name])
     con.execute("DELETE FROM affinity_sets WHERE name = ?", [name])
+
+
+# --------------------------------------------------------------------------- tasks
+
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    """One task embedding without its vector (``task show``)."""
+
+    probe: str
+    method: str
+    dim: int
+    norm: float
+    n_samples: int
+    seed: int
+    seconds: float | None
+    run_id: str | None
+
+
+def count_tasks(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT count(*) FROM tasks").fetchone()[0])
+
+
+def task_exists(con: duckdb.DuckDBPyConnection, task_id: int) -> bool:
+    return con.execute("SELECT 1 FROM tasks WHERE id = ?", [task_id]).fetchone() is not None
+
+
+def task_embedding_infos(con: duckdb.DuckDBPyConnection, task_id: int) -> list[EmbeddingInfo]:
+    return _rows(con, "SELECT probe, method, len(vector), norm, n_samples, seed, seconds, run_id "
+                 "FROM task_embeddings WHERE task_id = ? ORDER BY probe, method", [task_id], EmbeddingInfo)
+
+
+def task_results(con: duckdb.DuckDBPyConnection, task_id: int) -> list[tuple[str, float]]:
+    """(expert name, test error) of every expert measured on a task, best first."""
+    return con.execute(
+        "SELECT e.name, r.test_error FROM expert_task_results r JOIN experts e ON e.id = r.expert_id "
+        "WHERE r.task_id = ? ORDER BY r.test_error", [task_id]
+    ).fetchall()
+
+
+def task_run_ids(con: duckdb.DuckDBPyConnection, task_id: int) -> list[str]:
+    return [r[0] for r in con.execute(
+        "SELECT DISTINCT run_id FROM task_embeddings WHERE task_id = ? AND run_id IS NOT NULL", [task_id]
+    ).fetchall()]
+
+
+def task_vector_kinds(con: duckdb.DuckDBPyConnection, task_id: int) -> list[str]:
+    """The vector kinds (``task/<probe>/<method>``) a task has a vector in."""
+    return [r[0] for r in con.execute(
+        "SELECT DISTINCT 'task/' || probe || '/' || method FROM task_embeddings WHERE task_id = ?", [task_id],
+    ).fetchall()]
+
+
+def delete_task(con: duckdb.DuckDBPyConnection, task_id: int) -> None:
+    """A task's row, embeddings and expert results."""
+    con.execute("DELETE FROM task_embeddings WHERE task_id = ?", [task_id])
+    con.execute("DELETE FROM expert_task_results WHERE task_id = ?", [task_id])
+    con.execute("DELETE FROM tasks WHERE id = ?", [task_id])
+
+
+def task_vectors(con: duckdb.DuckDBPyConnection, probe: str, method: str,
+                 names: Sequence[str] | None = None) -> list[tuple[str, np.ndarray]]:
+    """(task name, vector) of the tasks embedded with ``probe``/``method`` (all, or only ``names``), by id."""
+    sql = ("SELECT t.name, e.vector FROM task_embeddings e JOIN tasks t ON t.id = e.task_id "
+           "WHERE e.probe = ? AND e.method = ?")
+    params: list[object] = [probe, method]
+    if names is not None:  # fetch only the rows asked for, not every vector of the probe
+        sql += " AND list_contains(?, t.name)"
+        params.append(list(names))
+    rows = con.execute(sql + " ORDER BY t.id", params).fetchall()
+    return [(n, np.asarray(v, dtype=np.float32)) for n, v in rows]
+
+
+def task_vectors_by_id(con: duckdb.DuckDBPyConnection, probe: str, method: str,
+                       ids: Sequence[int]) -> list[tuple[int, str, str, np.ndarray]]:
+    """(task id, name, domain, vector) of the tasks ``ids`` embedded with ``probe``/``method``."""
+    rows = con.execute(
+        "SELECT t.id, t.name, t.domain, e.vector FROM task_embeddings e JOIN tasks t ON t.id = e.task_id "
+        "WHERE e.probe = ? AND e.method = ? AND t.id IN (SELECT unnest(?::INTEGER[]))",
+        [probe, method, list(ids)],
+    ).fetchall()
+    return [(int(i), n, d, np.asarray(v, dtype=np.float32)) for i, n, d, v in rows]

@@ -51,7 +51,7 @@ class TaskService:
 
     def count_tasks(self) -> int:
         with self.core.read() as con:
-            return int(con.execute("SELECT count(*) FROM tasks").fetchone()[0])
+            return catalog.count_tasks(con)
 
     def get_task(self, name: str) -> catalog.TaskRecord:
         with self.core.read() as con:
@@ -63,36 +63,22 @@ class TaskService:
     def show_task(self, name: str) -> dict[str, Any]:
         rec = self.get_task(name)
         with self.core.read() as con:
-            embeddings = con.execute(
-                "SELECT probe, method, len(vector), norm, n_samples, seed, seconds, run_id "
-                "FROM task_embeddings WHERE task_id = ? ORDER BY probe, method", [rec.id]
-            ).fetchall()
-            results = con.execute(
-                "SELECT e.name, r.test_error FROM expert_task_results r JOIN experts e ON e.id = r.expert_id "
-                "WHERE r.task_id = ? ORDER BY r.test_error", [rec.id]
-            ).fetchall()
-        cols = ("probe", "method", "dim", "norm", "n_samples", "seed", "seconds", "run_id")
+            embeddings = catalog.task_embedding_infos(con, rec.id)
+            results = catalog.task_results(con, rec.id)
         return {
             **asdict(rec),
-            "embeddings": [dict(zip(cols, row, strict=True)) for row in embeddings],
+            "embeddings": [asdict(e) for e in embeddings],
             "expert_errors": [{"expert": e, "test_error": err} for e, err in results],
         }
 
     def remove_task(self, name: str) -> None:
         rec = self.get_task(name)
         with self.core.lock(), marking_removal(self.core.tracker) as mark, self.core.write() as con:
-            if con.execute("SELECT 1 FROM tasks WHERE id = ?", [rec.id]).fetchone() is None:
+            if not catalog.task_exists(con, rec.id):
                 raise TaskregError(f"unknown task {name!r} (removed meanwhile)")
-            runs = [r[0] for r in con.execute(
-                "SELECT DISTINCT run_id FROM task_embeddings WHERE task_id = ? AND run_id IS NOT NULL", [rec.id]
-            ).fetchall()]
-            kinds = [r[0] for r in con.execute(
-                "SELECT DISTINCT 'task/' || probe || '/' || method FROM task_embeddings WHERE task_id = ?", [rec.id],
-            ).fetchall()]
+            runs, kinds = catalog.task_run_ids(con, rec.id), catalog.task_vector_kinds(con, rec.id)
             mark(runs)
-            con.execute("DELETE FROM task_embeddings WHERE task_id = ?", [rec.id])
-            con.execute("DELETE FROM expert_task_results WHERE task_id = ?", [rec.id])
-            con.execute("DELETE FROM tasks WHERE id = ?", [rec.id])
+            catalog.delete_task(con, rec.id)
             for kind in kinds:
                 catalog.bump_generation(con, kind)
         for kind in kinds:  # drop the vector from the saved index; a rebuild only when that index is not current
@@ -134,8 +120,7 @@ class TaskService:
         prec = self.probes.resolve_probe(probe)
         if existing is not None:
             with self.core.read() as con:
-                have = con.execute("SELECT 1 FROM task_embeddings WHERE task_id = ? AND probe = ? AND method = ?",
-                                   [existing.id, prec.name, method]).fetchone()
+                have = catalog.has_embedding(con, existing.id, prec.name, method)
             if have:
                 raise TaskregError(f"task {name!r} already has a {method} embedding with probe {prec.name}")
         rec, emb, dom = self.embed_dataset(ds, probe=prec.name, method=method, max_samples=max_samples, seed=seed,
@@ -163,14 +148,12 @@ class TaskService:
                     task_id = existing.id
                     if existing.fingerprint != ds.fingerprint():
                         raise TaskregError(f"task {name!r} already exists with different data ({existing.source})")
-                    if con.execute("SELECT 1 FROM task_embeddings WHERE task_id = ? AND probe = ? AND method = ?",
-                                   [task_id, rec.name, method]).fetchone():
+                    if catalog.has_embedding(con, task_id, rec.name, method):
                         raise TaskregError(f"task {name!r} already has a {method} embedding with probe {rec.name}")
                 catalog.insert_embedding(con, task_id, rec.name, method, emb.vector, emb.n_samples, seed, emb.seconds,
                                   run.run_id)
                 added = {kinds[0]: emb.vector}  # vector kind -> the vector this commit adds to it
-                has_domain = con.execute("SELECT 1 FROM task_embeddings WHERE task_id = ? AND probe = ? AND "
-                                         "method = 'domain'", [task_id, rec.name]).fetchone()
+                has_domain = catalog.has_embedding(con, task_id, rec.name, "domain")
                 if not has_domain:
                     catalog.insert_embedding(con, task_id, rec.name, "domain", dom, emb.n_samples, seed, None,
                                              run.run_id)
@@ -196,15 +179,9 @@ class TaskService:
         """Names and (N, D) vectors of the tasks embedded with ``probe``/``method`` (all, or ``names``)."""
         if names is not None and not names:
             return [], np.zeros((0, 0), dtype=np.float32)
-        sql = ("SELECT t.name, e.vector FROM task_embeddings e JOIN tasks t ON t.id = e.task_id "
-               "WHERE e.probe = ? AND e.method = ?")
-        params: list[object] = [probe, method]
-        if names is not None:  # fetch only the rows asked for, not every vector of the probe
-            sql += " AND list_contains(?, t.name)"
-            params.append(list(names))
         with self.core.read() as con:
-            rows = con.execute(sql + " ORDER BY t.id", params).fetchall()
-        found = {n: np.asarray(v, dtype=np.float32) for n, v in rows}
+            rows = catalog.task_vectors(con, probe, method, names)
+        found = dict(rows)
         if names is None:
             names = list(found)
         missing = [n for n in names if n not in found]
@@ -242,15 +219,11 @@ class TaskService:
         index = self.index_manager.get(self.index_manager.kind("task", prec.name, method))
         ids, _ = search(index, query, max(candidates, 4 * k) + 1)
         with self.core.read() as con:
-            rows = con.execute(
-                "SELECT t.id, t.name, t.domain, e.vector FROM task_embeddings e JOIN tasks t ON t.id = e.task_id "
-                "WHERE e.probe = ? AND e.method = ? AND t.id IN (SELECT unnest(?::INTEGER[]))",
-                [prec.name, method, ids.tolist()],
-            ).fetchall()
+            rows = catalog.task_vectors_by_id(con, prec.name, method, ids.tolist())
         rows = [r for r in rows if r[1] != name]
         if not rows:
             return []
-        dist = d_sym_many(query, np.stack([np.asarray(r[3], dtype=np.float32) for r in rows]))
+        dist = d_sym_many(query, np.stack([r[3] for r in rows]))
         order = np.argsort(dist, kind="stable")[:k]
         return [Neighbor(rows[i][1], float(dist[i]), rows[i][2]) for i in order]
 
