@@ -452,7 +452,7 @@ def probe_train(
     registry: RegistryOpt = None,
 ) -> None:
     """Train a probe from scratch on built-in data and register it (no weights can be downloaded)."""
-    from taskreg.registry.tasks import DEFAULT_PROBE_SOURCES
+    from taskreg.registry.probes import DEFAULT_PROBE_SOURCES
 
     reg = open_registry(registry, "probe train")
     sources = tuple(data) if data else DEFAULT_PROBE_SOURCES

@@ -80,7 +80,7 @@ def one_size(n: int, gen: FisherLike, workdir: Path) -> tuple[float, float, str]
     assert reg.index_problems() == {}
     for path, data in zip(reg.indexes.paths(KIND), saved, strict=True):  # back to the pre-commit index
         path.write_bytes(data)
-    reg._index_cache.clear()
+    reg.index_manager.cache.clear()
 
     t0 = time.perf_counter()
     total = reg.add_to_index(KIND, new_id, new)

@@ -414,11 +414,12 @@ def register_probe(reg: object, name: str, arch: str, trivial: np.ndarray, seed:
     (20-80 s on this machine), which says nothing about scale."""
     from taskreg.embedders.probes import default_spec
     from taskreg.registry import catalog
+    from taskreg.registry.runs import pending_run, store_weights
 
     spec = default_spec(arch)
-    with reg._pending_run("probes", f"probe-{name}", {"arch": arch, "benchmark": True},
-                          {"taskreg.kind": "probe"}) as run:
-        rel, sha = reg._store_weights(run, _random_state_dict(arch, seed), f"{name}.pt")
+    with pending_run(reg.core, "probes", f"probe-{name}", {"arch": arch, "benchmark": True},
+                     {"taskreg.kind": "probe"}) as run:
+        rel, sha = store_weights(reg.core, run, _random_state_dict(arch, seed), f"{name}.pt")
         rec = catalog.ProbeRecord(name=name, arch=arch, input_size=spec.input_size, in_chans=spec.in_chans,
                                   mean=tuple(spec.mean), std=tuple(spec.std), sha256=sha, weights=rel,
                                   origin="added", run_id=run.run_id)
@@ -609,11 +610,12 @@ def catalog_part(args: argparse.Namespace, gen: FisherLike, cli: list[str], fact
     sample = runs[: min(len(runs), args.run_sample)]
     per_run_s, _ = timed(lambda: [reg.tracker.run_state(r) for r in sample])
     per_row_total = per_run_s / max(len(sample), 1) * len(runs)
-    api_s, api_states = timed(reg._run_states_via_api)
-    sql_s, states = timed(reg._run_states)
+    api_s, api_runs = timed(reg.tracker.run_states_via_api)
+    sql_s, runs_found = timed(reg.tracker.run_states)
+    states, api_states = runs_found.states, api_runs.states
     assert set(runs) <= set(states) and states == api_states
-    api_models_s, api_models = timed(reg.tracker.registered_models)
-    sql_models_s, models = timed(reg._registered_models)
+    api_models_s, api_models = timed(reg.tracker.registered_models_via_api)
+    sql_models_s, models = timed(reg.tracker.registered_models)
     assert models == api_models
     deep_s, rep = timed(lambda: Registry.open(root).check(deep=True))
     check_s, rep2 = timed(lambda: Registry.open(root).check())

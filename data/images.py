@@ -69,3 +69,17 @@ def resize_image(image: np.ndarray, shape: tuple[int, int], *, kernel: str = "la
 
         return resize(image, shape, order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
     raise TaskregError(f"unknown resize kernel {kernel!r}; known: {', '.join(KERNELS)}")
+
+
+def batch_to_size(x: np.ndarray, size: int) -> np.ndarray:
+    """(N, C, H, W) float images resized to ``size`` x ``size`` (bilinear, antialiased) and made RGB, clipped to
+    [0, 1]: sources of any shape can then be stacked (probe training, a novel Taskonomy target)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    if t.shape[-1] != size or t.shape[-2] != size:
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return t.clamp(0, 1).numpy()

@@ -1,6 +1,6 @@
 """Persistence and the public facade: :class:`Registry` ties the catalog, MLflow and Faiss together.
 
-Each group of operations lives in its own module as a mixin; ``Registry`` is their union::
+``Registry`` (registry/facade.py) owns a core and one service per concern; see that module for the map::
 
     from taskreg.registry import Registry
     reg = Registry.init("./.taskreg")        # or Registry.open(...)
@@ -9,12 +9,8 @@ Each group of operations lives in its own module as a mixin; ``Registry`` is the
 
 from __future__ import annotations
 
-from taskreg.registry.core import CheckReport, default_root
-from taskreg.registry.recovery import RecoveryOps
-
-
-class Registry(RecoveryOps):
-    """The registry facade used by the CLI and by Python callers."""
-
+from taskreg.registry.core import default_root
+from taskreg.registry.facade import Registry
+from taskreg.registry.maintenance import CheckReport
 
 __all__ = ["CheckReport", "Registry", "default_root"]

@@ -22,11 +22,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
 
 from taskreg.errors import TaskregError
+
+if TYPE_CHECKING:
+    from taskreg.selection.affinity_sets import AffinitySet
 
 _MIGRATION_1 = """
 CREATE SEQUENCE IF NOT EXISTS task_id_seq START 1;
@@ -311,6 +315,14 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 
 # --------------------------------------------------------------------------- migrations
 
+def fold_wal(path: Path) -> None:
+    """Fold the write-ahead log left beside a copied catalog file into it (DuckDB's CHECKPOINT)."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     """The catalog's schema version; 0 for an empty database."""
     exists = con.execute(
@@ -449,6 +461,89 @@ def generation(con: duckdb.DuckDBPyConnection, kind: str) -> int:
     return int(row[0]) if row else 0
 
 
+
+def kinds(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Every vector kind the catalog has, with its generation."""
+    return {k: int(g) for k, g in con.execute("SELECT kind, generation FROM index_state").fetchall()}
+
+
+_KIND_SQL = {
+    "task": "SELECT task_id, vector FROM task_embeddings WHERE probe = ? AND method = ? ORDER BY task_id",
+    "model2vec": "SELECT expert_id, vector FROM model2vec WHERE probe = ? AND method = ? ORDER BY expert_id",
+}
+
+
+def kind_vectors(con: duckdb.DuckDBPyConnection, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Ids (N,) int64 and vectors (N, D) float32 of one vector kind (``task/<probe>/<method>`` or
+    ``model2vec/<probe>/<method>``), in id order."""
+    family, probe, method = kind.split("/")
+    return vectors_to_numpy(con, _KIND_SQL[family], (probe, method))
+
+
+def kind_count(con: duckdb.DuckDBPyConnection, kind: str) -> int:
+    """Number of vectors of one vector kind."""
+    family, probe, method = kind.split("/")
+    table = "task_embeddings" if family == "task" else "model2vec"
+    row = con.execute(f"SELECT count(*) FROM {table} WHERE probe = ? AND method = ?", [probe, method]).fetchone()
+    return int(row[0])
+
+
+def referenced_run_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Every MLflow run id a catalog row holds (task embeddings, experts, probes, transfers)."""
+    return {r[0] for r in con.execute(
+        "SELECT run_id FROM task_embeddings WHERE run_id IS NOT NULL UNION ALL SELECT run_id FROM experts "
+        "WHERE run_id IS NOT NULL UNION ALL SELECT run_id FROM probes WHERE run_id IS NOT NULL "
+        "UNION ALL SELECT run_id FROM transfers WHERE run_id IS NOT NULL").fetchall()}
+
+
+def expert_names(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute("SELECT name FROM experts").fetchall()]
+
+
+_DANGLING = {
+    "task_embeddings without task": "SELECT count(*) FROM task_embeddings e "
+    "WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = e.task_id)",
+    "task embeddings with an unknown probe": "SELECT count(*) FROM task_embeddings e "
+    "WHERE NOT EXISTS (SELECT 1 FROM probes p WHERE p.name = e.probe)",
+    "expert_task_results without expert or task": "SELECT count(*) FROM expert_task_results r "
+    "WHERE r.expert_id NOT IN (SELECT id FROM experts) OR r.task_id NOT IN (SELECT id FROM tasks)",
+    "model2vec vectors without expert": "SELECT count(*) FROM model2vec m "
+    "WHERE m.expert_id NOT IN (SELECT id FROM experts)",
+    "affinities without affinity set": "SELECT count(*) FROM affinities a "
+    "WHERE a.name NOT IN (SELECT name FROM affinity_sets)",
+    "transfer_losses without transfer": "SELECT count(*) FROM transfer_losses l WHERE NOT EXISTS "
+    "(SELECT 1 FROM transfers t WHERE t.dictionary = l.dictionary AND t.key = l.key)",
+    "non-finite vectors": "SELECT (SELECT count(*) FROM task_embeddings WHERE NOT "
+    "list_bool_and(list_transform(vector, lambda x: isfinite(x)))) + (SELECT count(*) FROM model2vec "
+    "WHERE NOT list_bool_and(list_transform(vector, lambda x: isfinite(x))))",
+}
+
+
+def dangling_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """What -> how many rows of that kind point at nothing (or hold non-finite vectors); all should be 0."""
+    return {what: int(con.execute(sql).fetchone()[0]) for what, sql in _DANGLING.items()}
+
+
+def run_references(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """(what, run id) of every catalog row that holds an MLflow run id, e.g. ('expert e1', run id)."""
+    return con.execute(
+        "SELECT 'task embedding ' || t.name || ' (' || e.method || ')', e.run_id FROM task_embeddings e "
+        "JOIN tasks t ON t.id = e.task_id WHERE e.run_id IS NOT NULL "
+        "UNION ALL SELECT 'expert ' || name, run_id FROM experts WHERE run_id IS NOT NULL "
+        "UNION ALL SELECT 'probe ' || name, run_id FROM probes WHERE run_id IS NOT NULL "
+        "UNION ALL SELECT 'transfer ' || dictionary || ':' || key, run_id FROM transfers "
+        "WHERE run_id IS NOT NULL"
+    ).fetchall()
+
+
+def weight_files(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+    """(what, weights path relative to the root, sha256) of every expert and probe."""
+    return con.execute(
+        "SELECT 'expert ' || name, weights, sha256 FROM experts "
+        "UNION ALL SELECT 'probe ' || name, weights, sha256 FROM probes"
+    ).fetchall()
+
+
 # --------------------------------------------------------------------------- records
 
 @dataclass(frozen=True)
@@ -577,3 +672,139 @@ def insert_expert(
 def counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Row count of every table (for `taskreg status` and tests)."""
     return {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES}
+
+
+# --------------------------------------------------------------------------- task embeddings and trivial embeddings
+
+def insert_embedding(con: duckdb.DuckDBPyConnection, task_id: int, probe: str, method: str, vector: np.ndarray,
+                     n_samples: int, seed: int, seconds: float | None, run_id: str) -> None:
+    con.execute(
+        "INSERT INTO task_embeddings (task_id, probe, method, vector, norm, n_samples, seed, seconds, run_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [task_id, probe, method, vector_param(vector), float(np.linalg.norm(vector)), int(n_samples),
+         int(seed), seconds, run_id],
+    )
+
+
+def has_embedding(con: duckdb.DuckDBPyConnection, task_id: int, probe: str, method: str) -> bool:
+    return con.execute("SELECT 1 FROM task_embeddings WHERE task_id = ? AND probe = ? AND method = ?",
+                       [task_id, probe, method]).fetchone() is not None
+
+
+def insert_trivial_embedding(con: duckdb.DuckDBPyConnection, probe: str, method: str, vector: np.ndarray, *,
+                             if_absent: bool = False) -> None:
+    """The trivial task embedding t0 of a probe and estimator (``if_absent``: keep one already stored)."""
+    con.execute("INSERT INTO trivial_embeddings VALUES (?, ?, ?)" + (" ON CONFLICT DO NOTHING" if if_absent else ""),
+                [probe, method, vector_param(vector)])
+
+
+def trivial_embedding(con: duckdb.DuckDBPyConnection, probe: str, method: str) -> np.ndarray | None:
+    row = con.execute("SELECT vector FROM trivial_embeddings WHERE probe = ? AND method = ?",
+                      [probe, method]).fetchone()
+    return None if row is None else np.asarray(row[0], dtype=np.float32)
+
+
+_CREATED_AT_KEYS = {"probes": "name", "experts": "id", "tasks": "id"}
+
+
+def set_created_at(con: duckdb.DuckDBPyConnection, table: str, key: str, value: object, millis: int) -> None:
+    """Set a record's ``created_at`` to ``millis`` (ms since the epoch), e.g. its MLflow run's start time."""
+    if _CREATED_AT_KEYS.get(table) != key:
+        raise ValueError(f"set_created_at: no such record key {table}.{key}")
+    con.execute(f"UPDATE {table} SET created_at = make_timestamp(?::BIGINT * 1000) WHERE {key} = ?",
+                [millis, value])
+
+
+# --------------------------------------------------------------------------- affinity sets
+
+def insert_affinity_set(con: duckdb.DuckDBPyConnection, aff: AffinitySet, origin: str) -> None:
+    con.execute("INSERT INTO affinity_sets (name, origin, source_only) VALUES (?, ?, ?)",
+                [aff.name, origin, list(aff.source_only)])
+    insert_rows(con, "affinities", ("name", "sources", "target", "order", "value"),
+                [(aff.name, list(t.sources), t.target, t.order, t.value) for t in aff.transfers])
+
+
+def delete_affinity_set(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    con.execute("DELETE FROM affinities WHERE name = ?", [name])
+    con.execute("DELETE FROM affinity_sets WHERE name = ?", [name])
+
+
+# --------------------------------------------------------------------------- tasks
+
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    """One task embedding without its vector (``task show``)."""
+
+    probe: str
+    method: str
+    dim: int
+    norm: float
+    n_samples: int
+    seed: int
+    seconds: float | None
+    run_id: str | None
+
+
+def count_tasks(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT count(*) FROM tasks").fetchone()[0])
+
+
+def task_exists(con: duckdb.DuckDBPyConnection, task_id: int) -> bool:
+    return con.execute("SELECT 1 FROM tasks WHERE id = ?", [task_id]).fetchone() is not None
+
+
+def task_embedding_infos(con: duckdb.DuckDBPyConnection, task_id: int) -> list[EmbeddingInfo]:
+    return _rows(con, "SELECT probe, method, len(vector), norm, n_samples, seed, seconds, run_id "
+                 "FROM task_embeddings WHERE task_id = ? ORDER BY probe, method", [task_id], EmbeddingInfo)
+
+
+def task_results(con: duckdb.DuckDBPyConnection, task_id: int) -> list[tuple[str, float]]:
+    """(expert name, test error) of every expert measured on a task, best first."""
+    return con.execute(
+        "SELECT e.name, r.test_error FROM expert_task_results r JOIN experts e ON e.id = r.expert_id "
+        "WHERE r.task_id = ? ORDER BY r.test_error", [task_id]
+    ).fetchall()
+
+
+def task_run_ids(con: duckdb.DuckDBPyConnection, task_id: int) -> list[str]:
+    return [r[0] for r in con.execute(
+        "SELECT DISTINCT run_id FROM task_embeddings WHERE task_id = ? AND run_id IS NOT NULL", [task_id]
+    ).fetchall()]
+
+
+def task_vector_kinds(con: duckdb.DuckDBPyConnection, task_id: int) -> list[str]:
+    """The vector kinds (``task/<probe>/<method>``) a task has a vector in."""
+    return [r[0] for r in con.execute(
+        "SELECT DISTINCT 'task/' || probe || '/' || method FROM task_embeddings WHERE task_id = ?", [task_id],
+    ).fetchall()]
+
+
+def delete_task(con: duckdb.DuckDBPyConnection, task_id: int) -> None:
+    """A task's row, embeddings and expert results."""
+    con.execute("DELETE FROM task_embeddings WHERE task_id = ?", [task_id])
+    con.execute("DELETE FROM expert_task_results WHERE task_id = ?", [task_id])
+    con.execute("DELETE FROM tasks WHERE id = ?", [task_id])
+
+
+def task_vectors(con: duckdb.DuckDBPyConnection, probe: str, method: str,
+                 names: Sequence[str] | None = None) -> list[tuple[str, np.ndarray]]:
+    """(task name, vector) of the tasks embedded with ``probe``/``method`` (all, or only ``names``), by id."""
+    sql = ("SELECT t.name, e.vector FROM task_embeddings e JOIN tasks t ON t.id = e.task_id "
+           "WHERE e.probe = ? AND e.method = ?")
+    params: list[object] = [probe, method]
+    if names is not None:  # fetch only the rows asked for, not every vector of the probe
+        sql += " AND list_contains(?, t.name)"
+        params.append(list(names))
+    rows = con.execute(sql + " ORDER BY t.id", params).fetchall()
+    return [(n, np.asarray(v, dtype=np.float32)) for n, v in rows]
+
+
+def task_vectors_by_id(con: duckdb.DuckDBPyConnection, probe: str, method: str,
+                       ids: Sequence[int]) -> list[tuple[int, str, str, np.ndarray]]:
+    """(task id, name, domain, vector) of the tasks ``ids`` embedded with ``probe``/``method``."""
+    rows = con.execute(
+        "SELECT t.id, t.name, t.domain, e.vector FROM task_embeddings e JOIN tasks t ON t.id = e.task_id "
+        "WHERE e.probe = ? AND e.method = ? AND t.id IN (SELECT unnest(?::INTEGER[]))",
+        [probe, method, list(ids)],
+    ).fetchall()
+    return [(int(i), n, d, np.asarray(v, dtype=np.float32)) for i, n, d, v in rows]

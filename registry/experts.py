@@ -22,10 +22,14 @@ import numpy as np
 from taskreg import data as datasets
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
-from taskreg.registry.core import file_sha256
-from taskreg.registry.index import search
+from taskreg.registry.core import Core
+from taskreg.registry.damage import clear_stray_model, refuse_lost_model
+from taskreg.registry.index import IndexManager, search
 from taskreg.registry.names import check_name
-from taskreg.registry.tasks import TaskOps, _head_classes
+from taskreg.registry.probes import ProbeService
+from taskreg.registry.runs import marking_removal, pending_run, store_weights
+from taskreg.registry.tasks import TaskService
+from taskreg.registry.weights import file_sha256, head_classes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,7 +44,7 @@ INDEX_METHODS = ("model2vec", "asym", "sym", "domain")
 
 @dataclass
 class Selection:
-    """The answer of :meth:`ExpertOps.select` (the CLI's JSON shape, plus diagnostics)."""
+    """The answer of :meth:`ExpertService.select` (the CLI's JSON shape, plus diagnostics)."""
 
     query: str
     method: str
@@ -77,17 +81,69 @@ def nonfinite_note(what: str = "features") -> str:
     return f"NaN or infinite {what} on the query (its weights are broken; `taskreg expert rm` removes it)"
 
 
-class ExpertOps(TaskOps):
+class ExpertService:
+    """The experts of one registry: records, registration, evaluation, Model2Vec and ``select``."""
+
+    def __init__(self, core: Core, index_manager: IndexManager, probes: ProbeService, tasks: TaskService) -> None:
+        self.core = core
+        self.index_manager = index_manager
+        self.probes = probes
+        self.tasks = tasks
+
+    # ------------------------------------------------------------------ experts
+    def list_experts(self) -> list[catalog.ExpertRecord]:
+        with self.core.read() as con:
+            return catalog.list_experts(con)
+
+    def get_expert(self, name: str) -> catalog.ExpertRecord:
+        with self.core.read() as con:
+            rec = catalog.get_expert(con, name)
+        if rec is None:
+            raise TaskregError(f"unknown expert {name!r} (see `taskreg expert list`)")
+        return rec
+
+    def show_expert(self, name: str) -> dict[str, Any]:
+        rec = self.get_expert(name)
+        with self.core.read() as con:
+            results = con.execute(
+                "SELECT t.name, r.test_error FROM expert_task_results r JOIN tasks t ON t.id = r.task_id "
+                "WHERE r.expert_id = ? ORDER BY r.test_error", [rec.id]
+            ).fetchall()
+        return {**asdict(rec), "task_errors": [{"task": t, "test_error": e} for t, e in results]}
+
+    def remove_expert(self, name: str) -> None:
+        rec = self.get_expert(name)
+        # the model goes under the same hold of the lock as the row: a new `expert add` of the name waits
+        with self.core.lock():
+            with marking_removal(self.core.tracker) as mark, self.core.write() as con:
+                if con.execute("SELECT 1 FROM experts WHERE id = ?", [rec.id]).fetchone() is None:
+                    raise TaskregError(f"unknown expert {name!r} (removed meanwhile)")
+                kinds = [r[0] for r in con.execute(
+                    "SELECT DISTINCT 'model2vec/' || probe || '/' || method FROM model2vec WHERE expert_id = ?",
+                    [rec.id],
+                ).fetchall()]
+                mark([rec.run_id] if rec.run_id else [])
+                con.execute("DELETE FROM expert_task_results WHERE expert_id = ?", [rec.id])
+                con.execute("DELETE FROM model2vec WHERE expert_id = ?", [rec.id])
+                con.execute("DELETE FROM experts WHERE id = ?", [rec.id])
+                for kind in kinds:
+                    catalog.bump_generation(con, kind)
+            self.core.tracker.delete_registered_model(f"expert-{rec.name}")
+        for kind in kinds:
+            self.index_manager.rebuild(kind)
+        if rec.run_id:
+            self.core.tracker.delete_run(rec.run_id)
+
     # ------------------------------------------------------------------ registration
     def load_expert(self, name: str) -> tuple[catalog.ExpertRecord, nn.Module, ProbeSpec]:
         from taskreg.embedders.probes import create_model, default_spec, load_state_dict_file, load_weights
 
         rec = self.get_expert(name)
-        path = self.root / rec.weights
+        path = self.core.root / rec.weights
         if not path.exists() or file_sha256(path) != rec.sha256:
             raise TaskregError(f"expert {name}: weights file {rec.weights} is missing or altered (run check)")
         state = load_state_dict_file(path)
-        model = create_model(rec.arch, num_classes=_head_classes(state))
+        model = create_model(rec.arch, num_classes=head_classes(state))
         load_weights(model, state, ignore_head=False)
         return rec, model.eval(), default_spec(rec.arch)
 
@@ -98,13 +154,13 @@ class ExpertOps(TaskOps):
         check_name(name, "expert name")
         self._refuse_existing_expert(name)
         if trained_on is not None:
-            self.get_task(trained_on)
+            self.tasks.get_task(trained_on)
         if not Path(weights).is_file():
             raise TaskregError(f"weight file {weights} not found")
         state = load_state_dict_file(weights)
-        model = create_model(arch, num_classes=_head_classes(state))
+        model = create_model(arch, num_classes=head_classes(state))
         load_weights(model, state, ignore_head=False)
-        return self._register_expert(name, model, arch, trained_on, "added", {"weights_file": str(weights)},
+        return self.register_expert(name, model, arch, trained_on, "added", {"weights_file": str(weights)},
                                      label=f"weights {weights}")
 
     def train_expert(
@@ -129,7 +185,7 @@ class ExpertOps(TaskOps):
         task = self._task_by_fingerprint(ds) or task_name or name
         check_name(task, "task name")
         if from_probe:
-            _, base, spec = self.load_probe(probe)
+            _, base, spec = self.probes.load_probe(probe)
             arch = spec.arch
         else:
             base, spec = create_model(arch, num_classes=ds.n_classes), default_spec(arch)
@@ -139,30 +195,31 @@ class ExpertOps(TaskOps):
         label = f"expert {name}: the fine-tuned network"
         check_network(model, default_spec(arch), label)  # a diverged training registers nothing, not even its task
         if not self._task_exists(task):
-            self.add_task(task, ds.source, probe=probe, seed=seed, device=device, progress=embed_progress, dataset=ds,
-                          max_samples=max_samples)
+            self.tasks.add_task(task, ds.source, probe=probe, seed=seed, device=device, progress=embed_progress,
+                                dataset=ds, max_samples=max_samples)
         params = {"source": ds.source, "from_probe": from_probe, "epochs": epochs, "seed": seed,
                   "n_train": ds.n, "n_classes": ds.n_classes}
-        return self._register_expert(name, model, arch, task, "trained", params, metrics, n_train=ds.n,
+        return self.register_expert(name, model, arch, task, "trained", params, metrics, n_train=ds.n,
                                      n_classes=ds.n_classes, label=label)
 
     def _task_exists(self, name: str) -> bool:
-        with self.read() as con:
+        with self.core.read() as con:
             return catalog.get_task(con, name) is not None
 
     def _task_by_fingerprint(self, ds: datasets.Dataset) -> str | None:
-        with self.read() as con:
+        with self.core.read() as con:
             row = con.execute("SELECT name FROM tasks WHERE fingerprint = ? ORDER BY id LIMIT 1",
                               [ds.fingerprint()]).fetchone()
         return row[0] if row else None
 
     def _refuse_existing_expert(self, name: str) -> None:
-        with self.read() as con:
+        with self.core.read() as con:
             if catalog.get_expert(con, name) is not None:
                 raise TaskregError(f"expert {name!r} already exists")
-        self._refuse_lost_model(f"expert-{name}")  # before any work: the name is taken by a record the catalog lost
+        # before any work: the name may be taken by a record the catalog lost
+        refuse_lost_model(self.core.tracker, f"expert-{name}")
 
-    def _register_expert(self, name: str, model: nn.Module, arch: str, trained_on: str | None, origin: str,
+    def register_expert(self, name: str, model: nn.Module, arch: str, trained_on: str | None, origin: str,
                          params: dict, metrics: dict | None = None, *, n_train: int | None = None,
                          n_classes: int | None = None, label: str | None = None) -> catalog.ExpertRecord:
         """Store a network as an expert; it must be usable first (``label`` names it in the refusal)."""
@@ -171,26 +228,26 @@ class ExpertOps(TaskOps):
 
         check_network(model, default_spec(arch), label or f"expert {name}")
         tags = {"arch": arch, "trained_on": trained_on or "", "taskreg.kind": "expert", "origin": origin}
-        with self._pending_run("experts", f"expert-{name}", {"arch": arch, **params}, tags) as run:
-            self.tracker.log_metrics(run.run_id, metrics or {})
+        with pending_run(self.core, "experts", f"expert-{name}", {"arch": arch, **params}, tags) as run:
+            self.core.tracker.log_metrics(run.run_id, metrics or {})
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            rel, sha = self._store_weights(run, state, f"{name}.pt")
+            rel, sha = store_weights(self.core, run, state, f"{name}.pt")
             # The registered model and the catalog row are created under one hold of the lock, so a model
             # without a row is the leftover of a killed attempt (or of a killed `expert rm`): replace it,
             # unless it holds a committed expert the catalog lost (refused, never deleted).
-            with self.lock():
+            with self.core.lock():
                 self._refuse_existing_expert(name)  # another process may have registered it meanwhile
-                self._clear_stray_model(f"expert-{name}")
-                version = self.tracker.register(f"expert-{name}", run, "weights", tags)
+                clear_stray_model(self.core.tracker, f"expert-{name}")
+                version = self.core.tracker.register(f"expert-{name}", run, "weights", tags)
                 try:
-                    with self.write() as con:
+                    with self.core.write() as con:
                         catalog.insert_expert(con, name=name, arch=arch, sha256=sha, weights=rel,
                                               trained_on=trained_on, origin=origin, n_train=n_train,
                                               n_classes=n_classes, run_id=run.run_id, model_version=version)
                 except BaseException:
-                    self.tracker.delete_registered_model(f"expert-{name}")
+                    self.core.tracker.delete_registered_model(f"expert-{name}")
                     raise
-        self.tracker.commit(run.run_id)
+        self.core.tracker.commit(run.run_id)
         return self.get_expert(name)
 
     # ------------------------------------------------------------------ evaluation
@@ -199,7 +256,7 @@ class ExpertOps(TaskOps):
         """Frozen features of an expert on a dataset, computed once and cached in ``cache/features``."""
         from taskreg.trainers.experts import extract_features
 
-        path = self.cache_dir / "features" / f"{rec.sha256[:16]}-{ds.fingerprint()[:16]}.npy"
+        path = self.core.cache_dir / "features" / f"{rec.sha256[:16]}-{ds.fingerprint()[:16]}.npy"
         if path.exists():
             try:
                 feats = np.load(path, allow_pickle=False)
@@ -208,7 +265,7 @@ class ExpertOps(TaskOps):
             except (OSError, ValueError):
                 pass
         feats = extract_features(model, spec, ds.x, device=device)
-        if not self.read_only:  # a registry this user cannot write still answers, without the cache
+        if not self.core.read_only:  # a registry this user cannot write still answers, without the cache
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npy")
             np.save(tmp, feats)
@@ -232,8 +289,8 @@ class ExpertOps(TaskOps):
 
         protocol = protocol or LinearProbeProtocol()
         exp_recs = [self.get_expert(n) for n in experts] if experts else self.list_experts()
-        task_recs = [self.get_task(n) for n in tasks] if tasks else self.list_tasks()
-        with self.read() as con:
+        task_recs = [self.tasks.get_task(n) for n in tasks] if tasks else self.tasks.list_tasks()
+        with self.core.read() as con:
             done = set(con.execute("SELECT expert_id, task_id FROM expert_task_results").fetchall())
         todo = [(e, t) for e in exp_recs for t in task_recs if (e.id, t.id) not in done]
         skipped = len(exp_recs) * len(task_recs) - len(todo)
@@ -243,7 +300,7 @@ class ExpertOps(TaskOps):
         measured = 0
         for i, (erec, trec) in enumerate(todo):
             if trec.id not in data:
-                data[trec.id] = self.task_data(trec)
+                data[trec.id] = self.tasks.task_data(trec)
             if erec.id not in loaded:
                 loaded = {erec.id: self.load_expert(erec.name)}  # keep one network in memory at a time
             _, model, spec = loaded[erec.id]
@@ -257,7 +314,7 @@ class ExpertOps(TaskOps):
                 continue
             res = linear_probe_error(feats, data[trec.id].y, protocol)
             measured += 1
-            with self.write() as con:  # nothing is stored for an expert or task removed meanwhile
+            with self.core.write() as con:  # nothing is stored for an expert or task removed meanwhile
                 con.execute(
                     "INSERT INTO expert_task_results (expert_id, task_id, test_error, train_error, protocol, seconds) "
                     "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM experts WHERE id = ?) "
@@ -272,20 +329,13 @@ class ExpertOps(TaskOps):
                 on_unmeasurable(_unmeasurable(name, failed))
         return measured, skipped
 
-    def task_data(self, rec: catalog.TaskRecord) -> datasets.Dataset:
-        """Reload a registered task's data from its source and check it is still the same data."""
-        ds = datasets.load(rec.source)
-        if ds.fingerprint() != rec.fingerprint:
-            raise TaskregError(f"task {rec.name}: the data at {rec.source} changed since it was registered")
-        return ds
-
     def results_matrix(self) -> tuple[list[str], list[str], np.ndarray]:
         """(task names, expert names, (T, E) test errors with NaN where not measured)."""
-        tasks, experts = self.list_tasks(), self.list_experts()
+        tasks, experts = self.tasks.list_tasks(), self.list_experts()
         t_pos = {t.id: i for i, t in enumerate(tasks)}
         e_pos = {e.id: j for j, e in enumerate(experts)}
         errors = np.full((len(tasks), len(experts)), np.nan)
-        with self.read() as con:
+        with self.core.read() as con:
             rows = con.execute("SELECT expert_id, task_id, test_error FROM expert_task_results").fetchall()
         for eid, tid, err in rows:
             errors[t_pos[tid], e_pos[eid]] = err
@@ -301,43 +351,43 @@ class ExpertOps(TaskOps):
         from taskreg.embedders.model2vec import check_l2, fit_model2vec
 
         l2 = check_l2(l2)  # before any other check: a bad argument is named as such
-        prec = self.resolve_probe(probe)
+        prec = self.probes.resolve_probe(probe)
         names, experts, errors = self.results_matrix()
         if len(experts) < 2:
             raise TaskregError(f"Model2Vec ranks experts against each other: it needs at least 2 experts, "
                                f"found {len(experts)} (`taskreg expert add` / `expert train`)")
         keep = [i for i, n in enumerate(names) if n not in set(exclude_tasks) and np.sum(~np.isnan(errors[i])) >= 2]
-        with self.read() as con:
+        with self.core.read() as con:
             embedded = {r[0] for r in con.execute(
                 "SELECT t.name FROM task_embeddings e JOIN tasks t ON t.id = e.task_id WHERE probe = ? AND method = ?",
                 [prec.name, method]).fetchall()}
         keep = [i for i in keep if names[i] in embedded]
         if not keep:
             raise TaskregError("no task has both an embedding and results for at least 2 experts: run `expert eval`")
-        _, task_vecs = self.task_vectors(prec.name, method, [names[i] for i in keep])
+        _, task_vecs = self.tasks.task_vectors(prec.name, method, [names[i] for i in keep])
         exp_recs = self.list_experts()
         base = np.zeros((len(exp_recs), task_vecs.shape[1]), dtype=np.float32)
         for j, e in enumerate(exp_recs):
             if e.trained_on and e.trained_on in embedded:
-                base[j] = self.task_vectors(prec.name, method, [e.trained_on])[1][0]
-        t0 = self.trivial(prec.name, method)
+                base[j] = self.tasks.task_vectors(prec.name, method, [e.trained_on])[1][0]
+        t0 = self.probes.trivial(prec.name, method)
         fit = fit_model2vec(task_vecs, base, errors[keep], t0=t0, alpha=alpha, epochs=epochs, seed=seed, l2=l2)
-        kind = self.kind("model2vec", prec.name, method)
+        kind = self.index_manager.kind("model2vec", prec.name, method)
         summary = {"tasks": len(keep), "experts": len(exp_recs), "initial_loss": float(fit.loss_history[0]),
                    "final_loss": float(fit.loss_history[-1]), "l2": fit.l2}
         # The fit is logged like every other record (pending run, catalog commit, commit tag): its settings,
         # losses and the fitted vectors/biases by expert name, so a fit can be compared with earlier ones.
         params = {"probe": prec.name, "estimator": method, "alpha": alpha, "epochs": epochs, "seed": seed,
                   "l2_requested": l2, "l2": fit.l2, "tasks": len(keep), "experts": len(exp_recs)}
-        with self._pending_run("model2vec", f"model2vec-{prec.name}-{method}", params,
-                               {"taskreg.kind": "model2vec_fit"}) as run:
-            self.tracker.log_metrics(run.run_id, {k: summary[k] for k in ("initial_loss", "final_loss")})
+        with pending_run(self.core, "model2vec", f"model2vec-{prec.name}-{method}", params,
+                         {"taskreg.kind": "model2vec_fit"}) as run:
+            self.core.tracker.log_metrics(run.run_id, {k: summary[k] for k in ("initial_loss", "final_loss")})
             with tempfile.TemporaryDirectory() as tmp:
                 local = Path(tmp) / "model2vec.npz"
                 np.savez(local, experts=np.array([e.name for e in exp_recs]), vectors=fit.vectors,
                          biases=fit.biases, loss_history=np.asarray(fit.loss_history))
-                self.tracker.log_artifact(run.run_id, local)
-            with self.write() as con:
+                self.core.tracker.log_artifact(run.run_id, local)
+            with self.core.write() as con:
                 con.execute("DELETE FROM model2vec WHERE probe = ? AND method = ?", [prec.name, method])
                 alive = {r[0] for r in con.execute("SELECT id FROM experts").fetchall()}  # skip experts removed since
                 for j, e in enumerate(exp_recs):
@@ -348,12 +398,12 @@ class ExpertOps(TaskOps):
                                                        catalog.vector_param(fit.biases[j]),
                                                        float(fit.loss_history[-1])])
                 catalog.bump_generation(con, kind)
-        self.tracker.commit(run.run_id)
-        self.rebuild_index(kind)
+        self.core.tracker.commit(run.run_id)
+        self.index_manager.rebuild(kind)
         return {**summary, "run_id": run.run_id}
 
     def model2vec_fitted(self, probe: str, method: str) -> bool:
-        with self.read() as con:
+        with self.core.read() as con:
             n = con.execute("SELECT count(*) FROM model2vec WHERE probe = ? AND method = ?", [probe, method]).fetchone()
         return bool(n[0])
 
@@ -374,7 +424,7 @@ class ExpertOps(TaskOps):
         experts = self.list_experts()
         if not experts:
             raise TaskregError("no experts registered: `taskreg expert add` or `taskreg expert train` first")
-        prec = self.resolve_probe(probe)
+        prec = self.probes.resolve_probe(probe)
         if method is None:
             method = "model2vec" if self.model2vec_fitted(prec.name, embedding) else "asym"
         if method not in SELECT_METHODS:
@@ -442,11 +492,11 @@ class ExpertOps(TaskOps):
         """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last, unscored."""
         from taskreg.selection.select import rerank
 
-        _, emb, dom = self.embed_dataset(ds, probe=probe, method=embedding, max_samples=max_samples, seed=seed,
+        _, emb, dom = self.tasks.embed_dataset(ds, probe=probe, method=embedding, max_samples=max_samples, seed=seed,
                                          device=device)
         query = dom if method == "domain" else emb.vector
         vec_method = "domain" if method == "domain" else embedding
-        t0 = None if method in ("sym", "domain") else self.trivial(probe, embedding)
+        t0 = None if method in ("sym", "domain") else self.probes.trivial(probe, embedding)
         n_experts = len(by_id)
         want = max(candidate_floor_for(top), top)
         while True:
@@ -475,7 +525,7 @@ class ExpertOps(TaskOps):
     def _unscored_reasons(self, method: str, probe: str, vec_method: str, experts: list[catalog.ExpertRecord],
                           want: int) -> dict[int, str]:
         """Why each of ``experts`` got no distance from an index method (expert id -> one-line reason)."""
-        with self.read() as con:
+        with self.core.read() as con:
             if method == "model2vec":
                 fitted = {r[0] for r in con.execute("SELECT expert_id FROM model2vec WHERE probe = ? AND method = ?",
                                                     [probe, vec_method]).fetchall()}
@@ -501,21 +551,21 @@ class ExpertOps(TaskOps):
                     by_id: dict[int, catalog.ExpertRecord]) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:
         """(expert, vector) pairs for the index's top ``want`` hits."""
         if method == "model2vec":
-            index = self.index(self.kind("model2vec", probe, vec_method))
+            index = self.index_manager.get(self.index_manager.kind("model2vec", probe, vec_method))
             if index is None:
                 return []
             ids, _ = search(index, query, want)
-            with self.read() as con:
+            with self.core.read() as con:
                 rows = con.execute("SELECT expert_id, vector FROM model2vec WHERE probe = ? AND method = ? AND "
                                    "expert_id IN (SELECT unnest(?::INTEGER[]))",
                                    [probe, vec_method, ids.tolist()]).fetchall()
             return [(by_id[i], np.asarray(v, dtype=np.float32)) for i, v in rows if i in by_id]
         # Task2Vec / domain: the index holds task vectors; an expert is represented by its training task.
-        index = self.index(self.kind("task", probe, vec_method))
+        index = self.index_manager.get(self.index_manager.kind("task", probe, vec_method))
         if index is None:
             return []
         ids, _ = search(index, query, want)
-        with self.read() as con:
+        with self.core.read() as con:
             rows = con.execute(
                 "SELECT x.id, e.vector FROM experts x JOIN tasks t ON t.name = x.trained_on "
                 "JOIN task_embeddings e ON e.task_id = t.id WHERE e.probe = ? AND e.method = ? "
@@ -574,7 +624,7 @@ class ExpertOps(TaskOps):
         """The broadest training task first (classes x samples, from the expert or its registered training task)."""
         from taskreg.selection import select as sel
 
-        tasks = {t.name: t for t in self.list_tasks()}
+        tasks = {t.name: t for t in self.tasks.list_tasks()}
         sizes: dict[int, tuple[int, int]] = {}  # expert position -> (classes, samples), where known
         for i, e in enumerate(experts):
             task = tasks.get(e.trained_on or "")
@@ -593,7 +643,7 @@ class ExpertOps(TaskOps):
 
     def _measured_errors(self, ds: datasets.Dataset) -> dict[int, float]:
         """Measured test errors of the experts on the query, when the query is a registered task."""
-        with self.read() as con:
+        with self.core.read() as con:
             rows = con.execute(
                 "SELECT r.expert_id, r.test_error FROM expert_task_results r JOIN tasks t ON t.id = r.task_id "
                 "WHERE t.fingerprint = ?", [ds.fingerprint()]).fetchall()

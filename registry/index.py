@@ -1,4 +1,5 @@
-"""Faiss indexes derived from the catalog: build, persist atomically, detect staleness, search.
+"""Faiss indexes derived from the catalog: build, persist atomically, detect staleness, search, and their
+lifecycle in a registry (:class:`IndexManager`: rebuild, repair, append, remove).
 
 One index per vector kind (``task/<probe>/<method>``, ``model2vec/<probe>/<method>``,
 ``domain/<probe>/domain``), keyed by catalog ids (``IndexIDMap2``). Vectors are L2-normalised so
@@ -43,9 +44,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from taskreg.errors import TaskregError
+from taskreg.registry import catalog
 
 if TYPE_CHECKING:
     import faiss
+
+    from taskreg.registry.core import Core
 
 # n * dim (floats read by one exact query) from which IVF-Flat replaces the exact flat index.
 APPROXIMATE_THRESHOLD = 100_000 * 784
@@ -271,3 +275,157 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class IndexManager:
+    """The index lifecycle of one registry: load, rebuild, append, remove, detect and repair stale indexes.
+
+    Beside the :class:`IndexStore` (the files) it keeps the indexes this process loaded or rebuilt, by
+    vector kind, with the catalog generation they were built at.
+    """
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.store = core.indexes
+        self.cache: dict[str, tuple[int, faiss.Index]] = {}
+
+    @staticmethod
+    def kind(family: str, probe: str, method: str) -> str:
+        return kind_name(family, probe, method)
+
+    def catalog_kinds(self) -> dict[str, int]:
+        """Every vector kind the catalog has, with its generation."""
+        with self.core.read() as con:
+            return catalog.kinds(con)
+
+    def rebuild(self, kind: str) -> int:
+        """Recreate one index from DuckDB; returns the number of vectors."""
+        with self.core.read() as con:
+            gen = catalog.generation(con, kind)
+            ids, vecs = catalog.kind_vectors(con, kind)
+        read_only = self.core.read_only  # this user cannot save it: the rebuilt index serves this process only
+        if len(ids) == 0:
+            if not read_only:
+                self.store.remove(kind)
+            self.cache.pop(kind, None)
+            return 0
+        index = build_index(ids, vecs)
+        with self.core.read() as con:
+            current = catalog.generation(con, kind)
+        if current == gen and not read_only:  # else a newer commit landed meanwhile and its rebuild saves that
+            self.store.save(kind, index, gen)
+        self.cache[kind] = (gen, index)
+        return len(ids)
+
+    def add(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> int:
+        """After a commit that added exactly ``ids`` (N,) / ``vectors`` (N, D) to ``kind`` and bumped its
+        generation once: append them to the index on disk instead of rebuilding it from the catalog.
+
+        Falls back to :meth:`rebuild` whenever the index on disk is not exactly the state before
+        that commit (another writer came between, a file is stale or damaged) or the new size calls for
+        the other index type. Returns the number of vectors in the index.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        found = self._before_commit(kind, len(ids), int(vectors.shape[1]))
+        if found is None:
+            return self.rebuild(kind)
+        gen, index = found
+        if len(ids):
+            index.add_with_ids(normalise(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)), ids)
+        return self._save_updated(kind, gen, index)
+
+    def remove(self, kind: str, ids: np.ndarray) -> int:
+        """After a commit that removed exactly ``ids`` from ``kind`` and bumped its generation once: drop
+        them from the index on disk (same fallback to a rebuild as :meth:`add`)."""
+        import faiss
+
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        found = self._before_commit(kind, -len(ids), None)
+        if found is None:
+            return self.rebuild(kind)
+        gen, index = found
+        if index.remove_ids(faiss.IDSelectorBatch(ids)) != len(ids):
+            return self.rebuild(kind)
+        return self._save_updated(kind, gen, index)
+
+    def _before_commit(self, kind: str, change: int, dim: int | None) -> tuple[int, faiss.Index] | None:
+        """(catalog generation, index loaded for modification) when the index on disk is exactly the state
+        one commit before (generation - 1, ``change`` fewer vectors, dimension ``dim``, None: any) and the
+        index type still fits; else None."""
+        with self.core.read() as con:
+            gen = catalog.generation(con, kind)
+            count = catalog.kind_count(con, kind)
+        before = count - change
+        m = self.store.manifest(kind)
+        if count <= 0 or before <= 0 or m is None or (dim is not None and m.dim != dim):
+            return None
+        dim = m.dim
+        wanted = {"flat": "IndexFlatIP", "ivf": "IndexIVFFlat"}[choose_index_type(count, dim)]
+        if m.index_type != wanted or self.store.problem(kind, gen - 1, before) is not None:
+            return None
+        index = self.store.load(kind, mmap=False)
+        if index is None or index.ntotal != before:
+            return None
+        return gen, index
+
+    def _save_updated(self, kind: str, gen: int, index: faiss.Index) -> int:
+        with self.core.read() as con:
+            current = catalog.generation(con, kind)
+        if current == gen:  # else a newer commit landed meanwhile and that writer saves the newer index
+            self.store.save(kind, index, gen)
+        self.cache[kind] = (gen, index)
+        return int(index.ntotal)
+
+    def rebuild_all(self) -> dict[str, int]:
+        """Recreate every index from the catalog (``taskreg index rebuild``)."""
+        kinds = self.catalog_kinds()
+        for stale in set(self.store.kinds_on_disk()) - set(kinds):
+            self.store.remove(stale)
+        return {kind: self.rebuild(kind) for kind in sorted(kinds)}
+
+    def problems(self) -> dict[str, str]:
+        """Vector kind -> why its index on disk cannot be used (missing, stale, damaged, orphaned)."""
+        problems: dict[str, str] = {}
+        on_disk = set(self.store.kinds_on_disk())
+        with self.core.read() as con:
+            kinds = catalog.kinds(con)
+            for kind, gen in kinds.items():
+                count = catalog.kind_count(con, kind)
+                if count == 0:
+                    if kind in on_disk:  # its last vectors were removed by a command killed before the rebuild
+                        problems[kind] = "index without catalog vectors"
+                    continue
+                why = self.store.problem(kind, gen, count)
+                if why:
+                    problems[kind] = why
+        for orphan in on_disk - set(kinds):
+            problems[orphan] = "index without catalog vectors"
+        return problems
+
+    def repair(self) -> dict[str, str]:
+        """Rebuild every index that is missing, stale or unreadable; returns what was repaired and why."""
+        problems = self.problems()
+        for kind in problems:
+            if kind in self.catalog_kinds():
+                self.rebuild(kind)
+            else:
+                self.store.remove(kind)
+        return problems
+
+    def get(self, kind: str) -> faiss.Index | None:
+        """The Faiss index of one vector kind, loaded from disk or rebuilt when stale; None if empty."""
+        with self.core.read() as con:
+            gen = catalog.generation(con, kind)
+            count = catalog.kind_count(con, kind)
+        if count == 0:
+            return None
+        cached = self.cache.get(kind)
+        if cached and cached[0] == gen and cached[1].ntotal == count:
+            return cached[1]
+        if self.store.problem(kind, gen, count) is None:
+            index = self.store.load(kind)
+            if index is not None and index.ntotal == count:
+                self.cache[kind] = (gen, index)
+                return index
+        self.rebuild(kind)
+        return self.cache[kind][1]

@@ -4,7 +4,7 @@ Every probe, task embedding and expert is logged as an MLflow run before its cat
 committed: the run's parameters, tags and metrics describe the record, and its artifacts hold the
 weights (probes, experts) or the vectors (tasks). From those this module re-inserts, in one DuckDB
 transaction under the registry lock, every committed record run that no catalog row references and
-no ``rm`` marked (:meth:`RegistryCore.unaccounted`), then rebuilds the indexes.
+no ``rm`` marked (:func:`taskreg.registry.damage.unaccounted`), then rebuilds the indexes.
 
 What only the catalog held cannot come back: expert evaluations, Model2Vec fits, Taskonomy transfers
 (per-image losses, win rates; the task-network runs of a build are marked removed, since a build
@@ -18,16 +18,18 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+import duckdb
 import numpy as np
 
 from taskreg import data as datasets
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
-from taskreg.registry.core import file_sha256
+from taskreg.registry.core import Core
+from taskreg.registry.damage import unaccounted
+from taskreg.registry.index import IndexManager
 from taskreg.registry.names import check_name
-from taskreg.registry.taskonomy import TaskonomyOps
-from taskreg.registry.tasks import _head_classes, _insert_embedding
-from taskreg.registry.tracking import RunData, RunRef, stored_registry_id
+from taskreg.registry.tracking import RunData, RunRef
+from taskreg.registry.weights import file_sha256, head_classes
 
 NOT_IN_MLFLOW = ("expert evaluations (`taskreg expert eval`)", "Model2Vec fits (`taskreg model2vec fit`)",
                  "Taskonomy transfers (`taskreg taskonomy build`)", "imported affinity sets", "policies")
@@ -49,7 +51,13 @@ class RecoveryReport:
                 f"{len(self.experts)} expert(s)")
 
 
-class RecoveryOps(TaskonomyOps):
+class Recovery:
+    """``taskreg recover`` on one registry."""
+
+    def __init__(self, core: Core, index_manager: IndexManager) -> None:
+        self.core = core
+        self.index_manager = index_manager
+
     def recover(self, *, device: str = "cpu") -> RecoveryReport:
         """Re-insert the probes, tasks and experts MLflow holds but the catalog lost; see the module docstring.
 
@@ -57,20 +65,20 @@ class RecoveryOps(TaskonomyOps):
         records; refuses a catalog that belongs to another registry. Nothing to recover: an empty report.
         """
         report = RecoveryReport()
-        with self.lock():
+        with self.core.lock():
             self._prepare_catalog()
-            lost = self.unaccounted()
+            lost = unaccounted(self.core)
             report.found = len(lost.runs)
             if not lost.runs:
                 return report
-            runs = [self.tracker.run_data(run_id) for run_id, _, _ in lost.runs]
+            runs = [self.core.tracker.run_data(run_id) for run_id, _, _ in lost.runs]
             runs.sort(key=lambda r: (r.start_time, r.run_id))
             by_kind: dict[str, list[RunData]] = {}
             for run in runs:
                 by_kind.setdefault(run.tags.get("taskreg.kind", ""), []).append(run)
             probes = self._recover_probes(by_kind.get("probe", []), report, device)
             experts = self._recover_experts(by_kind.get("expert", []), report)
-            with self.read() as con:
+            with self.core.read() as con:
                 known = {p.name for p in catalog.list_probes(con)} | {p[0] for p in probes}
                 have = {t.name: t for t in catalog.list_tasks(con)}
             tasks = self._recover_tasks(by_kind.get("task_embedding", []), known, have, report)
@@ -78,18 +86,18 @@ class RecoveryOps(TaskonomyOps):
                 report.retired.append(f"task network {run.name} (run {run.run_id}): its transfers were only in the "
                                       "catalog; `taskreg taskonomy build` trains it again")
                 report.retired_runs.append(run.run_id)
-            with self.write() as con:
+            with self.core.write() as con:
                 self._insert_recovered(con, probes, experts, tasks, {r.run_id: r for r in runs}, report)
             for run_id in report.retired_runs:  # after the commit: a rerun finds them unaccounted for again
-                self.tracker.mark_removing(run_id)
-        self.rebuild_indexes()
+                self.core.tracker.mark_removing(run_id)
+        self.index_manager.rebuild_all()
         return report
 
     # ------------------------------------------------------------------ preparing the catalog
     def _prepare_catalog(self) -> None:
         """Make sure a catalog of this registry exists (created with MLflow's id when it is missing or empty)."""
-        version, mine = self._catalog_state()
-        theirs = stored_registry_id(self.root / "mlflow.db")
+        version, mine = self.core.catalog_state()
+        theirs = self.core.tracker.stored_registry_id()
         if mine is not None and theirs is not None and mine != theirs:
             raise TaskregError(f"catalog.duckdb belongs to registry {mine}, not to mlflow.db's {theirs}: move it "
                                "away first, then `taskreg recover` rebuilds a catalog from MLflow")
@@ -97,16 +105,16 @@ class RecoveryOps(TaskonomyOps):
             raise TaskregError(f"catalog schema version {version} is newer than this taskreg "
                                f"({catalog.SCHEMA_VERSION})")
         for sub in ("artifacts", "index", "cache"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            (self.core.root / sub).mkdir(parents=True, exist_ok=True)
         if version == 0:
-            self.catalog_path.unlink(missing_ok=True)  # an empty file (no schema) is replaced
-        with self.write(transactional=False) as con:
+            self.core.catalog_path.unlink(missing_ok=True)  # an empty file (no schema) is replaced
+        with self.core.write(transactional=False) as con:
             catalog.migrate(con)
             if catalog.registry_id(con) is None:
                 catalog.set_registry_id(con, theirs or uuid.uuid4().hex)
         if theirs is None:
-            self._adopt_identity()
-        self.damage = None
+            self.core.adopt_identity()
+        self.core.damage = None
 
     def _newest(self, runs: list[RunData], prefix: str, what: str, report: RecoveryReport) -> dict[str, RunData]:
         """name -> the newest run per record name (runs are sorted by start time); older duplicates (the
@@ -132,7 +140,7 @@ class RecoveryOps(TaskonomyOps):
             report.skipped.append(f"{what} {name}: its weights artifact {path} is missing")
             return None
         try:
-            rel = str(path.resolve().relative_to(self.root))
+            rel = str(path.resolve().relative_to(self.core.root))
         except ValueError:
             report.skipped.append(f"{what} {name}: its weights artifact {path} is outside the registry")
             return None
@@ -154,8 +162,8 @@ class RecoveryOps(TaskonomyOps):
                 if run.params.get("input_size", "").isdigit():
                     spec = ProbeSpec(arch=arch, input_size=int(run.params["input_size"]), in_chans=spec.in_chans,
                                      mean=spec.mean, std=spec.std)
-                state = load_state_dict_file(self.root / found[0])
-                model = create_model(arch, num_classes=_head_classes(state))
+                state = load_state_dict_file(self.core.root / found[0])
+                model = create_model(arch, num_classes=head_classes(state))
                 load_weights(model, state, ignore_head=False)
             except (TaskregError, KeyError, ValueError, RuntimeError) as exc:
                 report.skipped.append(f"probe {name}: its weights do not load as {arch!r} ({str(exc).splitlines()[0]})")
@@ -176,10 +184,10 @@ class RecoveryOps(TaskonomyOps):
             if found is None:
                 continue
             model = f"expert-{name}"
-            version = self.tracker.model_version(model, run.run_id)
+            version = self.core.tracker.model_version(model, run.run_id)
             if version is None:  # the registered model went too: register the run's weights again
                 tags = {k: run.tags.get(k, "") for k in ("arch", "trained_on", "taskreg.kind", "origin")}
-                version = self.tracker.register(model, RunRef(run.run_id, run.artifact_dir), "weights", tags)
+                version = self.core.tracker.register(model, RunRef(run.run_id, run.artifact_dir), "weights", tags)
             out.append({"name": name, "arch": run.tags.get("arch") or run.params.get("arch", ""), "sha256": found[1],
                         "weights": found[0], "trained_on": run.tags.get("trained_on") or None,
                         "origin": run.tags.get("origin") or "added", "n_train": _int(run.params.get("n_train")),
@@ -250,8 +258,8 @@ class RecoveryOps(TaskonomyOps):
         return {"name": name, "source": source, "domain": domain, "n_samples": size, "n_classes": n_classes or 0,
                 "fingerprint": fingerprint}
 
-    def _insert_recovered(self, con: object, probes: list, experts: list[dict], tasks: dict[str, dict],
-                          runs: dict[str, RunData], report: RecoveryReport) -> None:
+    def _insert_recovered(self, con: duckdb.DuckDBPyConnection, probes: list, experts: list[dict],
+                          tasks: dict[str, dict], runs: dict[str, RunData], report: RecoveryReport) -> None:
         """Insert the rebuilt records (``runs``: run id -> run, whose start time becomes ``created_at``)."""
         for name, rec, trivial in probes:
             if catalog.get_probe(con, name) is not None:
@@ -259,8 +267,7 @@ class RecoveryOps(TaskonomyOps):
             catalog.insert_probe(con, rec)
             _created_at(con, "probes", "name", name, runs[rec.run_id])
             for method, vec in trivial.items():
-                con.execute("INSERT INTO trivial_embeddings VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                            [name, method, catalog.vector_param(vec)])
+                catalog.insert_trivial_embedding(con, name, method, vec, if_absent=True)
             report.probes.append(name)
         for expert in experts:
             if catalog.get_expert(con, expert["name"]) is not None:
@@ -277,11 +284,10 @@ class RecoveryOps(TaskonomyOps):
                 task_id = catalog.get_task(con, name).id
             added = 0
             for probe, method, vector, n_samples, seed, seconds, run_id in entry["embeddings"]:
-                if con.execute("SELECT 1 FROM task_embeddings WHERE task_id = ? AND probe = ? AND method = ?",
-                               [task_id, probe, method]).fetchone():
+                if catalog.has_embedding(con, task_id, probe, method):
                     continue
-                _insert_embedding(con, task_id, probe, method, vector, n_samples, seed, seconds, run_id)
-                kinds.add(self.kind("task", probe, method))
+                catalog.insert_embedding(con, task_id, probe, method, vector, n_samples, seed, seconds, run_id)
+                kinds.add(self.index_manager.kind("task", probe, method))
                 added += 1
             report.embeddings += added
             report.tasks.append(name)
@@ -289,10 +295,9 @@ class RecoveryOps(TaskonomyOps):
             catalog.bump_generation(con, kind)
 
 
-def _created_at(con: object, table: str, key: str, value: object, run: RunData) -> None:
+def _created_at(con: duckdb.DuckDBPyConnection, table: str, key: str, value: object, run: RunData) -> None:
     """The record's creation time: its run's start (the catalog commit came moments later)."""
-    con.execute(f"UPDATE {table} SET created_at = make_timestamp(?::BIGINT * 1000) WHERE {key} = ?",
-                [run.start_time, value])
+    catalog.set_created_at(con, table, key, value, run.start_time)
 
 
 def _int(text: str | None) -> int | None:

@@ -75,7 +75,8 @@ class Tracker:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
-        self.uri = f"sqlite:///{self.root / 'mlflow.db'}"
+        self.db = self.root / "mlflow.db"
+        self.uri = f"sqlite:///{self.db}"
         self._client: MlflowClient | None = None
         self._experiments: dict[str, str] = {}
 
@@ -131,22 +132,34 @@ class Tracker:
         self, experiment: str, run_name: str, *, params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> RunRef:
+        from mlflow.entities import Param
+
         all_tags = {"taskreg.state": "pending", "taskreg.owner": process_token(), **(tags or {})}
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=all_tags)
         rid = run.info.run_id
-        for key, value in (params or {}).items():
-            self.client.log_param(rid, key, str(value)[:6000])
+        if params:  # one call for all parameters
+            self.client.log_batch(rid, params=[Param(key, str(value)[:6000]) for key, value in params.items()])
         return RunRef(rid, _local_path(run.info.artifact_uri))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        for key, value in metrics.items():
-            self.client.log_metric(run_id, key, float(value), step=step)
+        """Log ``metrics`` in one call (one timestamp for all)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        if not metrics:
+            return
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
+
+    def artifact_dir(self, run_id: str) -> Path:
+        """The local directory holding the artifacts of run ``run_id``."""
+        return _local_path(self.client.get_run(run_id).info.artifact_uri)
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> Path:
         """Copy a local file into the run's artifacts; return the stored file's path."""
         self.client.log_artifact(run_id, str(path), artifact_path)
-        run = self.client.get_run(run_id)
-        base = _local_path(run.info.artifact_uri)
+        base = self.artifact_dir(run_id)
         return (base / artifact_path / Path(path).name) if artifact_path else base / Path(path).name
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
@@ -225,6 +238,20 @@ class Tracker:
             pass
 
     def registered_models(self) -> dict[str, dict[str, str]]:
+        """Registered model name -> tags. Read straight from ``mlflow.db`` (10,000 models: ~20 s through the
+        MLflow client on a loaded 2-core machine, well under a second this way); through the client when
+        the schema is not the expected one."""
+        rows = _read_mlflow_db(self.db, _MODEL_TAGS_SQL, [])
+        if rows is None:
+            return self.registered_models_via_api()
+        models: dict[str, dict[str, str]] = {}
+        for name, key, value in rows:
+            model = models.setdefault(name, {})
+            if key is not None:
+                model[key] = value
+        return models
+
+    def registered_models_via_api(self) -> dict[str, dict[str, str]]:
         models: dict[str, dict[str, str]] = {}
         token = None
         while True:
@@ -241,8 +268,20 @@ class Tracker:
                 return str(mv.version)
         return None
 
-    def model_runs(self) -> dict[str, set[str]]:
-        """Registered model name -> the run ids of its versions."""
+    def model_runs(self, name: str | None = None) -> dict[str, set[str]]:
+        """Registered model name -> the run ids of its versions (only ``name`` when given), read like
+        :meth:`run_states`; through the client when the schema differs."""
+        sql = "SELECT name, run_id FROM model_versions" + (" WHERE name = ?" if name is not None else "")
+        rows = _read_mlflow_db(self.db, sql, [name] if name is not None else [])
+        if rows is None:
+            runs = self.model_runs_via_api()
+            return runs if name is None else {k: v for k, v in runs.items() if k == name}
+        out: dict[str, set[str]] = {}
+        for model, run_id in rows:
+            out.setdefault(model, set()).update([run_id] if run_id else [])
+        return out
+
+    def model_runs_via_api(self) -> dict[str, set[str]]:
         runs: dict[str, set[str]] = {}
         token = None
         while True:
@@ -252,6 +291,107 @@ class Tracker:
             token = page.token
             if not token:
                 return runs
+
+    # ------------------------------------------------------------------ the whole store at once
+    def run_states(self) -> RunStates:
+        """The state and tags of every run of the registry's experiments.
+
+        One read-only query on ``mlflow.db`` instead of a ``get_run`` per catalog row: 10,000 runs in
+        well under a second, where MLflow's ORM spends ~1 ms a run (and seconds on its import). When
+        the tracking schema is not the expected one, one paged ``search_runs`` gives the same answer.
+        """
+        names = [f"taskreg-{name}" for name in EXPERIMENTS]
+        rows = _read_mlflow_db(self.db, _RUN_TAGS_SQL.format(", ".join("?" for _ in names)), names)
+        if rows is None:
+            return self.run_states_via_api()
+        found: dict[str, dict[str, str]] = {}
+        stage: dict[str, str] = {}
+        for run_id, lifecycle, key, value in rows:
+            stage[run_id] = lifecycle
+            run = found.setdefault(run_id, {})
+            if key is not None:
+                run[key] = value
+        states = {r: "deleted" if stage[r] == "deleted" else found[r].get("taskreg.state", "committed") for r in stage}
+        return RunStates(states, found)
+
+    def run_states_via_api(self) -> RunStates:
+        from mlflow.entities import ViewType
+
+        ids = [self.experiment_id(name) for name in EXPERIMENTS]
+        out = RunStates({}, {})
+        token = None
+        while True:
+            page = self.client.search_runs(ids, run_view_type=ViewType.ALL, max_results=5000, page_token=token)
+            for run in page:
+                deleted = run.info.lifecycle_stage == "deleted"
+                out.states[run.info.run_id] = "deleted" if deleted else run.data.tags.get("taskreg.state", "committed")
+                out.tags[run.info.run_id] = dict(run.data.tags)
+            token = page.token
+            if not token:
+                return out
+
+    def stored_registry_id(self) -> str | None:
+        """The registry id recorded in ``mlflow.db`` (read-only, no MLflow import); None when there is none."""
+        return stored_registry_id(self.db)
+
+    def store_summary(self) -> StoreSummary | None:
+        """What ``mlflow.db`` holds, read-only (see :func:`store_summary`); None when it is not an MLflow store."""
+        return store_summary(self.db)
+
+    def recorded_root(self) -> Path | None:
+        """The registry root that ``mlflow.db`` was created under."""
+        return _recorded_root(self.db)
+
+    def relocate(self, to: Path | None = None) -> bool:
+        """Point the absolute artifact locations in ``mlflow.db`` at ``to`` (default: this tracker's root, the
+        final root of a copy being staged elsewhere otherwise) when they name another root (the registry was
+        moved, copied or restored); returns whether anything changed. One sqlite transaction; the caller
+        holds the registry lock or owns the directory alone."""
+        target = self.root if to is None else Path(to)
+        recorded = self.recorded_root()
+        if recorded is None or recorded == target:
+            return False
+        _relocate(self.db, recorded, target)
+        return True
+
+
+@dataclass(frozen=True)
+class RunStates:
+    """Every run of the registry's experiments: run id -> 'committed' | 'pending' | 'removing' | 'deleted',
+    and run id -> its tags."""
+
+    states: dict[str, str]
+    tags: dict[str, dict[str, str]]
+
+
+_RUN_TAGS_SQL = (
+    "SELECT r.run_uuid, r.lifecycle_stage, t.key, t.value FROM runs r "
+    "JOIN experiments e ON e.experiment_id = r.experiment_id LEFT JOIN tags t ON t.run_uuid = r.run_uuid "
+    "WHERE e.name IN ({})"
+)
+_MODEL_TAGS_SQL = (
+    "SELECT m.name, t.key, t.value FROM registered_models m LEFT JOIN registered_model_tags t ON t.name = m.name"
+)
+
+
+def _read_mlflow_db(db: Path, sql: str, params: list[str]) -> list[tuple] | None:
+    """Rows of a read-only query on MLflow's sqlite store; None when it cannot answer (no file, another schema).
+
+    The tables involved (runs, tags, experiments, registered_models, registered_model_tags, model_versions)
+    have kept these columns since MLflow 1.x, and the callers fall back to the MLflow client when a query fails.
+    """
+    import sqlite3
+
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
 
 
 @dataclass(frozen=True)
@@ -383,7 +523,7 @@ _LOCATION_COLUMNS = (
 )
 
 
-def recorded_root(db: Path) -> Path | None:
+def _recorded_root(db: Path) -> Path | None:
     """The registry root that ``mlflow.db`` was created under (from the tasks experiment's location)."""
     import sqlite3
 
@@ -401,7 +541,7 @@ def recorded_root(db: Path) -> Path | None:
     return _local_path(row[0]).parent.parent  # <root>/artifacts/tasks
 
 
-def relocate(db: Path, old_root: Path, new_root: Path) -> None:
+def _relocate(db: Path, old_root: Path, new_root: Path) -> None:
     """Rewrite the absolute artifact locations in ``mlflow.db`` after the registry was moved or copied.
 
     MLflow stores artifact locations as absolute URIs; a registry restored from a backup or copied to a

@@ -748,8 +748,8 @@ def ranked_lab(lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     reg = Registry.open(d / "reg")
     reg.add_expert("with-task", arch="cifar_resnet8", weights=save_random_expert(d / "w0.pt", 1), trained_on="good")
     torch.manual_seed(2)
-    reg._register_expert("tn-mini-edges", EncoderProbe(num_classes=1), "taskonomy_encoder", None, "task_network",
-                         {"dictionary": "mini", "task": "edges"})
+    reg.experts.register_expert("tn-mini-edges", EncoderProbe(num_classes=1), "taskonomy_encoder", None,
+                                "task_network", {"dictionary": "mini", "task": "edges"})
     register_unchecked(reg, "nanx", broken_weights(d / "nan.pt", "nan"))
     notes: list[str] = []
     reg.evaluate(on_unmeasurable=notes.append)

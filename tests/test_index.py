@@ -76,8 +76,8 @@ def test_add_to_index_appends_when_current_and_rebuilds_otherwise(registry: Regi
     add_vectors(registry, rng.random((30, 8), dtype=np.float32))
     registry.rebuild_indexes()
     rebuilds: list[str] = []
-    real_rebuild = registry.rebuild_index
-    monkeypatch.setattr(registry, "rebuild_index", lambda kind: rebuilds.append(kind) or real_rebuild(kind))
+    real_rebuild = registry.index_manager.rebuild
+    monkeypatch.setattr(registry.index_manager, "rebuild", lambda kind: rebuilds.append(kind) or real_rebuild(kind))
     new = rng.random((2, 8), dtype=np.float32)
     ids = add_vectors(registry, new, prefix="u")  # one commit, one generation bump
     assert registry.add_to_index(KIND, np.array(ids), new) == 32
@@ -192,7 +192,7 @@ def test_insert_columns_round_trips_vectors_after_a_half_read_result(registry: R
         with pytest.raises(TaskregError, match="different lengths"):
             catalog.insert_columns(con, "tasks", {"name": ["x", "y"], "source": ["s"]})
     with registry.read() as con:
-        got_ids, got = catalog.vectors_to_numpy(con, registry._KIND_SQL["task"], ("p", "montecarlo"))
+        got_ids, got = catalog.kind_vectors(con, "task/p/montecarlo")
     np.testing.assert_array_equal(got, vecs[order][np.argsort(ids)])
     assert registry.index(KIND).ntotal == 300
 
@@ -201,7 +201,7 @@ def test_hash_cache_rehashes_a_file_rewritten_with_the_same_size_and_mtime(tmp_p
     import hashlib
     import os
 
-    from taskreg.registry.core import HashCache
+    from taskreg.registry.maintenance import HashCache
 
     monkeypatch.setattr(HashCache, "RACY_SECONDS", 0.0)  # the file is written just now
     path, store = tmp_path / "w.pt", tmp_path / "cache" / "sha.json"

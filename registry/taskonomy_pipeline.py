@@ -21,15 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from taskreg.data.images import batch_to_size
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
+from taskreg.registry.core import Core
+from taskreg.registry.experts import ExpertService
 from taskreg.registry.names import check_name
-from taskreg.registry.taxonomy import TaxonomyOps, _delete_affinity_set, _insert_affinity_set
+from taskreg.registry.runs import pending_run, store_weights
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from taskreg.trainers.taskonomy_dictionary import DictionaryRef
+    from taskreg.trainers.taskonomy_dictionary import Dictionary, DictionaryRef
     from taskreg.trainers.transfer import TaskNetwork, TransferJob, TransferResult
 
 Progress = Callable[[int, int], None] | None
@@ -55,7 +58,14 @@ def option_label(kind: str, sources: Iterable[str]) -> str:
     return kind if kind in ("self", "scratch") else "+".join(sources)
 
 
-class TaskonomyOps(TaxonomyOps):
+class TaskonomyPipeline:
+    """``taskonomy build`` and ``taskonomy add-target`` on one registry."""
+
+    def __init__(self, core: Core, experts: ExpertService) -> None:
+        self.core = core
+        self.experts = experts
+        self.dictionaries: dict[str, Dictionary] = {}  # dictionary name -> the dictionary loaded by this process
+
     # ------------------------------------------------------------------ dictionaries
     def dictionary_ref(self, dictionary: str, *, n_images: int = 1600, size: int = 32, seed: int = 0,
                        tiny: bool = False) -> tuple[str, DictionaryRef]:
@@ -75,7 +85,7 @@ class TaskonomyOps(TaxonomyOps):
         return name, DictionaryRef("npz", path=str(path.resolve()), seed=seed)
 
     def _done_keys(self, dictionary: str) -> set[str]:
-        with self.read() as con:
+        with self.core.read() as con:
             rows = con.execute("SELECT key FROM transfers WHERE dictionary = ?", [dictionary]).fetchall()
         return {r[0] for r in rows}
 
@@ -91,7 +101,7 @@ class TaskonomyOps(TaxonomyOps):
         losses = np.asarray(res.per_image_loss, dtype=np.float64)
 
         def commit(run_id: str | None) -> None:
-            with self.write() as con:
+            with self.core.write() as con:
                 con.execute(
                     "INSERT INTO transfers (dictionary, key, kind, sources, target, \"order\", mean_loss, train_size, "
                     "seconds, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -106,27 +116,27 @@ class TaskonomyOps(TaxonomyOps):
             return
         params = {"dictionary": dictionary, "task": job.target, "epochs": job.epochs, "seed": job.seed, "key": job.key}
         tags = {"taskreg.kind": "task_network", "kind": "task_network", "dictionary": dictionary}
-        with self._pending_run("taskonomy", f"{dictionary}:self->{job.target}", params, tags) as run:
-            self.tracker.log_metrics(run.run_id, {"mean_loss": res.mean_loss, "seconds": res.seconds})
+        with pending_run(self.core, "taskonomy", f"{dictionary}:self->{job.target}", params, tags) as run:
+            self.core.tracker.log_metrics(run.run_id, {"mean_loss": res.mean_loss, "seconds": res.seconds})
             state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-            self._store_weights(run, state, f"{job.target}.pt")
-            self.tracker.register(f"tasknet-{dictionary}-{job.target}", run, "weights",
+            store_weights(self.core, run, state, f"{job.target}.pt")
+            self.core.tracker.register(f"tasknet-{dictionary}-{job.target}", run, "weights",
                                   {"kind": "task_network", "dictionary": dictionary, "task": job.target})
             commit(run.run_id)
-        self.tracker.commit(run.run_id)
+        self.core.tracker.commit(run.run_id)
 
     def _log_stage(self, dictionary: str, stage: str, keys: list[str], seconds: float, trained: int) -> None:
         """One MLflow run per pipeline stage: counts, time and the stage's results as a CSV artifact."""
         if not trained:
             return
-        with self.read() as con:
+        with self.core.read() as con:
             rows = con.execute("SELECT key, kind, array_to_string(sources, '+'), target, \"order\", mean_loss, "
                                "seconds FROM transfers WHERE dictionary = ? AND key IN (SELECT unnest(?::VARCHAR[])) "
                                "ORDER BY target, \"order\", key", [dictionary, keys]).fetchall()
         params = {"dictionary": dictionary, "stage": stage, "jobs": len(keys), "trained": trained}
         tags = {"taskreg.kind": "taskonomy_stage"}
-        with self._pending_run("taskonomy", f"{dictionary}:{stage}", params, tags) as run:
-            self.tracker.log_metrics(run.run_id, {"seconds": seconds, "trained": trained,
+        with pending_run(self.core, "taskonomy", f"{dictionary}:{stage}", params, tags) as run:
+            self.core.tracker.log_metrics(run.run_id, {"seconds": seconds, "trained": trained,
                                                   "mean_loss": float(np.mean([r[5] for r in rows])) if rows else 0.0})
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"{stage.replace(' ', '_')}.csv"
@@ -134,25 +144,22 @@ class TaskonomyOps(TaxonomyOps):
                     w = csv.writer(f)
                     w.writerow(["key", "kind", "sources", "target", "order", "mean_loss", "seconds"])
                     w.writerows(rows)
-                self.tracker.log_artifact(run.run_id, path, "results")
-        self.tracker.commit(run.run_id)
+                self.core.tracker.log_artifact(run.run_id, path, "results")
+        self.core.tracker.commit(run.run_id)
 
     def _task_network(self, dictionary: str, task: str, key: str) -> nn.Module:
         """Reload a stored task network (encoder + decoder) from its MLflow artifact."""
         from taskreg.embedders.probes import load_state_dict_file
         from taskreg.trainers.networks import Encoder, TaskModel, make_decoder, rep_shape_for
 
-        with self.read() as con:
+        with self.core.read() as con:
             row = con.execute("SELECT run_id FROM transfers WHERE dictionary = ? AND key = ?",
                               [dictionary, key]).fetchone()
         if row is None:
             raise TaskregError(f"no task network for {task!r} in {dictionary!r}")
-        run = self.tracker.client.get_run(row[0])
-        from taskreg.registry.tracking import _local_path
-
-        path = _local_path(run.info.artifact_uri) / "weights" / f"{task}.pt"
+        path = self.core.tracker.artifact_dir(row[0]) / "weights" / f"{task}.pt"
         state = load_state_dict_file(path)
-        d = self._dictionary_cache[dictionary]
+        d = self.dictionaries[dictionary]
         spec = d.task(task)
         model = TaskModel(Encoder(), make_decoder(spec, rep_shape_for(d.image_shape[1:])))
         model.load_state_dict(state)
@@ -178,8 +185,7 @@ class TaskonomyOps(TaxonomyOps):
         name, ref = self.dictionary_ref(dictionary, n_images=n_images, seed=seed)
         t0 = time.perf_counter()
         d = ref.load()
-        self._dictionary_cache = getattr(self, "_dictionary_cache", {})
-        self._dictionary_cache[name] = d
+        self.dictionaries[name] = d
         tag = dictionary_fingerprint(d)[:8]
         if tasks is not None:  # plan over a subset (jobs still carry the full dictionary's reference)
             unknown = [t for t in tasks if t not in d.tasks]
@@ -216,7 +222,7 @@ class TaskonomyOps(TaxonomyOps):
 
         # II. frozen representations, computed once per (source, input key) and cached on disk
         start = time.perf_counter()
-        cache = self.cache_dir / "taskonomy" / f"{name}-{tag}"
+        cache = self.core.cache_dir / "taskonomy" / f"{name}-{tag}"
         cache.mkdir(parents=True, exist_ok=True)
         frac = train_fraction if train_fraction is not None else tr.TRAIN_FRACTION
 
@@ -257,7 +263,7 @@ class TaskonomyOps(TaxonomyOps):
     def _stored_result(self, dictionary: str, job: TransferJob) -> TransferResult | None:
         from taskreg.trainers.transfer import TransferResult
 
-        with self.read() as con:
+        with self.core.read() as con:
             row = con.execute("SELECT sources, target, \"order\", mean_loss, seconds, train_size, kind FROM transfers "
                               "WHERE dictionary = ? AND key = ?", [dictionary, job.key]).fetchone()
         if row is None:
@@ -275,7 +281,7 @@ class TaskonomyOps(TaxonomyOps):
         Returns the number of rows of the dictionary.
         """
         keys = list(dict.fromkeys(keys))
-        with self.write() as con:
+        with self.core.write() as con:
             con.execute("CREATE OR REPLACE TEMP TABLE _keys AS SELECT unnest(?::VARCHAR[]) AS key", [keys])
             if targets is None:
                 con.execute("DELETE FROM winrates WHERE dictionary = ?", [dictionary])
@@ -311,13 +317,13 @@ class TaskonomyOps(TaxonomyOps):
         from taskreg.selection.ahp import Tournament, ahp_affinity_set
 
         name = name or dictionary
-        with self.read() as con:
+        with self.core.read() as con:
             rows = con.execute("SELECT target, a, b, value FROM winrates WHERE dictionary = ? AND a <> 'scratch' "
                                "AND b <> 'scratch'", [dictionary]).fetchall()
         by_target: dict[str, dict[tuple[str, str], float]] = {}
         for t, a, b, v in rows:
             by_target.setdefault(t, {})[(a, b)] = v
-        with self.read() as con:
+        with self.core.read() as con:
             own = {r[0] for r in con.execute("SELECT DISTINCT target FROM winrates WHERE dictionary = ? AND "
                                              "(a = 'self' OR b = 'self')", [dictionary]).fetchall()}
             novel = con.execute("SELECT target, a, b, value FROM winrates WHERE dictionary = ? AND "
@@ -337,9 +343,9 @@ class TaskonomyOps(TaxonomyOps):
         if not tournaments:
             raise TaskregError(f"no win rates for {dictionary!r}: build it first")
         aff = ahp_affinity_set(tournaments, name, source_only=tuple(source_only))
-        with self.write() as con:
-            _delete_affinity_set(con, name)
-            _insert_affinity_set(con, aff, f"build:{dictionary}")
+        with self.core.write() as con:
+            catalog.delete_affinity_set(con, name)
+            catalog.insert_affinity_set(con, aff, f"build:{dictionary}")
         return name
 
     # ------------------------------------------------------------------ novel tasks ("all-for-one", Sect. 4.2)
@@ -362,7 +368,7 @@ class TaskonomyOps(TaxonomyOps):
         check_name(name, "target name")
         dname, ref = self.dictionary_ref(dictionary, seed=seed)
         dictionary = dname
-        with self.read() as con:
+        with self.core.read() as con:
             nets = dict(con.execute("SELECT target, key FROM transfers WHERE dictionary = ? AND kind = 'self'",
                                     [dictionary]).fetchall())
             if not nets:
@@ -372,11 +378,8 @@ class TaskonomyOps(TaxonomyOps):
                 raise TaskregError(f"{name!r} is already a target of {dictionary!r}")
         ds = datasets.load(source)
         base = ref.load()
-        self._dictionary_cache = getattr(self, "_dictionary_cache", {})
-        self._dictionary_cache[dictionary] = base
-        from taskreg.registry.tasks import _to_size
-
-        images = _to_size(ds.x, base.image_shape[1])
+        self.dictionaries[dictionary] = base
+        images = batch_to_size(ds.x, base.image_shape[1])
         train_idx, test_idx = stratified_split(ds.y, 0.25, seed)
         spec = TaskSpec(name=name, kind="classification", out_channels=ds.n_classes)
         d = Dictionary(images=images, train_idx=train_idx, test_idx=test_idx, tasks={name: spec},
@@ -417,7 +420,7 @@ class TaskonomyOps(TaxonomyOps):
         run(higher_jobs, "higher order")
         keys = [j.key for j in first_jobs + higher_jobs] + [tr.TransferJob((), name, "scratch", **hp).key]
         self.compute_winrates(dictionary, keys, targets=[name])
-        with self.read() as con:
+        with self.core.read() as con:
             so = con.execute("SELECT source_only FROM affinity_sets WHERE name = ?", [dictionary]).fetchone()
         self.affinities_from_winrates(dictionary, source_only=so[0] if so else ())
         best = min((r for r in first if r.kind == "transfer"), key=lambda r: r.mean_loss)
@@ -432,13 +435,13 @@ class TaskonomyOps(TaxonomyOps):
         count = 0
         for task, key in nets.items():
             name = f"tn-{dictionary}-{task}"
-            with self.read() as con:
+            with self.core.read() as con:
                 if catalog.get_expert(con, name) is not None:
                     continue
             enc = self._task_network(dictionary, task, key).encoder
             probe = EncoderProbe(num_classes=1)
             probe.encoder.load_state_dict(enc.state_dict())
-            self._register_expert(name, probe, "taskonomy_encoder", None, "task_network",
+            self.experts.register_expert(name, probe, "taskonomy_encoder", None, "task_network",
                                   {"dictionary": dictionary, "task": task})
             count += 1
         return count

@@ -20,22 +20,25 @@ import numpy as np
 
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
-from taskreg.registry.experts import ExpertOps
+from taskreg.registry.core import Core
 from taskreg.registry.names import check_name
 
 if TYPE_CHECKING:
-    import duckdb
-
     from taskreg.selection.affinity_sets import AffinitySet
     from taskreg.selection.bip import Policy
 
 
-class TaxonomyOps(ExpertOps):
+class PolicyService:
+    """Affinity sets, win rates and transfer policies of one registry."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
     # ------------------------------------------------------------------ affinity sets
     def affinity_names(self) -> list[dict[str, Any]]:
         from taskreg.selection.affinity_sets import BUILTIN_SETTINGS
 
-        with self.read() as con:
+        with self.core.read() as con:
             rows = con.execute(
                 "SELECT s.name, s.origin, count(a.target), count(DISTINCT a.target), max(a.\"order\") "
                 "FROM affinity_sets s LEFT JOIN affinities a ON a.name = s.name GROUP BY ALL ORDER BY s.name"
@@ -52,11 +55,11 @@ class TaxonomyOps(ExpertOps):
         tables without writing anything."""
         from taskreg.selection.affinity_sets import BUILTIN_SETTINGS, AffinitySet, Transfer, builtin_affinity
 
-        with self.read() as con:
+        with self.core.read() as con:
             row = con.execute("SELECT source_only FROM affinity_sets WHERE name = ?", [name]).fetchone()
         if row is None:
             if name in BUILTIN_SETTINGS:
-                if not load or self.read_only:  # the same order as the catalog query below: identical BIP input
+                if not load or self.core.read_only:  # the same order as the catalog query below: identical BIP input
                     packaged = builtin_affinity(name)
                     ordered = sorted(packaged.transfers, key=lambda t: (t.target, t.order, list(t.sources)))
                     return AffinitySet(name=name, transfers=ordered, source_only=packaged.source_only)
@@ -64,7 +67,7 @@ class TaxonomyOps(ExpertOps):
                 return self.affinity(name)
             known = ", ".join(sorted({r["name"] for r in self.affinity_names()}))
             raise TaskregError(f"unknown affinity set {name!r} (known: {known})")
-        with self.read() as con:
+        with self.core.read() as con:
             rows = con.execute("SELECT sources, target, \"order\", value FROM affinities WHERE name = ? "
                                "ORDER BY target, \"order\", sources", [name]).fetchall()
         transfers = [Transfer(tuple(s), t, int(o), float(v)) for s, t, o, v in rows]
@@ -75,10 +78,10 @@ class TaxonomyOps(ExpertOps):
 
         aff = builtin_affinity(name)
         quality, gain = builtin_winrates(name, vs="task"), builtin_winrates(name, vs="pixels")
-        with self.write() as con:
+        with self.core.write() as con:
             if con.execute("SELECT 1 FROM affinity_sets WHERE name = ?", [name]).fetchone():
                 return  # another process loaded it meanwhile
-            _insert_affinity_set(con, aff, "builtin")
+            catalog.insert_affinity_set(con, aff, "builtin")
             for table, b in ((quality, "self"), (gain, "pixels")):
                 rows = {(tr.target, _key(tr.sources)): tr.value for tr in table.transfers}
                 catalog.insert_rows(con, "winrates", ("dictionary", "target", "a", "b", "value"),
@@ -99,18 +102,18 @@ class TaxonomyOps(ExpertOps):
             aff.source_only = tuple(source_only)
         elif not set(TASKONOMY_SOURCE_ONLY) & set(aff.tasks):
             aff.source_only = ()
-        with self.write() as con:
+        with self.core.write() as con:
             exists = con.execute("SELECT 1 FROM affinity_sets WHERE name = ?", [name]).fetchone()
             if exists and not replace:
                 raise TaskregError(f"affinity set {name!r} already exists (use --replace)")
-            _delete_affinity_set(con, name)
-            _insert_affinity_set(con, aff, f"import:{Path(path).name}")
+            catalog.delete_affinity_set(con, name)
+            catalog.insert_affinity_set(con, aff, f"import:{Path(path).name}")
         return aff
 
     def remove_affinity(self, name: str) -> None:
         self.affinity(name)
-        with self.write() as con:
-            _delete_affinity_set(con, name)
+        with self.core.write() as con:
+            catalog.delete_affinity_set(con, name)
 
     # ------------------------------------------------------------------ policies
     def policy(
@@ -134,11 +137,11 @@ class TaxonomyOps(ExpertOps):
         pol = solve_policy(aff, float(budget), max_order=max_order, targets=targets, source_only=source_only,
                            importance=importance, cost=cost, pin_supervised=pin_supervised,
                            free_source_only=free_source_only)
-        if record and not self.read_only:
+        if record and not self.core.read_only:
             request = {"targets": list(targets) if targets else None, "source_only": list(source_only or []) or None,
                        "importance": dict(importance or {}), "cost": dict(cost or {}),
                        "pin_supervised": pin_supervised, "free_source_only": free_source_only}
-            with self.write() as con:
+            with self.core.write() as con:
                 self.affinity(affinity)  # a built-in set is stored in the same transaction as the policy
                 con.execute(
                     "INSERT INTO policies (affinity, budget, max_order, objective, supervised, transfers, options, "
@@ -153,7 +156,7 @@ class TaxonomyOps(ExpertOps):
         """Win rate of every option against ``vs`` for one target, best first."""
         if vs not in ("scratch", "self", "pixels"):
             raise TaskregError(f"--vs must be scratch or self, got {vs!r}")
-        with self.read() as con:
+        with self.core.read() as con:
             rows = con.execute("SELECT a, value FROM winrates WHERE dictionary = ? AND target = ? AND b = ? "
                                "ORDER BY value DESC, a", [dictionary, target, vs]).fetchall()
             if not rows and vs == "scratch":  # the published tables call the scratch baseline 'pixels'
@@ -170,7 +173,7 @@ class TaxonomyOps(ExpertOps):
 
     def first_order_winrates(self, dictionary: str, targets: Sequence[str], sources: Sequence[str]) -> np.ndarray:
         """(T, S) first-order win rates against scratch/pixels: the matrix before AHP (NaN where absent)."""
-        with self.read() as con:
+        with self.core.read() as con:
             rows = con.execute("SELECT target, a, value FROM winrates WHERE dictionary = ? AND b IN "
                                "('scratch', 'pixels') AND NOT contains(a, '+')", [dictionary]).fetchall()
         t_pos = {t: i for i, t in enumerate(targets)}
@@ -182,17 +185,6 @@ class TaxonomyOps(ExpertOps):
         return out
 
 
+
 def _key(sources: Sequence[str]) -> str:
     return "+".join(sources)
-
-
-def _insert_affinity_set(con: duckdb.DuckDBPyConnection, aff: AffinitySet, origin: str) -> None:
-    con.execute("INSERT INTO affinity_sets (name, origin, source_only) VALUES (?, ?, ?)",
-                [aff.name, origin, list(aff.source_only)])
-    catalog.insert_rows(con, "affinities", ("name", "sources", "target", "order", "value"),
-                        [(aff.name, list(t.sources), t.target, t.order, t.value) for t in aff.transfers])
-
-
-def _delete_affinity_set(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    con.execute("DELETE FROM affinities WHERE name = ?", [name])
-    con.execute("DELETE FROM affinity_sets WHERE name = ?", [name])

@@ -1,0 +1,70 @@
+"""The write protocol every record follows: a pending MLflow run, one catalog transaction, the commit tag.
+
+Every mutating operation follows the same order so that it either completes or leaves nothing:
+validate and compute everything first (no lock held), then log the MLflow run (tagged
+``pending``, :func:`pending_run`), then commit the catalog rows in one DuckDB transaction under the
+registry lock, then mark the run committed and refresh the index. A failure before the commit deletes
+the run; a crash before it leaves only a pending run, which ``taskreg check --fix`` removes. Removing a
+record marks its runs ``removing`` inside the transaction that deletes its rows (:func:`marking_removal`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from taskreg.registry.tracking import RunRef
+from taskreg.registry.weights import file_sha256
+
+if TYPE_CHECKING:
+    from taskreg.registry.core import Core
+    from taskreg.registry.tracking import Tracker
+
+
+@contextmanager
+def pending_run(core: Core, experiment: str, run_name: str, params: dict,
+                tags: dict | None = None) -> Iterator[RunRef]:
+    """An MLflow run that is deleted again if the block fails (before the catalog commit)."""
+    core.require_write_access("this command")  # before MLflow writes anything (the CLI refused earlier)
+    run = core.tracker.start_run(experiment, run_name, params=params, tags=tags)
+    try:
+        yield run
+    except BaseException:
+        core.tracker.delete_run(run.run_id)
+        raise
+    core.tracker.finish(run.run_id)
+
+
+@contextmanager
+def marking_removal(tracker: Tracker) -> Iterator[Callable[[list[str]], None]]:
+    """``mark(run_ids)`` tags the runs of a record ``removing`` before the catalog commit that deletes its
+    rows (call it inside that transaction, under the lock): a committed run without a row and without
+    this mark is then a record the catalog lost, never an interrupted ``rm`` (see registry/damage.py).
+    If the block fails, the marked runs are committed again (their rows were rolled back)."""
+    marked: list[str] = []
+
+    def mark(run_ids: list[str]) -> None:
+        for run_id in run_ids:
+            marked.append(run_id)
+            tracker.mark_removing(run_id)
+
+    try:
+        yield mark
+    except BaseException:
+        for run_id in marked:
+            tracker.commit(run_id)
+        raise
+
+
+def store_weights(core: Core, run: RunRef, state_dict: dict, filename: str) -> tuple[str, str]:
+    """Save a state_dict as a run artifact; return (path relative to the root, sha256)."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / filename
+        torch.save(state_dict, local)
+        stored = core.tracker.log_artifact(run.run_id, local, "weights")
+    return str(stored.relative_to(core.root)), file_sha256(stored)
