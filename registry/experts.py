@@ -152,7 +152,7 @@ class ExpertService:
         from taskreg.embedders.probes import create_model, load_state_dict_file, load_weights
 
         check_name(name, "expert name")
-        self._refuse_existing_expert(name)
+        self.refuse_existing_expert(name)
         if trained_on is not None:
             self.tasks.get_task(trained_on)
         if not Path(weights).is_file():
@@ -180,7 +180,7 @@ class ExpertService:
         from taskreg.trainers.experts import finetune_expert
 
         check_name(name, "expert name")
-        self._refuse_existing_expert(name)
+        self.refuse_existing_expert(name)
         ds = datasets.load(source)
         task = self._task_by_fingerprint(ds) or task_name or name
         check_name(task, "task name")
@@ -212,7 +212,7 @@ class ExpertService:
                               [ds.fingerprint()]).fetchone()
         return row[0] if row else None
 
-    def _refuse_existing_expert(self, name: str) -> None:
+    def refuse_existing_expert(self, name: str) -> None:
         with self.core.read() as con:
             if catalog.get_expert(con, name) is not None:
                 raise TaskregError(f"expert {name!r} already exists")
@@ -221,13 +221,16 @@ class ExpertService:
 
     def register_expert(self, name: str, model: nn.Module, arch: str, trained_on: str | None, origin: str,
                          params: dict, metrics: dict | None = None, *, n_train: int | None = None,
-                         n_classes: int | None = None, label: str | None = None) -> catalog.ExpertRecord:
-        """Store a network as an expert; it must be usable first (``label`` names it in the refusal)."""
+                         n_classes: int | None = None, label: str | None = None,
+                         extra_tags: dict[str, str] | None = None) -> catalog.ExpertRecord:
+        """Store a network as an expert; it must be usable first (``label`` names it in the refusal).
+        ``extra_tags`` go on the run and the registered model (e.g. a zoo model's source and license)."""
         from taskreg.embedders.probes import default_spec
         from taskreg.embedders.weight_checks import check_network
 
         check_network(model, default_spec(arch), label or f"expert {name}")
-        tags = {"arch": arch, "trained_on": trained_on or "", "taskreg.kind": "expert", "origin": origin}
+        tags = {"arch": arch, "trained_on": trained_on or "", "taskreg.kind": "expert", "origin": origin,
+                **(extra_tags or {})}
         with pending_run(self.core, "experts", f"expert-{name}", {"arch": arch, **params}, tags) as run:
             self.core.tracker.log_metrics(run.run_id, metrics or {})
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -236,7 +239,7 @@ class ExpertService:
             # without a row is the leftover of a killed attempt (or of a killed `expert rm`): replace it,
             # unless it holds a committed expert the catalog lost (refused, never deleted).
             with self.core.lock():
-                self._refuse_existing_expert(name)  # another process may have registered it meanwhile
+                self.refuse_existing_expert(name)  # another process may have registered it meanwhile
                 clear_stray_model(self.core.tracker, f"expert-{name}")
                 version = self.core.tracker.register(f"expert-{name}", run, "weights", tags)
                 try:

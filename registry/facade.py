@@ -11,6 +11,7 @@
      ├─ policies      PolicyService(core): affinity sets, win rates, policies                (policies.py)
      ├─ taskonomy     TaskonomyPipeline(core, experts)                                       (taskonomy_pipeline.py)
      ├─ maintenance   Maintenance(core, index_manager): check, check --fix                   (maintenance.py)
+     ├─ zoo           ZooService(probes, experts): packaged pretrained models                (zoo.py)
      └─ recovery      Recovery(core, index_manager): recover                                 (recovery.py)
 
 Each service receives its collaborators in its constructor and declares its state there; no service
@@ -38,6 +39,7 @@ from taskreg.registry.probes import ProbeService
 from taskreg.registry.recovery import Recovery
 from taskreg.registry.taskonomy_pipeline import TaskonomyPipeline
 from taskreg.registry.tasks import TaskService
+from taskreg.registry.zoo import ZooService
 
 
 class _Delegate:
@@ -66,6 +68,7 @@ class Registry:
         self.taskonomy = TaskonomyPipeline(self.core, self.experts)
         self.maintenance = Maintenance(self.core, self.index_manager)
         self.recovery = Recovery(self.core, self.index_manager)
+        self.zoo = ZooService(self.probes, self.experts)
 
     # ------------------------------------------------------------------ the core
     @property
@@ -121,6 +124,10 @@ class Registry:
     train_probe = _Delegate("probes.train_probe")
     add_probe = _Delegate("probes.add_probe")
     trivial = _Delegate("probes.trivial")
+
+    # ------------------------------------------------------------------ the model zoo
+    list_zoo = _Delegate("zoo.list")
+    add_zoo_model = _Delegate("zoo.add")
 
     # ------------------------------------------------------------------ tasks
     list_tasks = _Delegate("tasks.list_tasks")

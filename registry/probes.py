@@ -88,7 +88,7 @@ class ProbeService:
         seconds = time.perf_counter() - t0
         params = {"arch": arch, "sources": ",".join(sources), "epochs": epochs, "seed": seed, "n_images": len(y),
                   "n_classes": offset}
-        return self._register_probe(name, model, spec, "trained", params, {"train_seconds": seconds})
+        return self.register_probe(name, model, spec, "trained", params, {"train_seconds": seconds})
 
     def add_probe(self, name: str, *, arch: str, weights: Path, input_size: int | None = None,
                   device: str = "cpu") -> catalog.ProbeRecord:
@@ -106,7 +106,7 @@ class ProbeService:
         if input_size is not None:
             spec = ProbeSpec(arch=arch, input_size=int(input_size), in_chans=spec.in_chans, mean=spec.mean,
                              std=spec.std)
-        return self._register_probe(name, model, spec, "added", {"arch": arch, "weights_file": str(weights)}, {},
+        return self.register_probe(name, model, spec, "added", {"arch": arch, "weights_file": str(weights)}, {},
                                     device=device, label=f"weights {weights}")
 
     def _refuse_existing_probe(self, name: str) -> None:
@@ -114,7 +114,7 @@ class ProbeService:
             if catalog.get_probe(con, name) is not None:
                 raise TaskregError(f"probe {name!r} already exists")
 
-    def _register_probe(self, name: str, model: nn.Module, spec: ProbeSpec, origin: str, params: dict,
+    def register_probe(self, name: str, model: nn.Module, spec: ProbeSpec, origin: str, params: dict,
                         metrics: dict, device: str = "cpu", label: str | None = None) -> catalog.ProbeRecord:
         from taskreg.embedders.task2vec import fisher_layout, trivial_embedding
         from taskreg.embedders.weight_checks import check_network
