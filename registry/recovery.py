@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from taskreg import data as datasets
 from taskreg.errors import TaskregError
-from taskreg.registry import catalog, datasets
+from taskreg.registry import catalog
 from taskreg.registry.core import file_sha256
 from taskreg.registry.names import check_name
 from taskreg.registry.taskonomy import TaskonomyOps
