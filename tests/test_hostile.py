@@ -27,8 +27,7 @@ from typer.testing import CliRunner
 from taskreg.cli import app
 from taskreg.errors import TaskregError
 from taskreg.registry import Registry
-from taskreg.registry.experts import SELECT_METHODS
-from taskreg.selection.select import BETTER
+from taskreg.selection.selectors import get_selector, list_selectors
 from tests.conftest import snapshot
 from tests.procs import make_probe_registry, save_random_expert
 
@@ -768,13 +767,13 @@ UNSCORED = {  # method -> experts it cannot score in ranked_lab, and a word of t
 }
 
 
-@pytest.mark.parametrize("method", SELECT_METHODS)
+@pytest.mark.parametrize("method", list_selectors())  # every registered method works end to end
 def test_select_json_is_standard_and_names_what_it_cannot_score(method: str, ranked_lab: Path) -> None:
     res = runner.invoke(app, ["--registry", str(ranked_lab), "select", "--data", QUERY, "--method", method,
                               "--top", "10", "--json"])
     assert res.exit_code == 0, res.output
     out = strict_json(res.stdout)
-    assert out["better"] == BETTER[method] and BETTER[method] in ("lower", "higher")
+    assert out["better"] == get_selector(method).better and out["better"] in ("lower", "higher")
     results = out["results"]
     assert sorted(r["expert"] for r in results) == ["good-expert", "late", "nanx", "tn-mini-edges", "with-task"]
     unscored = {r["expert"]: r for r in results if r["score"] is None}
