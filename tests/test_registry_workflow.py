@@ -174,7 +174,7 @@ def test_bad_expert_inputs_leave_the_registry_unchanged(reg_copy: Registry, tmp_
         ["task", "add", "t'; DROP TABLE tasks; --", "--data", "builtin:digits?classes=1,2"],
         ["task", "add", "x" * 10000, "--data", "builtin:digits?classes=1,2"],
         ["task", "add", "x", "--data", "builtin:digits?classes=1,2", "--probe", "ghost"],
-        ["task", "add", "x", "--data", "builtin:digits?classes=1,2", "--method", "magic"],
+        ["task", "add", "x", "--data", "builtin:digits?classes=1,2", "--estimator", "magic"],
     ]
     for args in cases:
         res = runner.invoke(app, ["--registry", root, *args])
