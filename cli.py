@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from taskreg.errors import TaskregError
+from taskreg.selection.selectors import COSTS, get_selector, list_selectors  # metadata only: no torch, no numpy
 
 TASK_LIST_LIMIT = 50  # rows of `task list` rendered as a table unless --limit says otherwise
 
@@ -81,7 +82,39 @@ DeviceOpt = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, m
                                         callback=_check_device_option)]
 SeedOpt = Annotated[int, typer.Option(help="Random seed (results are deterministic given it).")]
 ProbeOpt = Annotated[str | None, typer.Option(help="Probe name (default: the probe named 'default').")]
-MethodOpt = Annotated[str, typer.Option(help="Task2Vec estimator: montecarlo or variational.")]
+EstimatorOpt = Annotated[str, typer.Option("--estimator", help="Task2Vec estimator: montecarlo or variational.")]
+
+
+def renamed_estimator(old: str) -> dict[str, Any]:
+    """``context_settings`` for a command whose ``--estimator`` used to be spelled ``old`` (kept for one release).
+
+    Click passes every option name on the command line through the context's ``token_normalize_func``: the old
+    name becomes ``--estimator`` there, so the one :data:`EstimatorOpt` declaration serves both spellings, and
+    a deprecation note goes to stderr.
+    """
+    old_name = old.lstrip("-")
+
+    def normalize(token: str) -> str:
+        if token != old_name:
+            return token
+        typer.echo(f"note: {old} is deprecated for the Task2Vec estimator; use --estimator", err=True)
+        return "estimator"
+
+    return {"token_normalize_func": normalize}
+
+
+def selector_help() -> str:
+    """The ranking methods of ``select``, grouped by cost class, from the selector registry."""
+    groups = "; ".join(f"{cost} ({COSTS[cost]}): {', '.join(names)}"
+                       for cost in COSTS if (names := list_selectors(cost)))
+    return f"Ranking method, by cost class — {groups}. Default: model2vec when fitted, else asym."
+
+
+def selector_epilog() -> str:
+    """One line per ranking method: cost class, score direction, what it needs, what it computes."""
+    rows = [get_selector(name) for name in list_selectors()]
+    return "Ranking methods (--method):\n" + "\n".join(
+        f"  {s.name} ({s.cost}; {s.better} score is better; needs {s.needs_text()}): {s.description}" for s in rows)
 
 _state: dict[str, Path | None] = {"registry": None}
 
@@ -548,13 +581,13 @@ def zoo_add(
 
 # --------------------------------------------------------------------------- task embeddings
 
-@task_app.command("add")
+@task_app.command("add", context_settings=renamed_estimator("--method"))
 @handle_errors
 def task_add(
     name: str,
     data: Annotated[str, typer.Option("--data", help="Dataset source (path.npz, image folder, builtin:...).")],
     probe: ProbeOpt = None,
-    method: MethodOpt = "montecarlo",
+    estimator: EstimatorOpt = "montecarlo",
     max_samples: Annotated[int, typer.Option(help="Class-balanced subsample used for the Fisher.")] = 1000,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
@@ -563,8 +596,8 @@ def task_add(
 ) -> None:
     """Validate a dataset, embed it with Task2Vec and register it (catalog + MLflow run + index)."""
     reg = open_registry(registry, "task add")
-    with progress_bar(f"embedding {name} ({method})") as bar:
-        rec = reg.add_task(name, data, probe=probe, method=method, max_samples=max_samples, seed=seed,
+    with progress_bar(f"embedding {name} ({estimator})") as bar:
+        rec = reg.add_task(name, data, probe=probe, method=estimator, max_samples=max_samples, seed=seed,
                            device=device, progress=bar)
     if as_json:
         from dataclasses import asdict
@@ -574,33 +607,33 @@ def task_add(
         typer.echo(f"registered task {rec.name} (id {rec.id}, {rec.n_samples} images, {rec.n_classes} classes)")
 
 
-@task_app.command("distance")
+@task_app.command("distance", context_settings=renamed_estimator("--method"))
 @handle_errors
 def task_distance(
     a: str, b: str,
     asym: Annotated[bool, typer.Option("--asym", help="Asymmetric distance d_asym(a -> b).")] = False,
     alpha: Annotated[float, typer.Option(help="Weight of the trivial-embedding term of d_asym.")] = 0.15,
-    probe: ProbeOpt = None, method: MethodOpt = "montecarlo",
+    probe: ProbeOpt = None, estimator: EstimatorOpt = "montecarlo",
     registry: RegistryOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Task2Vec distance between two registered tasks."""
-    d = open_registry(registry).task_distance(a, b, asym=asym, probe=probe, method=method, alpha=alpha)
+    d = open_registry(registry).task_distance(a, b, asym=asym, probe=probe, method=estimator, alpha=alpha)
     if as_json:
         print_json({"a": a, "b": b, "method": "asym" if asym else "sym", "distance": d})
     else:
         typer.echo(f"{'d_asym' if asym else 'd_sym'}({a}, {b}) = {d:.6f}")
 
 
-@task_app.command("neighbors")
+@task_app.command("neighbors", context_settings=renamed_estimator("--method"))
 @handle_errors
 def task_neighbors(
     name: str,
     k: Annotated[int, typer.Option("-k", help="How many neighbours.")] = 5,
-    probe: ProbeOpt = None, method: MethodOpt = "montecarlo",
+    probe: ProbeOpt = None, estimator: EstimatorOpt = "montecarlo",
     registry: RegistryOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """The k nearest registered tasks (index candidates, exact d_sym re-rank)."""
-    found = open_registry(registry).neighbors(name, k, probe=probe, method=method)
+    found = open_registry(registry).neighbors(name, k, probe=probe, method=estimator)
     if as_json:
         print_json({"task": name, "neighbors": [{"name": n.name, "distance": n.distance, "domain": n.domain}
                                                 for n in found]})
@@ -609,18 +642,18 @@ def task_neighbors(
                     [(i + 1, n.name, n.distance, n.domain) for i, n in enumerate(found)])
 
 
-@task_app.command("plot")
+@task_app.command("plot", context_settings=renamed_estimator("--method"))
 @handle_errors
 def task_plot(
     path: Annotated[Path, typer.Argument(help="Output PNG.")],
-    probe: ProbeOpt = None, method: MethodOpt = "montecarlo",
+    probe: ProbeOpt = None, estimator: EstimatorOpt = "montecarlo",
     registry: RegistryOpt = None,
 ) -> None:
     """Heatmap of the task distance matrix with a dendrogram (PNG)."""
     from taskreg.selection.plots import plot_distance_matrix
 
-    names, dist, domains = open_registry(registry).distance_matrix(probe=probe, method=method)
-    plot_distance_matrix(dist, names, path, groups=domains, title=f"Task2Vec d_sym ({method})")
+    names, dist, domains = open_registry(registry).distance_matrix(probe=probe, method=estimator)
+    plot_distance_matrix(dist, names, path, groups=domains, title=f"Task2Vec d_sym ({estimator})")
     typer.echo(f"wrote {path}")
 
 
@@ -690,10 +723,10 @@ def expert_eval(
                + (f"; {len(notes)} expert(s) not measurable (see the notes)" if notes else ""))
 
 
-@model2vec_app.command("fit")
+@model2vec_app.command("fit", context_settings=renamed_estimator("--method"))
 @handle_errors
 def model2vec_fit(
-    probe: ProbeOpt = None, method: MethodOpt = "montecarlo",
+    probe: ProbeOpt = None, estimator: EstimatorOpt = "montecarlo",
     alpha: Annotated[float, typer.Option(help="d_asym's alpha.")] = 0.15,
     epochs: Annotated[int, typer.Option(help="Optimisation steps.")] = 300,
     l2: Annotated[str, typer.Option(help="Penalty on the expert biases, or 'auto' (cross-validated over the "
@@ -706,27 +739,26 @@ def model2vec_fit(
     except ValueError:
         penalty = l2  # "auto", or text that fit_model2vec refuses on one line
     reg = open_registry(registry, "model2vec fit")
-    info = reg.fit_model2vec(probe=probe, method=method, alpha=alpha, epochs=epochs, seed=seed, l2=penalty)
+    info = reg.fit_model2vec(probe=probe, method=estimator, alpha=alpha, epochs=epochs, seed=seed, l2=penalty)
     typer.echo(f"Model2Vec fitted on {info['tasks']} tasks x {info['experts']} experts (l2 {info['l2']:g}): "
                f"loss {info['initial_loss']:.4f} -> {info['final_loss']:.4f}; MLflow run {info['run_id']}")
 
 
-@app.command()
+@app.command(context_settings=renamed_estimator("--embedding"), epilog=selector_epilog())
 @handle_errors
 def select(
     data: Annotated[str, typer.Option("--data", help="The dataset that needs a feature extractor.")],
     top: Annotated[int, typer.Option(help="How many experts to show.")] = 5,
-    method: Annotated[str | None, typer.Option(help="model2vec|asym|sym|domain|logme|leep|nce|hscore|generic|"
-                                                    "random (default: model2vec when fitted, else asym).")] = None,
+    method: Annotated[str | None, typer.Option(help=selector_help(), show_default=False)] = None,
     verify: Annotated[int, typer.Option(help="Also measure the top K with a linear probe on the data.")] = 0,
-    probe: ProbeOpt = None, embedding: MethodOpt = "montecarlo",
+    probe: ProbeOpt = None, estimator: EstimatorOpt = "montecarlo",
     alpha: Annotated[float, typer.Option(help="d_asym's alpha.")] = 0.15,
     seed: SeedOpt = 0, device: DeviceOpt = "cpu", registry: RegistryOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Rank the registered experts for a dataset: the best feature extractor first."""
     reg = open_registry(registry)
     with progress_bar("scoring experts") as bar:
-        out = reg.select(data, top=top, method=method, verify=verify, probe=probe, embedding=embedding,
+        out = reg.select(data, top=top, method=method, verify=verify, probe=probe, embedding=estimator,
                          alpha=alpha, seed=seed, device=device, progress=bar)
     if as_json:
         print_json(out.to_json())

@@ -66,7 +66,7 @@ from taskreg.registry import Registry  # noqa: E402
 from taskreg.registry.catalog import ExpertRecord, TaskRecord  # noqa: E402
 from taskreg.selection import metrics  # noqa: E402
 from taskreg.selection import select as sel  # noqa: E402
-from taskreg.selection import transferability as tr  # noqa: E402
+from taskreg.selection.selectors import SelectorInput, get_selector, list_selectors  # noqa: E402
 from taskreg.trainers.experts import expert_logits, extract_features, linear_probe_error  # noqa: E402
 
 PROBE = "default"
@@ -116,8 +116,10 @@ LIBRARY: list[tuple[str, str, int, int, int]] = [
 QUICK_LIBRARY = [("mnist5k", "", 4, 2, 5), ("mnist5k", "rot90", 3, 2, 5), ("digits", "", 3, 4, 5),
                  ("patches", "", 4, 4, 5)]
 
-INDEX_METHODS = ("asym", "sym", "domain", "model2vec")
-FORWARD_METHODS = ("logme", "leep", "nce", "hscore")
+# the ranking methods come from the selector registry (a newly registered method is benchmarked too); the
+# "random" selector is reported as "chance" (its expectation over many draws), "oracle" is the reference
+INDEX_METHODS = tuple(list_selectors("index"))
+FORWARD_METHODS = tuple(list_selectors("forward"))
 ROW_ORDER = ("oracle", "asym", "model2vec", "sym", "domain", "logme", "leep", "nce", "hscore", "generic", "chance")
 HOW = {
     "oracle": "features + linear probe of every expert (exhaustive search)",
@@ -285,6 +287,17 @@ def error_matrix(reg: Registry, experts: Sequence[ExpertRecord], tasks: Sequence
 
 
 # ---------------------------------------------------------------------------------------------- rankings
+def how(method: str) -> str:
+    """The cost column of the table (for a method registered later: its cost class and description)."""
+    if method in HOW:
+        return HOW[method]
+    return f"{get_selector(method).cost}: {get_selector(method).description}"
+
+
+def row_position(method: str) -> int:
+    return ROW_ORDER.index(method) if method in ROW_ORDER else ROW_ORDER.index("chance")  # new ones before chance
+
+
 def index_rankings(query: np.ndarray, candidates: np.ndarray, method: str, t0: np.ndarray | None,
                    alpha: float) -> list[list[int]]:
     """Per query row (T, D) the expert indices ordered by ``rerank`` against candidate rows (E, D)."""
@@ -308,7 +321,8 @@ def model2vec_kfold(task_vecs: np.ndarray, base: np.ndarray, errors: np.ndarray,
 
 def transfer_scores(reg: Registry, experts: Sequence[ExpertRecord], data: Sequence[Dataset], device: str,
                     progress: Callable[[int, int], None]) -> dict[str, np.ndarray]:
-    """(T, E) LogME / LEEP / NCE / H-score (higher = better) from each expert's cached features and own head."""
+    """(T, E) scores of every forward selector (LogME / LEEP / NCE / H-score ...) from each expert's cached
+    features and its own head (the selector's ``better`` says which way they point)."""
     scores = {m: np.zeros((len(data), len(experts))) for m in FORWARD_METHODS}
     for j, erec in enumerate(experts):
         rec, model, spec = reg.load_expert(erec.name)
@@ -316,21 +330,19 @@ def transfer_scores(reg: Registry, experts: Sequence[ExpertRecord], data: Sequen
             feats = reg.expert_features(rec, model, spec, ds, device=device)
             with torch.no_grad():  # expert_logits = fc(features): reuse the cached features
                 logits = model.fc(torch.from_numpy(feats).to(next(model.parameters()).device)).cpu().numpy()
-            scores["logme"][t, j] = tr.logme(feats, ds.y)
-            scores["hscore"][t, j] = tr.hscore(feats, ds.y)
-            scores["leep"][t, j] = tr.leep(tr.softmax(logits), ds.y)
-            scores["nce"][t, j] = tr.nce(logits.argmax(1), ds.y)
+            for m in FORWARD_METHODS:
+                selector = get_selector(m)
+                values = feats if "features" in selector.needs else logits
+                scores[m][t, j] = np.asarray(selector.score(SelectorInput(n=1, outputs=(values,), y=ds.y)))[0]
         progress(j + 1, len(experts))
     return scores
 
 
 def generic_ranking(experts: Sequence[ExpertRecord]) -> list[int]:
-    """The generic expert first (``select.generic_expert``), then the others by n_classes x n_train."""
-    classes = [e.n_classes or 0 for e in experts]
-    samples = [e.n_train or 0 for e in experts]
-    first = sel.generic_expert(classes, samples)
-    rest = sorted((i for i in range(len(experts)) if i != first), key=lambda i: -classes[i] * samples[i])
-    return [first, *rest]
+    """The "generic" selector's ranking: the broadest training task (n_classes x n_train) first."""
+    generic = get_selector("generic")
+    inputs = SelectorInput(n=len(experts), sizes=[(e.n_classes or 0, e.n_train or 0) for e in experts])
+    return [r.index for r in sel.rank(generic, generic.score(inputs), len(experts))]
 
 
 def chance_row(errors: np.ndarray, seed: int) -> Row:
@@ -375,25 +387,20 @@ def time_queries(reg: Registry, cfg: Config, queries: Sequence[tuple[TaskRecord,
             out = reg.select(q.source, top=len(experts), method=method, probe=PROBE, max_samples=cfg.max_samples,
                              alpha=cfg.alpha, device=cfg.device)
             times[method].append(time.perf_counter() - start)
-            same[method] += [pos[r["expert"]] for r in out.results] == offline[method][row]
+            same[method] += method in offline and [pos[r["expert"]] for r in out.results] == offline[method][row]
         ds = reg.task_data(q)
         for method in (*FORWARD_METHODS, "oracle"):
             start = time.perf_counter()
             for _, model, spec in models:
-                if method in ("leep", "nce"):
-                    logits = expert_logits(model, spec, ds.x, device=cfg.device)
-                    if method == "leep":
-                        tr.leep(tr.softmax(logits), ds.y)
-                    else:
-                        tr.nce(logits.argmax(1), ds.y)
+                if method == "oracle":
+                    linear_probe_error(extract_features(model, spec, ds.x, device=cfg.device), ds.y)
+                    continue
+                selector = get_selector(method)
+                if "features" in selector.needs:
+                    values = extract_features(model, spec, ds.x, device=cfg.device)
                 else:
-                    feats = extract_features(model, spec, ds.x, device=cfg.device)
-                    if method == "logme":
-                        tr.logme(feats, ds.y)
-                    elif method == "hscore":
-                        tr.hscore(feats, ds.y)
-                    else:
-                        linear_probe_error(feats, ds.y)
+                    values = expert_logits(model, spec, ds.x, device=cfg.device)
+                selector.score(SelectorInput(n=1, outputs=(values,), y=ds.y))
             times[method].append(time.perf_counter() - start)
         start = time.perf_counter()
         generic_ranking(experts)
@@ -418,7 +425,7 @@ def make_rows(rankings: dict[str, list[list[int]]], errors: np.ndarray, seconds:
                         rep.top1_rate, rep.top3_rate, rep.mean_weighted_tau, seconds.get(method, float("nan"))))
     chance = chance_row(errors, seed)
     rows.append(Row(**{**asdict(chance), "seconds": seconds.get("chance", 0.0)}))
-    return sorted(rows, key=lambda r: ROW_ORDER.index(r.method))
+    return sorted(rows, key=lambda r: row_position(r.method))
 
 
 def pct(x: float) -> str:
@@ -438,7 +445,7 @@ def print_table(console: Console, rows: Sequence[Row], title: str) -> str:
         cells = [r.method, f"{100 * r.mean_error:.2f}%", "0 (reference)" if r.method == "oracle" else
                  pct(r.rel_increase), "0 (reference)" if r.method == "oracle" else pct(r.rel_increase_hard),
                  "0 (reference)" if r.method == "oracle" else pct(r.ratio_of_means),
-                 f"{r.top1:.2f}", f"{r.top3:.2f}", f"{r.tau:+.3f}", f"{r.seconds:.3g}", HOW[r.method]]
+                 f"{r.top1:.2f}", f"{r.top3:.2f}", f"{r.tau:+.3f}", f"{r.seconds:.3g}", how(r.method)]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     console.print(table)
@@ -538,19 +545,20 @@ def main() -> None:
         _, q_dom = reg.task_vectors(PROBE, "domain", [t.name for t in tasks])
         _, e_dom = reg.task_vectors(PROBE, "domain", [e.trained_on for e in experts])
         t0 = reg.trivial(PROBE, EMBEDDING)
-        rankings: dict[str, list[list[int]]] = {
-            "oracle": metrics.oracle_rankings(errors),
-            "asym": index_rankings(q_vecs, e_vecs, "asym", t0, cfg.alpha),
-            "sym": index_rankings(q_vecs, e_vecs, "sym", None, cfg.alpha),
-            "domain": index_rankings(q_dom, e_dom, "domain", None, cfg.alpha),
-            "model2vec": model2vec_kfold(q_vecs, e_vecs, errors, t0, folds=cfg.folds, alpha=cfg.alpha,
-                                         seed=cfg.seed),
-        }
+        rankings: dict[str, list[list[int]]] = {"oracle": metrics.oracle_rankings(errors)}
+        for m in INDEX_METHODS:
+            needs = get_selector(m).needs
+            if m == "model2vec":  # offline: fitted without the held-out tasks
+                rankings[m] = model2vec_kfold(q_vecs, e_vecs, errors, t0, folds=cfg.folds, alpha=cfg.alpha,
+                                              seed=cfg.seed)
+            elif "model2vec" not in needs:  # (another Model2Vec method would need its own k-fold)
+                qv, ev = (q_dom, e_dom) if "domain" in needs else (q_vecs, e_vecs)
+                rankings[m] = index_rankings(qv, ev, m, t0 if "trivial" in needs else None, cfg.alpha)
         data = [reg.task_data(t) for t in tasks]
         with bars.bar("LogME / LEEP / NCE / H-score", total=n_experts) as cb:
             scores = transfer_scores(reg, experts, data, cfg.device, cb)
         for m in FORWARD_METHODS:
-            rankings[m] = [[r.index for r in sel.rank_by_scores(s, higher_is_better=True)] for s in scores[m]]
+            rankings[m] = [[r.index for r in sel.rank(get_selector(m), s, n_experts)] for s in scores[m]]
         rankings["generic"] = [generic_ranking(experts)] * n_tasks
 
         # --- seconds per query; Model2Vec fitted on all tasks in the registry only to time reg.select

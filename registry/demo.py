@@ -16,6 +16,7 @@ import numpy as np
 
 from taskreg import data as datasets
 from taskreg.registry import Registry
+from taskreg.selection.selectors import list_selectors
 
 Step = Callable[[str], Callable[[int, int], None]]
 Log = Callable[[str], None]
@@ -55,7 +56,6 @@ QUERIES: list[tuple[str, str]] = [
     ("inverted MNIST 0 vs 8", "builtin:mnist5k?classes=0,8&n=400&split=train&transform=invert"),
 ]
 QUICK_TASKS = ("edges2d", "denoising", "autoencoding", "photo", "category", "random", "jigsaw")
-SELECT_METHODS = ("model2vec", "asym", "sym", "domain", "logme", "hscore", "leep", "generic", "random")
 BUDGETS = (1, 3, 6)
 
 
@@ -168,7 +168,7 @@ def _answer(reg: Registry, label: str, source: str, experts: list[str], cfg: Dem
         truth[name] = linear_probe_error(reg.expert_features(rec, model, spec, ds, device=cfg.device), ds.y,
                                          LinearProbeProtocol()).test_error
     rankings: dict[str, dict[str, Any]] = {}
-    for method in SELECT_METHODS:
+    for method in list_selectors():  # every registered ranking method
         sel = reg.select(source, method=method, top=len(experts), dataset=ds, max_samples=cfg.max_samples,
                          seed=cfg.seed, device=cfg.device, verify=3 if method == "model2vec" else 0)
         ranked = [r["expert"] for r in sel.results]

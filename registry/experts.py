@@ -35,11 +35,11 @@ if TYPE_CHECKING:
     from torch import nn
 
     from taskreg.embedders.probes import ProbeSpec
+    from taskreg.selection.selectors import Selector
     from taskreg.trainers.experts import LinearProbeProtocol
 
 Progress = Callable[[int, int], None] | None
-SELECT_METHODS = ("model2vec", "asym", "sym", "domain", "logme", "leep", "nce", "hscore", "generic", "random")
-INDEX_METHODS = ("model2vec", "asym", "sym", "domain")
+# The ranking methods of `select` are the selector registry's: taskreg.selection.selectors.list_selectors().
 
 
 @dataclass
@@ -417,7 +417,7 @@ class ExpertService:
         device: str = "cpu", dataset: datasets.Dataset | None = None, progress: Progress = None,
     ) -> Selection:
         """Rank the registered experts for a dataset (see the module docstring)."""
-        from taskreg.selection import select as sel
+        from taskreg.selection.selectors import get_selector
 
         t_start = time.perf_counter()
         if top < 1:
@@ -430,18 +430,20 @@ class ExpertService:
         prec = self.probes.resolve_probe(probe)
         if method is None:
             method = "model2vec" if self.model2vec_fitted(prec.name, embedding) else "asym"
-        if method not in SELECT_METHODS:
-            raise TaskregError(f"unknown method {method!r}; choose one of {', '.join(SELECT_METHODS)}")
-        if method == "model2vec" and not self.model2vec_fitted(prec.name, embedding):
+        selector = get_selector(method)  # an unknown method: one line listing the registered ones
+        if "model2vec" in selector.needs and not self.model2vec_fitted(prec.name, embedding):
             raise TaskregError("Model2Vec is not fitted for this probe: run `taskreg model2vec fit`")
         ds = dataset if dataset is not None else datasets.load(source)
         by_id = {e.id: e for e in experts}
 
-        if method in INDEX_METHODS:
-            ranked, scored, cost = self._rank_by_index(ds, method, prec.name, embedding, alpha, max_samples, seed,
+        # the method's cost class and needs decide what is gathered for its scorer, never its name
+        if selector.cost == "index":
+            ranked, scored, cost = self._rank_by_index(ds, selector, prec.name, embedding, alpha, max_samples, seed,
                                                        device, by_id, top)
+        elif selector.cost == "forward":
+            ranked, scored, cost = self._rank_by_forward(ds, selector, experts, device, progress)
         else:
-            ranked, scored, cost = self._rank_by_forward(ds, method, experts, seed, device, progress)
+            ranked, scored, cost = self._rank_without_query(selector, experts, seed), 0, "no computation"
         # an expert the method cannot score comes last, with its reason instead of a number (never NaN)
         ranked = [r for r in ranked if r.score is not None] + [r for r in ranked if r.score is None]
 
@@ -454,7 +456,7 @@ class ExpertService:
                 row["unscored_reason"] = r.unscored_reason
             results.append(row)
         out = Selection(query=source, method=method, results=results, seconds=0.0, cost=cost,
-                        candidates_scored=scored, n_experts=len(experts), better=sel.BETTER[method])
+                        candidates_scored=scored, n_experts=len(experts), better=selector.better)
         if verify:
             self._verify(out, [r.expert for r in ranked[:verify]], ds, device)
         out.seconds = time.perf_counter() - t_start
@@ -489,7 +491,7 @@ class ExpertService:
             if row["measured_error"] is None and errors.get(row["expert"]) is not None:
                 row["measured_error"] = errors[row["expert"]]
 
-    def _rank_by_index(self, ds: datasets.Dataset, method: str, probe: str, embedding: str, alpha: float,
+    def _rank_by_index(self, ds: datasets.Dataset, selector: Selector, probe: str, embedding: str, alpha: float,
                        max_samples: int | None, seed: int, device: str, by_id: dict[int, catalog.ExpertRecord],
                        top: int) -> tuple[list[Scored], int, str]:
         """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last, unscored."""
@@ -497,20 +499,21 @@ class ExpertService:
 
         _, emb, dom = self.tasks.embed_dataset(ds, probe=probe, method=embedding, max_samples=max_samples, seed=seed,
                                          device=device)
-        query = dom if method == "domain" else emb.vector
-        vec_method = "domain" if method == "domain" else embedding
-        t0 = None if method in ("sym", "domain") else self.probes.trivial(probe, embedding)
+        query = dom if "domain" in selector.needs else emb.vector
+        vec_method = "domain" if "domain" in selector.needs else embedding
+        t0 = self.probes.trivial(probe, embedding) if "trivial" in selector.needs else None
+        vectors = "model2vec" if "model2vec" in selector.needs else "task"  # the experts' own vectors, or their tasks'
         n_experts = len(by_id)
         want = max(candidate_floor_for(top), top)
         while True:
-            pairs = self._candidates(method, probe, vec_method, query, want, by_id)
+            pairs = self._candidates(vectors, probe, vec_method, query, want, by_id)
             if len({e.id for e, _ in pairs}) >= min(top, n_experts) or want >= 4 * n_experts + 64:
                 break
             want *= 4
         ranked: list[Scored] = []
         if pairs:
             cands = np.stack([v for _, v in pairs])
-            order = rerank(query, cands, "asym" if method == "model2vec" else method, t0=t0, alpha=alpha)
+            order = rerank(query, cands, selector.name, t0=t0, alpha=alpha)
             seen: set[int] = set()
             for r in order:
                 e = pairs[r.index][0]
@@ -520,7 +523,7 @@ class ExpertService:
         ranked_ids = {x.expert.id for x in ranked}
         rest = [e for e in by_id.values() if e.id not in ranked_ids]
         if rest:
-            reasons = self._unscored_reasons(method, probe, vec_method, rest, want)
+            reasons = self._unscored_reasons(vectors, probe, vec_method, rest, want)
             ranked += [Scored(e, None, reasons[e.id]) for e in rest]
         cost = f"1 probe pass over {min(ds.n, max_samples or ds.n)} images; {len(pairs)} candidates re-ranked"
         return ranked, len(pairs), cost
@@ -575,74 +578,67 @@ class ExpertService:
                 "AND t.id IN (SELECT unnest(?::INTEGER[]))", [probe, vec_method, ids.tolist()]).fetchall()
         return [(by_id[i], np.asarray(v, dtype=np.float32)) for i, v in rows if i in by_id]
 
-    def _rank_by_forward(self, ds: datasets.Dataset, method: str, experts: list[catalog.ExpertRecord], seed: int,
+    def _rank_by_forward(self, ds: datasets.Dataset, selector: Selector, experts: list[catalog.ExpertRecord],
                          device: str, progress: Progress) -> tuple[list[Scored], int, str]:
-        """Baselines that look at every expert (transferability scores) or at none (generic, random).
+        """Methods that run every expert over the query (transferability scores), one expert at a time.
 
         An expert whose features (or outputs) on the query are not finite is not scored: it comes last
         with the reason, so one broken expert does not stop the ranking of the others."""
         from taskreg.selection import select as sel
-        from taskreg.selection import transferability as tr
+        from taskreg.selection.selectors import SelectorInput
         from taskreg.trainers.experts import expert_logits
 
-        if method == "random":
-            order = sel.random_ranking(len(experts), seed)
-            return [Scored(experts[i], float(r)) for r, i in enumerate(order)], 0, "no computation"
-        if method == "generic":
-            return self._rank_generic(experts), 0, "no computation"
+        features = "features" in selector.needs  # else the head's logits
         scores: list[float] = []
         scored: list[catalog.ExpertRecord] = []
         unscored: list[Scored] = []
         t0 = time.perf_counter()
         for i, e in enumerate(experts):
             rec, model, spec = self.load_expert(e.name)
-            if method in ("logme", "hscore"):
+            if features:
                 values = self.expert_features(rec, model, spec, ds, device=device)
             else:
                 values = expert_logits(model, spec, ds.x, device=device)
             if not np.isfinite(values).all():
-                what = "features" if method in ("logme", "hscore") else "outputs"
-                unscored.append(Scored(e, None, nonfinite_note(what)))
+                unscored.append(Scored(e, None, nonfinite_note("features" if features else "outputs")))
             else:
-                if method == "logme":
-                    score = tr.logme(values, ds.y)
-                elif method == "hscore":
-                    score = tr.hscore(values, ds.y)
-                elif method == "leep":
-                    score = tr.leep(tr.softmax(values), ds.y)
-                else:
-                    score = tr.nce(values.argmax(1), ds.y)
+                score = np.asarray(selector.score(SelectorInput(n=1, outputs=(values,), y=ds.y)),
+                                   dtype=np.float64).reshape(-1)[0]
                 if np.isfinite(score):
                     scores.append(float(score))
                     scored.append(e)
                 else:
-                    unscored.append(Scored(e, None, f"{method} is not finite on the query ({score})"))
+                    unscored.append(Scored(e, None, f"{selector.name} is not finite on the query ({score})"))
             if progress:
                 progress(i + 1, len(experts))
-        ranked = sel.rank_by_scores(scores, higher_is_better=True)
+        ranked = sel.rank_by_scores(scores, higher_is_better=selector.higher_is_better)
         cost = f"a forward pass of all {len(experts)} experts over {ds.n} images ({time.perf_counter() - t0:.1f} s)"
         return [Scored(scored[r.index], r.score) for r in ranked] + unscored, len(experts), cost
 
-    def _rank_generic(self, experts: list[catalog.ExpertRecord]) -> list[Scored]:
-        """The broadest training task first (classes x samples, from the expert or its registered training task)."""
+    def _rank_without_query(self, selector: Selector, experts: list[catalog.ExpertRecord], seed: int) -> list[Scored]:
+        """Methods that compute nothing on the query: from the experts' training-set sizes ("sizes": classes x
+        samples, from the expert or its registered training task; experts of unknown size come last, unscored)
+        or from nothing at all (chance)."""
         from taskreg.selection import select as sel
+        from taskreg.selection.selectors import SelectorInput
 
-        tasks = {t.name: t for t in self.tasks.list_tasks()}
         sizes: dict[int, tuple[int, int]] = {}  # expert position -> (classes, samples), where known
-        for i, e in enumerate(experts):
-            task = tasks.get(e.trained_on or "")
-            if e.n_classes and e.n_train:
-                sizes[i] = (e.n_classes, e.n_train)
-            elif task is not None:
-                sizes[i] = (task.n_classes, task.n_samples)
-        known = list(sizes)
+        if "sizes" in selector.needs:
+            tasks = {t.name: t for t in self.tasks.list_tasks()}
+            for i, e in enumerate(experts):
+                task = tasks.get(e.trained_on or "")
+                if e.n_classes and e.n_train:
+                    sizes[i] = (e.n_classes, e.n_train)
+                elif task is not None:
+                    sizes[i] = (task.n_classes, task.n_samples)
+        known = list(sizes) if "sizes" in selector.needs else list(range(len(experts)))
         ranked: list[Scored] = []
         if known:
-            first = known[sel.generic_expert([sizes[i][0] for i in known], [sizes[i][1] for i in known])]
-            rest = sorted((i for i in known if i != first), key=lambda i: -sizes[i][0] * sizes[i][1])
-            ranked = [Scored(experts[i], float(sizes[i][0] * sizes[i][1])) for i in [first, *rest]]
+            inputs = SelectorInput(n=len(known), sizes=[sizes[i] for i in known if i in sizes], seed=seed)
+            ranked = [Scored(experts[known[r.index]], r.score)
+                      for r in sel.rank(selector, selector.score(inputs), len(known))]
         return ranked + [Scored(e, None, "training-set size unknown (no training task recorded)")
-                         for i, e in enumerate(experts) if i not in sizes]
+                         for i, e in enumerate(experts) if i not in known]
 
     def _measured_errors(self, ds: datasets.Dataset) -> dict[int, float]:
         """Measured test errors of the experts on the query, when the query is a registered task."""

@@ -7,34 +7,28 @@ embedding; alpha = 0.15 in the paper), which favours experts trained on more com
 the symmetric distance, a Model2Vec embedding (same distance against learned model embeddings), the
 domain embedding (cosine distance of mean feature activations), a generic expert and chance.
 ``verify_topk`` is the cheap hybrid: measure the top K candidates with a linear probe and keep the best.
+
+The methods themselves (name, what each needs, its cost class, its score direction and its scorer) are
+registered in :mod:`taskreg.selection.selectors`; :func:`rank` and :func:`rerank` rank with them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from taskreg.embedders.distances import cosine_distance, d_asym_many, d_sym_many
 from taskreg.errors import TaskregError
-from taskreg.trainers.experts import LinearProbeProtocol, ProbeResult, linear_probe_error
+from taskreg.selection.selectors import Ranked, Scores, Selector, SelectorInput, get_selector, list_selectors
 
-METHODS = ("asym", "sym", "model2vec", "domain")
-#: which way the score of each ``taskreg select`` method points: distances (and the random baseline's draw
-#: order) are better when lower; transferability scores and the generic expert's task size when higher
-BETTER = {"asym": "lower", "sym": "lower", "model2vec": "lower", "domain": "lower", "random": "lower",
-          "logme": "higher", "leep": "higher", "nce": "higher", "hscore": "higher", "generic": "higher"}
+if TYPE_CHECKING:
+    from taskreg.trainers.experts import LinearProbeProtocol, ProbeResult
+
+__all__ = ["Ranked", "Verified", "generic_expert", "random_ranking", "rank", "rank_by_scores", "rerank",
+           "verify_topk"]
 C = TypeVar("C", bound=Hashable)
-
-
-@dataclass(frozen=True)
-class Ranked:
-    """One candidate in a ranking: its row index in the candidate array and its score."""
-
-    index: int
-    score: float
 
 
 def rank_by_scores(scores: Sequence[float] | np.ndarray, higher_is_better: bool) -> list[Ranked]:
@@ -48,6 +42,20 @@ def rank_by_scores(scores: Sequence[float] | np.ndarray, higher_is_better: bool)
     return [Ranked(int(i), float(s[i])) for i in order]
 
 
+def rank(selector: Selector, result: Scores, n: int) -> list[Ranked]:
+    """Best first: what ``selector``'s scorer returned for ``n`` items, sorted its way (``better``; ties keep
+    the input order), or the scorer's own ranking (a list of :class:`Ranked`) after checking it."""
+    if isinstance(result, list) and result and isinstance(result[0], Ranked):
+        if sorted(r.index for r in result) != list(range(n)):
+            raise TaskregError(f"selector {selector.name!r} returned a ranking that is not a permutation of "
+                               f"its {n} items")
+        return list(result)
+    scores = np.asarray(result, dtype=np.float64).reshape(-1)
+    if scores.shape != (n,):
+        raise TaskregError(f"selector {selector.name!r} returned {scores.size} scores for {n} items")
+    return rank_by_scores(scores, higher_is_better=selector.higher_is_better)
+
+
 def rerank(
     query: np.ndarray,
     candidates: np.ndarray,
@@ -56,16 +64,20 @@ def rerank(
     t0: np.ndarray | None = None,
     alpha: float = 0.15,
 ) -> list[Ranked]:
-    """Rank candidate embeddings by their distance to the query (lower = better; score = distance).
+    """Rank candidate embeddings by an index method's score (best first; for the built-in ones the score is
+    a distance, lower = better).
 
     query : (D,) embedding of the query task (Task2Vec Fisher diagonal, or mean features for "domain").
     candidates : (M, D) embeddings of the experts' training tasks ("asym", "sym", "domain") or the
         experts' Model2Vec embeddings ("model2vec").
-    method : "asym" — d_asym with trivial embedding ``t0`` (required) and ``alpha``; "model2vec" — the
-        same distance against model embeddings (Sect. 3.4); "sym" — d_sym; "domain" — cosine distance.
+    method : a selector of cost class "index" (:func:`~taskreg.selection.selectors.list_selectors`): "asym" —
+        d_asym with trivial embedding ``t0`` (required) and ``alpha``; "model2vec" — the same distance against
+        model embeddings (Sect. 3.4); "sym" — d_sym; "domain" — cosine distance.
     """
-    if method not in METHODS:
-        raise TaskregError(f"unknown ranking method {method!r}; choose one of {', '.join(METHODS)}")
+    selector = get_selector(method)
+    if selector.cost != "index":
+        raise TaskregError(f"{method!r} does not rank stored vectors; choose one of "
+                           f"{', '.join(list_selectors('index'))}")
     q = np.asarray(query, dtype=np.float64)
     cands = np.asarray(candidates, dtype=np.float64)
     if q.ndim != 1 or cands.ndim != 2 or cands.shape[1] != q.shape[0]:
@@ -74,18 +86,14 @@ def rerank(
         return []
     if not (np.isfinite(q).all() and np.isfinite(cands).all()):
         raise TaskregError("query or candidates contain NaN or infinite values")
-    if method in ("asym", "model2vec"):
+    if "trivial" in selector.needs:
         if t0 is None:
             raise TaskregError(f"method {method!r} needs the trivial embedding t0 of the probe network")
         t0 = np.asarray(t0, dtype=np.float64)
         if t0.shape != q.shape:
             raise TaskregError(f"t0 has shape {t0.shape}, the query {q.shape}")
-        dist = d_asym_many(q, cands, t0, alpha)
-    elif method == "sym":
-        dist = d_sym_many(q, cands)
-    else:
-        dist = cosine_distance(q, cands)
-    return rank_by_scores(np.asarray(dist, dtype=np.float64).reshape(-1), higher_is_better=False)
+    inputs = SelectorInput(n=cands.shape[0], query=q, candidates=cands, t0=t0, alpha=alpha)
+    return rank(selector, selector.score(inputs), cands.shape[0])
 
 
 def generic_expert(num_classes: Sequence[int], num_samples: Sequence[int]) -> int:
@@ -137,6 +145,8 @@ def verify_topk(
     :func:`taskreg.trainers.experts.extract_features`). The winner has the lowest test error; ties go to
     the candidate ranked earlier. The measurements come back sorted the same way (best first).
     """
+    from taskreg.trainers.experts import LinearProbeProtocol, linear_probe_error
+
     if len(candidates) == 0:
         raise TaskregError("verify_topk needs at least one candidate")
     protocol = protocol or LinearProbeProtocol()

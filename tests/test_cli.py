@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -142,3 +143,29 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "taskreg.cli", "--help"], capture_output=True, check=True)
     assert time.perf_counter() - t0 < 5.0  # 0.6 s on an idle machine; slack for a heavily loaded box
+
+
+def test_select_help_lists_the_registered_methods_by_cost_class_without_importing_torch() -> None:
+    """The list in `select --help` is the selector registry's (issue 13 item 4), and building it stays light."""
+    from taskreg.selection.selectors import COSTS, get_selector, list_selectors
+
+    code = ("import sys\nfrom taskreg.cli import main\ntry:\n    main(['select', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint([m for m in ('torch', 'mlflow', 'faiss', 'duckdb', 'matplotlib') if m in sys.modules])")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert time.perf_counter() - t0 < 5.0
+    assert out.strip().splitlines()[-1] == "[]"
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", out).split())  # rich's panel borders and line wrapping out
+    for cost in COSTS:
+        assert f"{cost} ({COSTS[cost]}): {', '.join(list_selectors(cost))}" in text, text
+    for name in list_selectors():
+        s = get_selector(name)
+        assert f"{name} ({s.cost}; {s.better} score is better; needs {s.needs_text()}): {s.description}" in text
+    assert "--estimator" in text and "--embedding" not in text  # the old spelling works but is not advertised
+
+
+@pytest.mark.parametrize("command", [("task", "add"), ("task", "distance"), ("task", "neighbors"), ("task", "plot"),
+                                     ("model2vec", "fit")])
+def test_the_estimator_is_spelled_estimator(command: tuple[str, ...]) -> None:
+    res = run(*command, "--help")
+    assert res.exit_code == 0 and "--estimator" in res.output and "--method" not in res.output

@@ -27,8 +27,7 @@ from typer.testing import CliRunner
 from taskreg.cli import app
 from taskreg.errors import TaskregError
 from taskreg.registry import Registry
-from taskreg.registry.experts import SELECT_METHODS
-from taskreg.selection.select import BETTER
+from taskreg.selection.selectors import get_selector, list_selectors
 from tests.conftest import snapshot
 from tests.procs import make_probe_registry, save_random_expert
 
@@ -768,13 +767,13 @@ UNSCORED = {  # method -> experts it cannot score in ranked_lab, and a word of t
 }
 
 
-@pytest.mark.parametrize("method", SELECT_METHODS)
+@pytest.mark.parametrize("method", list_selectors())  # every registered method works end to end
 def test_select_json_is_standard_and_names_what_it_cannot_score(method: str, ranked_lab: Path) -> None:
     res = runner.invoke(app, ["--registry", str(ranked_lab), "select", "--data", QUERY, "--method", method,
                               "--top", "10", "--json"])
     assert res.exit_code == 0, res.output
     out = strict_json(res.stdout)
-    assert out["better"] == BETTER[method] and BETTER[method] in ("lower", "higher")
+    assert out["better"] == get_selector(method).better and out["better"] in ("lower", "higher")
     results = out["results"]
     assert sorted(r["expert"] for r in results) == ["good-expert", "late", "nanx", "tn-mini-edges", "with-task"]
     unscored = {r["expert"]: r for r in results if r["score"] is None}
@@ -930,3 +929,111 @@ def test_malicious_pickle_refusal_is_one_short_line_without_torch_warnings(kind:
     assert "Warning" not in res.output
     assert snapshot(lab) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("pwned")]
+
+
+# ---- issue 13 item 4: select's methods come from the selector registry; --estimator is the Task2Vec estimator
+# everywhere (the old spellings --method / select --embedding still work, with a note on stderr)
+
+def test_an_unknown_select_method_is_one_line_listing_the_registered_ones(ranked_lab: Path) -> None:
+    before = snapshot(ranked_lab)
+    res = runner.invoke(app, ["--registry", str(ranked_lab), "select", "--data", QUERY, "--method", "nope"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0] == f"error: unknown selection method 'nope'; choose one of {', '.join(list_selectors())}"
+    assert snapshot(ranked_lab) == before
+
+
+def test_a_registered_toy_selector_works_end_to_end_without_editing_any_list(
+        ranked_lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One function and one decorator per new method, for each cost class: validation, dispatch, ranking by
+    the declared direction, and the unscored experts of each class, with no list edited anywhere."""
+    from taskreg.data import load
+    from taskreg.selection import selectors
+    from taskreg.selection.selectors import SelectorInput, register_selector
+
+    monkeypatch.setattr(selectors, "SELECTORS", dict(selectors.SELECTORS))  # dropped after the test
+
+    @register_selector("toy-norm", needs=("features",), cost="forward", better="higher", description="feature norm")
+    def toy_norm(q: SelectorInput) -> list[float]:
+        return [float(np.linalg.norm(f, axis=1).mean()) for f in q.outputs]
+
+    @register_selector("toy-l1", needs=("task2vec",), cost="index", better="lower", description="L1 distance")
+    def toy_l1(q: SelectorInput) -> np.ndarray:
+        return np.abs(q.candidates - q.query).sum(1)
+
+    @register_selector("toy-last", cost="none", better="higher", description="the latest registered expert first")
+    def toy_last(q: SelectorInput) -> list[float]:
+        return [float(i) for i in range(q.n)]
+
+    res = runner.invoke(app, ["--registry", str(ranked_lab), "select", "--data", QUERY, "--method", "toy-norm",
+                              "--top", "10", "--json"])
+    assert res.exit_code == 0, res.output
+    out = strict_json(res.stdout)
+    assert out["method"] == "toy-norm" and out["better"] == "higher" and "forward pass of all 5 experts" in out["cost"]
+    reg = Registry.open(ranked_lab)
+    query = load(QUERY)
+    expected = {}
+    for e in reg.list_experts():
+        rec, model, spec = reg.load_expert(e.name)
+        feats = reg.expert_features(rec, model, spec, query)
+        if np.isfinite(feats).all():
+            expected[e.name] = float(np.linalg.norm(feats, axis=1).mean())
+    scored = [r for r in out["results"] if r["score"] is not None]
+    assert [r["expert"] for r in scored] == sorted(expected, key=lambda n: -expected[n])
+    assert {r["expert"]: r["score"] for r in scored} == pytest.approx(expected)
+    assert [r["expert"] for r in out["results"] if r["score"] is None] == ["nanx"]  # NaN features: last, named
+
+    l1 = reg.select(QUERY, method="toy-l1", top=10)
+    assert l1.better == "lower" and "re-ranked" in l1.cost
+    assert {r["expert"] for r in l1.results if r["score"] is None} == set(UNSCORED["sym"])  # no embedded task
+    assert sorted(r["expert"] for r in l1.results if r["score"] is not None) == ["late", "with-task"]  # on `good`
+
+    last = reg.select(QUERY, method="toy-last", top=10)
+    assert [r["expert"] for r in last.results] == [e.name for e in reg.list_experts()][::-1]
+    assert last.cost == "no computation" and last.better == "higher"
+
+
+RENAMED = {  # command -> (its arguments, the old spelling of --estimator); {D}: a scratch directory
+    "task add": (["task", "add", "fresh", "--data", "builtin:digits?classes=1,2&n=40"], "--method"),
+    "task distance": (["task", "distance", "good", "good"], "--method"),
+    "task neighbors": (["task", "neighbors", "good"], "--method"),
+    "task plot": (["task", "plot", "{D}/tasks.png"], "--method"),
+    "model2vec fit": (["model2vec", "fit"], "--method"),
+    "select": (["select", "--data", QUERY, "--method", "sym"], "--embedding"),
+}
+
+
+@pytest.mark.parametrize("command", list(RENAMED))
+def test_the_old_estimator_spelling_reaches_estimator_with_a_note(command: str, lab: Path, tmp_path: Path) -> None:
+    args, old = RENAMED[command]
+    args = [a.replace("{D}", str(tmp_path)) for a in args]
+    before = snapshot(lab)
+    new = runner.invoke(app, ["--registry", str(lab), *args, "--estimator", "magic"])
+    res = runner.invoke(app, ["--registry", str(lab), *args, old, "magic"])
+    assert new.exit_code == res.exit_code == 2, (new.output, res.output)
+    note = f"note: {old} is deprecated for the Task2Vec estimator; use --estimator"
+    assert [ln for ln in res.stderr.splitlines() if ln.strip()][0] == note
+    assert res.stderr.count("deprecated") == 1 and "deprecated" not in new.stderr
+    errors = [[ln for ln in r.stderr.splitlines() if ln.startswith("error: ")] for r in (new, res)]
+    assert errors[0] == errors[1] and len(errors[0]) == 1, errors
+    if command != "model2vec fit":  # (its refusal here, too few experts, does not name the estimator)
+        assert "magic" in errors[0][0]
+    assert snapshot(lab) == before
+
+
+def test_the_old_spellings_give_the_same_answers(ranked_lab: Path) -> None:
+    r = ["--registry", str(ranked_lab)]
+    for args, old in ((["task", "distance", "good", "good", "--json"], "--method"),
+                      (["task", "neighbors", "good", "--json"], "--method"),
+                      (["select", "--data", QUERY, "--method", "asym", "--top", "10", "--json"], "--embedding")):
+        new = runner.invoke(app, [*r, *args, "--estimator", "montecarlo"])
+        res = runner.invoke(app, [*r, *args, old, "montecarlo"])
+        assert new.exit_code == res.exit_code == 0, (new.output, res.output)
+        assert "deprecated" in res.stderr and "deprecated" not in new.stderr
+        a, b = json.loads(new.stdout), json.loads(res.stdout)
+        if "seconds" in a:
+            a["seconds"] = b["seconds"] = None
+        assert a == b
+    # select's --method stays the ranking method: no note, and not taken for the estimator
+    res = runner.invoke(app, [*r, "select", "--data", QUERY, "--method", "sym", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["method"] == "sym" and "deprecated" not in res.stderr

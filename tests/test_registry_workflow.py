@@ -16,6 +16,7 @@ from taskreg.cli import app
 from taskreg.embedders.model2vec import L2_GRID
 from taskreg.errors import TaskregError
 from taskreg.registry import Registry
+from taskreg.selection.selectors import get_selector, list_selectors
 from tests.conftest import snapshot
 
 runner = CliRunner()
@@ -109,9 +110,9 @@ def test_expert_of_the_query_source_ranks_first(built: Path, task: str, method: 
 def test_select_baselines_and_verify(built: Path) -> None:
     reg = Registry.open(built)
     q = QUERIES["mnist-low"]
-    for method in ("sym", "domain", "logme", "leep", "nce", "hscore", "generic", "random"):
+    for method in list_selectors():  # every registered method answers on a real registry
         out = reg.select(q, method=method, top=3)
-        assert len(out.results) == 3 and out.cost
+        assert len(out.results) == 3 and out.cost and out.better == get_selector(method).better
     out = reg.select(q, method="asym", top=1, verify=5)
     assert len(out.verified) == 3 and out.measured_winner is not None
     errors = [v["test_error"] for v in out.verified]
@@ -173,7 +174,7 @@ def test_bad_expert_inputs_leave_the_registry_unchanged(reg_copy: Registry, tmp_
         ["task", "add", "t'; DROP TABLE tasks; --", "--data", "builtin:digits?classes=1,2"],
         ["task", "add", "x" * 10000, "--data", "builtin:digits?classes=1,2"],
         ["task", "add", "x", "--data", "builtin:digits?classes=1,2", "--probe", "ghost"],
-        ["task", "add", "x", "--data", "builtin:digits?classes=1,2", "--method", "magic"],
+        ["task", "add", "x", "--data", "builtin:digits?classes=1,2", "--estimator", "magic"],
     ]
     for args in cases:
         res = runner.invoke(app, ["--registry", root, *args])

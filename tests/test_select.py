@@ -7,14 +7,17 @@ import pytest
 from sklearn.datasets import load_digits
 
 from taskreg.errors import TaskregError
+from taskreg.selection import selectors
 from taskreg.selection.select import (
     Ranked,
     generic_expert,
     random_ranking,
+    rank,
     rank_by_scores,
     rerank,
     verify_topk,
 )
+from taskreg.selection.selectors import NEEDS, SelectorInput, get_selector, list_selectors, register_selector
 from taskreg.trainers.experts import LinearProbeProtocol
 
 
@@ -122,3 +125,86 @@ def test_verify_topk_picks_the_measured_winner() -> None:
     assert errors == sorted(errors) and errors[0] < 0.1 and errors[-1] > 0.6
     with pytest.raises(TaskregError):
         verify_topk(lambda c, data: features[c], [], x, y)
+
+
+# ---- the selector registry (issue 13 item 4): one list of ranking methods, with what each needs and costs
+BUILTIN = {  # name -> (cost class, score direction, needs): the methods `taskreg select` has always had
+    "model2vec": ("index", "lower", ("model2vec", "trivial")), "asym": ("index", "lower", ("task2vec", "trivial")),
+    "sym": ("index", "lower", ("task2vec",)), "domain": ("index", "lower", ("domain",)),
+    "logme": ("forward", "higher", ("features",)), "leep": ("forward", "higher", ("logits",)),
+    "nce": ("forward", "higher", ("logits",)), "hscore": ("forward", "higher", ("features",)),
+    "generic": ("none", "higher", ("sizes",)), "random": ("none", "lower", ()),
+}
+
+
+def test_the_registry_lists_every_builtin_method_with_its_cost_and_direction() -> None:
+    assert list_selectors() == list(BUILTIN)  # each of them is run end to end by test_hostile / test_registry_workflow
+    for name, (cost, better, needs) in BUILTIN.items():
+        s = get_selector(name)
+        assert (s.cost, s.better, s.needs) == (cost, better, needs) and s.description
+        assert s.higher_is_better == (better == "higher") and set(needs) <= set(NEEDS)
+    assert list_selectors("index") == ["model2vec", "asym", "sym", "domain"]
+    assert list_selectors("forward") == ["logme", "leep", "nce", "hscore"]
+    assert list_selectors("none") == ["generic", "random"]
+
+
+def test_an_unknown_method_is_one_line_listing_the_known_ones() -> None:
+    for bad in ("nope", "", "ASYM", None):
+        with pytest.raises(TaskregError) as err:
+            get_selector(bad)  # type: ignore[arg-type]
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(f"unknown selection method {bad!r}")
+        assert message.endswith("choose one of " + ", ".join(list_selectors()))
+    with pytest.raises(TaskregError, match="does not rank stored vectors; choose one of model2vec, asym, sym, domain"):
+        rerank(QUERY, CANDIDATES, "logme")
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registrations in a test go to a copy of the registry, dropped afterwards."""
+    monkeypatch.setattr(selectors, "SELECTORS", dict(selectors.SELECTORS))
+
+
+def test_register_selector_refuses_inconsistent_declarations(scratch_registry: None) -> None:
+    def scorer(q: SelectorInput) -> list[float]:
+        return [0.0] * q.n
+
+    bad = [
+        dict(name="asym", needs=("task2vec",), cost="index", better="lower"),  # taken
+        dict(name="x", needs=("task2vec",), cost="cheap", better="lower"),
+        dict(name="x", needs=("task2vec",), cost="index", better="smaller"),
+        dict(name="x", needs=("gpu",), cost="index", better="lower"),
+        dict(name="x", needs=("features",), cost="index", better="lower"),  # a forward need on an index method
+        dict(name="x", needs=("task2vec", "model2vec"), cost="index", better="lower"),  # two vector sources
+        dict(name="x", needs=("trivial",), cost="index", better="lower"),  # no vectors to score
+        dict(name="x", needs=(), cost="forward", better="higher"),
+        dict(name="x", needs=("domain", "trivial"), cost="index", better="lower"),
+        dict(name="x y", needs=(), cost="none", better="lower"),
+    ]
+    for kwargs in bad:
+        name = kwargs.pop("name")
+        with pytest.raises(ValueError, match="selector"):
+            register_selector(name, description="-", **kwargs)(scorer)
+    assert list_selectors() == list(BUILTIN)
+
+
+def test_a_new_method_is_one_function_and_one_decorator(scratch_registry: None) -> None:
+    @register_selector("l1", needs=("task2vec",), cost="index", better="lower", description="L1 distance")
+    def l1(q: SelectorInput) -> np.ndarray:
+        return np.abs(q.candidates - q.query).sum(1)
+
+    @register_selector("farthest", needs=("task2vec",), cost="index", better="higher", description="L1, reversed")
+    def farthest(q: SelectorInput) -> np.ndarray:
+        return np.abs(q.candidates - q.query).sum(1)
+
+    assert list_selectors("index")[-2:] == ["l1", "farthest"]
+    l1_dist = np.abs(CANDIDATES - QUERY).sum(1)
+    ranked = rerank(QUERY, CANDIDATES, "l1")
+    assert [r.index for r in ranked] == np.argsort(l1_dist, kind="stable").tolist()
+    assert [r.score for r in ranked] == sorted(l1_dist.tolist())
+    assert [r.index for r in rerank(QUERY, CANDIDATES, "farthest")] == [r.index for r in ranked][::-1]
+    # the scorer's answer is checked: one score per item, or a permutation when it returns a ranking
+    with pytest.raises(TaskregError, match="returned 3 scores for 4 items"):
+        rank(get_selector("l1"), [0.0, 1.0, 2.0], 4)
+    with pytest.raises(TaskregError, match="not a permutation"):
+        rank(get_selector("l1"), [Ranked(0, 1.0), Ranked(0, 2.0)], 2)
