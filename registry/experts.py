@@ -21,6 +21,7 @@ import numpy as np
 
 from taskreg import data as datasets
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 from taskreg.registry import catalog
 from taskreg.registry.core import file_sha256
 from taskreg.registry.index import search
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from taskreg.embedders.probes import ProbeSpec
     from taskreg.trainers.experts import LinearProbeProtocol
 
-Progress = Callable[[int, int], None] | None
 SELECT_METHODS = ("model2vec", "asym", "sym", "domain", "logme", "leep", "nce", "hscore", "generic", "random")
 INDEX_METHODS = ("model2vec", "asym", "sym", "domain")
 

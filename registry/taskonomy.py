@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 from taskreg.registry import catalog
 from taskreg.registry.names import check_name
 from taskreg.registry.taxonomy import TaxonomyOps, _delete_affinity_set, _insert_affinity_set
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from taskreg.trainers.taskonomy_dictionary import DictionaryRef
     from taskreg.trainers.transfer import TaskNetwork, TransferJob, TransferResult
 
-Progress = Callable[[int, int], None] | None
 StepProgress = Callable[[str], Progress] | None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import numpy as np
 
 from taskreg import data as datasets
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 from taskreg.registry import catalog
 from taskreg.registry.core import file_sha256
 from taskreg.registry.index import search
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from taskreg.embedders.probes import ProbeSpec
     from taskreg.embedders.task2vec import TaskEmbedding
 
-Progress = Callable[[int, int], None] | None
 METHODS = ("montecarlo", "variational")
 DEFAULT_PROBE_SOURCES = ("builtin:patches", "builtin:mnist5k")
 

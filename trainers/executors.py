@@ -41,10 +41,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 
 J = TypeVar("J")
 R = TypeVar("R")
-Progress = Callable[[int, int], None] | None
 
 
 class Executor(Protocol):

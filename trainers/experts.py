@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -24,8 +23,8 @@ from torch import nn
 
 from taskreg.embedders.probes import ProbeSpec, adapt_inputs, to_device
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 
-Progress = Callable[[int, int], None]
 DTYPE_NP = np.float32  # precision of the linear probe (features are standardised first)
 
 
@@ -91,7 +90,7 @@ def finetune_expert(
     augment: bool = True,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    progress: Progress | None = None,
+    progress: Progress = None,
 ) -> nn.Module:
     """Fine-tune a copy of ``model`` (all layers) with a new head on a labelled dataset.
 

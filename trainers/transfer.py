@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 from taskreg.trainers.networks import (
     Encoder,
     Readout,
@@ -55,8 +56,6 @@ from taskreg.trainers.networks import (
     rep_shape_for,
 )
 from taskreg.trainers.taskonomy_dictionary import Dictionary, DictionaryRef, TaskSpec
-
-Progress = Callable[[int, int], None] | None
 
 #: defaults chosen so the built-in pipeline runs in minutes on 2 CPU cores (see the report/README)
 SELF_EPOCHS = 10
