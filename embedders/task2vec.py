@@ -206,7 +206,7 @@ def probe_features(model: nn.Module, xt: torch.Tensor, batch_size: int, dev: tor
     """Frozen probe features. xt : (N, 3, S, S) adapted -> (N, D) float32 on CPU."""
     out = []
     for i in range(0, xt.shape[0], batch_size):
-        out.append(model.features(xt[i : i + batch_size].to(dev)).float().cpu())
+        out.append(model.features(xt[i : i + batch_size].to(dev)).float().cpu())  # type: ignore[operator]
         if tick is not None:
             tick()
     return torch.cat(out)
@@ -231,9 +231,9 @@ def train_head(z: torch.Tensor, y: torch.Tensor, k: int, *, epochs: int, lr: flo
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
-            loss = F.cross_entropy(lin(zs[idx]), y[idx])
+            batch_loss = F.cross_entropy(lin(zs[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            batch_loss.backward()
             opt.step()
     with torch.no_grad():
         logits = lin(zs)
@@ -296,12 +296,13 @@ def features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, d
     n = xt.shape[0]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            net.features(xt[:1].to(dev))  # its graph is dropped unused; BatchNorm in eval: images independent
+            # its graph is dropped unused; BatchNorm in eval: images independent
+            net.features(xt[:1].to(dev))  # type: ignore[operator]
         if saved * n > budget:
             acc.remove()
             return None
         for i in range(0, n, batch_size):
-            zb = net.features(xt[i : i + batch_size].to(dev))
+            zb = net.features(xt[i : i + batch_size].to(dev))  # type: ignore[operator]
             graphs.append(zb)
             feats.append(zb.detach().float().cpu())
             if tick is not None:

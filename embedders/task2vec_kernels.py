@@ -82,7 +82,7 @@ def sq_grad_plans(conv: nn.Conv2d, a_shape: Sequence[int], g_shape: Sequence[int
     k = c * taps
     k_g = k // groups
     hw2 = (h * w) ** 2
-    padded2 = ((h + 2 * conv.padding[0]) * (w + 2 * conv.padding[1])) ** 2
+    padded2 = ((h + 2 * conv.padding[0]) * (w + 2 * conv.padding[1])) ** 2  # type: ignore[operator]
     unfold = 0.0 if _is_pointwise(conv) else _UNFOLD_FIXED + _UNFOLD_PER_ROW * k + _MEM_WEIGHT * k * p
     return {
         "native": (_NATIVE_PER_MAC * o * p * k_g + _MEM_WEIGHT * o * k_g, o * k_g),
@@ -107,11 +107,12 @@ def patch_gram(conv: nn.Conv2d, a: torch.Tensor, ho: int, wo: int) -> torch.Tens
     product. Row ``i G + j`` is image i, group j.
     """
     b, c, h, w = a.shape
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    ph, pw = conv.padding  # type: ignore[str-unpack]
     av = a.reshape(b * conv.groups, c // conv.groups, h * w)
     m = torch.bmm(av.transpose(1, 2), av).view(-1, h, w, h, w)
     if ph or pw:
-        m = F.pad(m, (pw, pw, ph, ph, pw, pw, ph, ph))
+        m = F.pad(m, (pw, pw, ph, ph, pw, pw, ph, ph))  # type: ignore[arg-type]
     rows = [slice(i * dh, i * dh + sh * (ho - 1) + 1, sh) for i in range(kh)]
     cols = [slice(j * dw, j * dw + sw * (wo - 1) + 1, sw) for j in range(kw)]
     taps = [m[:, r, c, r, c] for r in rows for c in cols]  # views (b G, Ho, Wo, Ho, Wo), one per kernel tap
@@ -159,7 +160,8 @@ def per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, fo
         if form == "native":
             sub, gsub = a[s : s + chunk], g[s : s + chunk]
             nb = sub.shape[0]
-            grads = torch.nn.grad.conv2d_weight(  # (b O, C/G, kh, kw): per-sample weight gradients
+            # (b O, C/G, kh, kw): per-sample weight gradients
+            grads = torch.nn.grad.conv2d_weight(  # type: ignore[attr-defined]
                 sub.reshape(1, nb * sub.shape[1], *sub.shape[2:]), (nb * o, *conv.weight.shape[1:]),
                 gsub.reshape(1, nb * o, ho, wo), conv.stride, conv.padding, conv.dilation, nb * groups)
             total += grads.reshape(nb, o, -1).square().sum(dim=(0, 2))
@@ -240,7 +242,7 @@ def montecarlo_fisher(net: nn.Module, xt: torch.Tensor, batch_size: int, dev: to
             if graphs is None:
                 logits = net(xt[i : i + batch_size].to(dev))
             else:
-                logits = net.fc(graphs[b])
+                logits = net.fc(graphs[b])  # type: ignore[operator]
                 graphs[b] = None  # each graph is freed by its backward
             yb = sample_labels(logits, gen) if labels is None else labels[i : i + batch_size].to(dev)
             F.cross_entropy(logits, yb, reduction="sum").backward()

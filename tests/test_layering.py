@@ -85,7 +85,8 @@ def test_modules_are_found() -> None:
 
 
 def test_pure_layers_import_neither_registry_nor_cli_and_registry_not_cli() -> None:
-    assert layering_violations(package_modules()) == []
+    bad = layering_violations(package_modules())
+    assert bad == [], "layering broken (see docs/ARCHITECTURE.md):\n" + "\n".join(bad)
 
 
 def test_layering_check_catches_every_import_form(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -594,7 +595,7 @@ def run_job(job: TransferJob) -> TaskNetwork | TransferResult:
     Top-level and picklable, for executors. Features are memory-mapped from ``job.feature_paths``.
     """
     d = job.dictionary.load()
-    common = {"epochs": job.epochs, "batch_size": job.batch_size, "lr": job.lr, "seed": job.seed}
+    common: dict[str, Any] = {"epochs": job.epochs, "batch_size": job.batch_size, "lr": job.lr, "seed": job.seed}
     if job.kind == "self":
         return train_task_network(d, job.target, **common)
     if job.kind == "scratch":
