@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint install clean bench
+.PHONY: demo test lint typecheck install clean bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -26,7 +26,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest -q
+
+# mypy on the package: the root is the package `taskreg`, so mypy gets a directory with a symlink of that name
+typecheck: $(STAMP)
+	mkdir -p $(VENV)/mypy-path && ln -sfn "$(CURDIR)" $(VENV)/mypy-path/taskreg
+	MYPYPATH=$(VENV)/mypy-path $(BIN)/mypy -p taskreg
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,6 +7,8 @@ torch, so the CLI's default costs nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from taskreg.errors import TaskregError
 
 SUGGESTION = "use --device cpu"
@@ -33,7 +35,7 @@ def check_device(name: str) -> str:
     return name
 
 
-def _unavailable(torch, dev) -> str | None:  # noqa: ANN001 - torch module and torch.device, imported lazily
+def _unavailable(torch: Any, dev: Any) -> str | None:  # torch module and torch.device, imported lazily
     """Why ``dev`` cannot be used (None when it can)."""
     if dev.type == "cpu":
         return None

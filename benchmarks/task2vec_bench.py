@@ -44,6 +44,7 @@ from sklearn.model_selection import cross_val_score
 
 from taskreg.data.images import load_photograph, resize_image
 from taskreg.embedders import task2vec as t2v
+from taskreg.embedders import task2vec_kernels as kernels
 from taskreg.embedders.distances import cosine_distance, d_sym
 from taskreg.embedders.probes import ProbeSpec, adapt_inputs, create_model, default_spec, train_probe
 from taskreg.embedders.task2vec import domain_embedding, embed, trivial_embedding
@@ -142,19 +143,19 @@ def breakdown(model: torch.nn.Module, spec: ProbeSpec, x: np.ndarray, y: np.ndar
     """Where the montecarlo time goes, each part as a fraction of the fwd+bwd floor (same process)."""
     net = copy.deepcopy(model).eval()
     xt, dev = adapt_inputs(x, spec), torch.device("cpu")
-    z = t2v._features(net, xt, 64, dev)
-    parts = {"features pass (forward, no grad)": lambda: t2v._features(net, xt, 64, dev)}
-    parts["linear head (20 epochs on features)"] = lambda: t2v._train_head(
+    z = t2v.probe_features(net, xt, 64, dev)
+    parts = {"features pass (forward, no grad)": lambda: t2v.probe_features(net, xt, 64, dev)}
+    parts["linear head (20 epochs on features)"] = lambda: t2v.train_head(
         z, torch.as_tensor(y), 10, epochs=20, lr=0.01, weight_decay=1e-3, batch_size=256,
         gen=torch.Generator().manual_seed(0))
-    net.fc = t2v._train_head(z, torch.as_tensor(y), 10, epochs=20, lr=0.01, weight_decay=1e-3, batch_size=256,
+    net.fc = t2v.train_head(z, torch.as_tensor(y), 10, epochs=20, lr=0.01, weight_decay=1e-3, batch_size=256,
                              gen=torch.Generator().manual_seed(0))[0]
 
     def activation_grads() -> None:  # the Fisher pass without the per-sample squared weight gradients
         for prm in net.parameters():
             prm.requires_grad_(False)
         yt = torch.as_tensor(y)
-        first = t2v._convs(net)[0][1]  # like the Fisher pass: the graph starts at the first conv's output
+        first = kernels.feature_convs(net)[0][1]  # like the Fisher pass: the graph starts at the first conv's output
         hook = first.register_forward_hook(lambda mod, inputs, out: out.requires_grad_(True))
         try:
             for i in range(0, len(xt), 64):
@@ -163,7 +164,7 @@ def breakdown(model: torch.nn.Module, spec: ProbeSpec, x: np.ndarray, y: np.ndar
             hook.remove()
 
     parts["backward to activations only"] = activation_grads
-    parts["Fisher pass (+ per-sample squared grads)"] = lambda: t2v._montecarlo_fisher(
+    parts["Fisher pass (+ per-sample squared grads)"] = lambda: kernels.montecarlo_fisher(
         net, xt, 64, dev, torch.Generator().manual_seed(0))
     print(f"       montecarlo breakdown at N={len(x)}: " + "; ".join(
         f"{name} {best_of(fn, repeats) / base:.2f}x" for name, fn in parts.items()), flush=True)
@@ -188,13 +189,13 @@ def conv_cases(arch: str, size: int, batch: int) -> list[tuple[str, torch.nn.Con
 
         out.register_hook(on_grad)
 
-    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: keep(mod, a, o, n)) for n, m in t2v._convs(net)]
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: keep(mod, a, o, n)) for n, m in kernels.feature_convs(net)]
     F.cross_entropy(net(torch.randn(batch, 3, size, size)), torch.zeros(batch, dtype=torch.long)).backward()
     for h in hooks:
         h.remove()
     seen: set[tuple[object, ...]] = set()
     cases = []
-    for name, _ in t2v._convs(net):
+    for name, _ in kernels.feature_convs(net):
         conv, a, g = caps[name]
         key = (tuple(a.shape), tuple(g.shape), conv.kernel_size, conv.stride)
         if key not in seen:
@@ -208,25 +209,25 @@ def forms(args: argparse.Namespace) -> None:
     print("\n## 1b. Per-sample squared gradients: each exact form per conv shape (microseconds per image; "
           "'-' = over 20 M floats of intermediates per image, not run)")
     print(f"{'probe':<18} {'first conv of this shape':<22} {'C':>4} {'HxW':>7} {'O':>4} {'P':>6} "
-          + " ".join(f"{f:>13}" for f in t2v.SQ_GRAD_FORMS) + f" {'picked':>13} {'picked/best':>11}")
+          + " ".join(f"{f:>13}" for f in kernels.SQ_GRAD_FORMS) + f" {'picked':>13} {'picked/best':>11}")
     worst = 1.0
     for probe in args.forms_probes:
         arch, size = probe.rsplit("@", 1)
         size = int(size)
         batch = max(2, min(32, 1024 // size))  # 32 images at 32 px, 16 at 64, 4 at 224
         for name, conv, a, g in conv_cases(arch, size, batch):
-            plans = t2v._sq_grad_plans(conv, a.shape, g.shape)
+            plans = kernels.sq_grad_plans(conv, a.shape, g.shape)
             us = {}
             for form, (_, floats) in plans.items():
                 if floats <= 20_000_000:
-                    run = functools.partial(t2v._per_filter_sq_grad_sum, conv, a, g, form=form)
+                    run = functools.partial(kernels.per_filter_sq_grad_sum, conv, a, g, form=form)
                     us[form] = best_of(run, args.repeats) * 1e6 / batch
-            picked = t2v._cheapest_form(plans)
+            picked = kernels.cheapest_form(plans)
             ratio = us[picked] / min(us.values())
             worst = max(worst, ratio)
             print(f"{arch + '@' + str(size):<18} {name:<22} {a.shape[1]:>4} {f'{a.shape[2]}x{a.shape[3]}':>7} "
                   f"{g.shape[1]:>4} {g.shape[2] * g.shape[3]:>6} "
-                  + " ".join(f"{us[f]:>13.1f}" if f in us else f"{'-':>13}" for f in t2v.SQ_GRAD_FORMS)
+                  + " ".join(f"{us[f]:>13.1f}" if f in us else f"{'-':>13}" for f in kernels.SQ_GRAD_FORMS)
                   + f" {picked:>13} {ratio:>11.2f}", flush=True)
     print(f"worst picked/best over all shapes: {worst:.2f}")
 

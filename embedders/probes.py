@@ -373,7 +373,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise TaskregError(f"weights {p} is empty")
     if p.suffix == ".safetensors":
         try:
-            from safetensors.torch import load_file  # type: ignore[import-not-found]
+            from safetensors.torch import load_file
         except ImportError:
             raise TaskregError(
                 f"weight file {p} refused: reading .safetensors needs the 'safetensors' package"

@@ -22,9 +22,10 @@ Estimators
     has few positions too, the Gram of the receptive fields is assembled from the Gram of the input's
     pixels without unfolding at all; grouped and depthwise convs (EfficientNet's) run per group, or through
     torch's own weight-gradient kernel with the images folded into the groups; a cost model picks one of the
-    four exact forms per layer (see :func:`_per_filter_sq_grad_sum`). Autograd only computes the gradients
-    w.r.t. activations (the weights are frozen and the graph starts at the first conv's output, so not even the images'
-    gradient is formed): the whole pass costs less than one forward+backward of ordinary training.
+    four exact forms per layer (see :func:`taskreg.embedders.task2vec_kernels.per_filter_sq_grad_sum`).
+    Autograd only computes the gradients w.r.t. activations (the weights are frozen and the graph starts at the first
+    conv's output, so not even the images' gradient is formed): the whole pass costs less than one forward+backward
+    of ordinary training.
     Why not the cheaper "square of the batch-sum gradient"?
     With labels drawn from the model the scores have zero conditional mean, so it would be unbiased
     too, but its variance grows with the batch size (cross terms g_i g_j); the exact per-sample
@@ -42,7 +43,7 @@ Estimators
 
     * ``var_solver="sgvb"`` (default, the paper's method): Adam on log Lambda with the local
       reparameterisation trick -- the noise is drawn on each conv output with the variance that
-      independent weight noise would give (see :func:`_sgvb_refine`);
+      independent weight noise would give (see :func:`taskreg.embedders.task2vec_variational._sgvb_refine`);
     * ``var_solver="fixed_point"``: the stationarity condition beyond second order,
       ``Lambda_f = lambda2_f + (N/beta) E_q[F_f(w)]`` (Price's theorem + Gauss-Newton), solved by damped
       fixed-point steps, each an exact per-sample Fisher pass at weights drawn from the posterior.
@@ -83,7 +84,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskreg.embedders.probes import ProbeNet, ProbeSpec, adapt_inputs, to_device
+from taskreg.embedders.task2vec_kernels import FisherAccumulator, feature_convs, montecarlo_fisher
+from taskreg.embedders.task2vec_variational import (
+    DEFAULT_BETA,
+    DEFAULT_PRIOR_SCALE,
+    DEFAULT_VAR_SOLVER,
+    VAR_SOLVERS,
+    variational_fisher,
+)
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 
 __all__ = [
     "METHODS",
@@ -96,30 +106,12 @@ __all__ = [
 ]
 
 METHODS = ("montecarlo", "variational")
-SQ_GRAD_FORMS = ("direct", "cols_gram", "shifted_gram", "native")  # see _per_filter_sq_grad_sum
-DEFAULT_PRIOR_SCALE = 1.0  # lambda2_f = scale / mean(w_f^2): prior weight-noise std = the filter's RMS weight
-DEFAULT_BETA: float | None = None  # None: beta = N / (number of conv weights), see _variational_fisher
-VAR_SOLVERS = ("sgvb", "fixed_point")
-DEFAULT_VAR_SOLVER = "sgvb"
-_TINY_W2 = 1e-30
-_MIN_WEIGHT_DRAWS = 16  # weight draws per perturbed pass (one per batch; smaller batches if N is small)
 TRIVIAL_N = 256
 # montecarlo: most memory the features pass may keep for the Fisher pass (see embed). Keeping saves a forward
 # pass (-15% at 1,000 32x32 images on ResNet-18, 0.44 GB kept) but every kept byte is freshly allocated: at
 # 5,000 images (2.2 GB) first-touch page faults cost as much as the forward pass saved, so beyond 1 GiB: no.
 _RETAIN_CAP = 2**30
 _EPS = 1e-12
-# Cost model of the per-sample forms (_sq_grad_plans), in multiply-adds per image; fitted to the timings of
-# `benchmarks/task2vec_bench.py --forms` on a 2-core CPU: writing a float, and unfolding (torch's im2col loops
-# over the K rows of every image: about 1 us per image plus a few ns per row)
-_MEM_WEIGHT = 4.0
-_UNFOLD_FIXED = 40_000.0
-_UNFOLD_PER_ROW = 200.0
-_NATIVE_PER_MAC = 4.0  # torch's conv weight-gradient kernel, per multiply-add, relative to a matmul's
-_MAX_CHUNK_FLOATS = 600_000  # floats of per-sample intermediates per chunk (~2.4 MB, _sq_grad_plans): chunks that stay
-# in cache made the per-sample pass of ResNet-18 ~30% faster than whole 64-image batches (9.4 MB per layer-1 conv)
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -149,14 +141,9 @@ class TaskEmbedding:
 # --------------------------------------------------------------------------------------------------
 
 
-def _convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """Convolutions of the feature extractor (everything except the ``fc`` head), in module order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and not n.startswith("fc")]
-
-
 def fisher_layout(model: nn.Module) -> list[tuple[str, int]]:
     """[(conv weight name, n filters)] -- the coordinates of a Task2Vec vector for this probe."""
-    return [(f"{n}.weight", int(m.out_channels)) for n, m in _convs(model)]
+    return [(f"{n}.weight", int(m.out_channels)) for n, m in feature_convs(model)]
 
 
 def balanced_subsample(y: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
@@ -214,18 +201,18 @@ def _validate_xy(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> 
 
 
 @torch.no_grad()
-def _features(model: nn.Module, xt: torch.Tensor, batch_size: int, dev: torch.device,
+def probe_features(model: nn.Module, xt: torch.Tensor, batch_size: int, dev: torch.device,
               tick: Callable[[], None] | None = None) -> torch.Tensor:
     """Frozen probe features. xt : (N, 3, S, S) adapted -> (N, D) float32 on CPU."""
     out = []
     for i in range(0, xt.shape[0], batch_size):
-        out.append(model.features(xt[i : i + batch_size].to(dev)).float().cpu())
+        out.append(model.features(xt[i : i + batch_size].to(dev)).float().cpu())  # type: ignore[operator]
         if tick is not None:
             tick()
     return torch.cat(out)
 
 
-def _train_head(z: torch.Tensor, y: torch.Tensor, k: int, *, epochs: int, lr: float, weight_decay: float,
+def train_head(z: torch.Tensor, y: torch.Tensor, k: int, *, epochs: int, lr: float, weight_decay: float,
                 batch_size: int, gen: torch.Generator) -> tuple[nn.Linear, float, float]:
     """Zero-initialised softmax regression on standardised features, folded back to raw features.
 
@@ -244,9 +231,9 @@ def _train_head(z: torch.Tensor, y: torch.Tensor, k: int, *, epochs: int, lr: fl
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
-            loss = F.cross_entropy(lin(zs[idx]), y[idx])
+            batch_loss = F.cross_entropy(lin(zs[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            batch_loss.backward()
             opt.step()
     with torch.no_grad():
         logits = lin(zs)
@@ -256,213 +243,6 @@ def _train_head(z: torch.Tensor, y: torch.Tensor, k: int, *, epochs: int, lr: fl
         head.weight.copy_(lin.weight / sd)
         head.bias.copy_(lin.bias - (lin.weight * (mu / sd)).sum(1))
     return head, acc, loss
-
-
-def _sample_labels(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One label per row from softmax(logits), by inverse CDF over classes sorted by probability."""
-    p = torch.softmax(logits.detach().float().cpu(), dim=1)
-    p_sorted, order = torch.sort(p, dim=1, descending=True, stable=True)
-    cdf = p_sorted.cumsum(1)
-    u = torch.rand(p.shape[0], 1, generator=gen) * cdf[:, -1:]
-    pos = torch.searchsorted(cdf, u).clamp_max(p.shape[1] - 1)
-    return order.gather(1, pos).squeeze(1).to(logits.device)
-
-
-# --------------------------------------------------------------------------------------------------
-# Exact per-sample Fisher (Monte Carlo labels)
-# --------------------------------------------------------------------------------------------------
-
-
-def _is_pointwise(conv: nn.Conv2d) -> bool:
-    """A 1x1 conv with stride 1 and no padding: its unfolded input is the input itself (no copy)."""
-    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
-
-
-def _sq_grad_plans(conv: nn.Conv2d, a_shape: Sequence[int], g_shape: Sequence[int]) -> dict[str, tuple[float, int]]:
-    """Per form of :func:`_per_filter_sq_grad_sum`: (estimated cost per sample, floats held per sample).
-
-    The cost counts multiply-adds, ``_MEM_WEIGHT`` per float written and the overhead of unfolding (none for a
-    pointwise conv, whose unfolded input is a view); on the ResNets of probes.py its pick is measured against
-    the fastest form for every layer shape at 32, 64 and 224 px, and on EfficientNet-Lite0 at 128 px, by
-    ``benchmarks/task2vec_bench.py --forms`` (benchmarks/RESULTS.md). A conv with G groups is G independent
-    convs of C/G input and O/G output channels: per-group Gram matrices (G of them) and per-sample gradients
-    of O x K/G weights.
-    a_shape : (B, C, H, W) conv input, g_shape : (B, O, Ho, Wo) output gradient.
-    """
-    c, h, w = a_shape[1], a_shape[2], a_shape[3]
-    o, p = g_shape[1], g_shape[2] * g_shape[3]
-    groups = conv.groups
-    taps = conv.kernel_size[0] * conv.kernel_size[1]
-    k = c * taps
-    k_g = k // groups
-    hw2 = (h * w) ** 2
-    padded2 = ((h + 2 * conv.padding[0]) * (w + 2 * conv.padding[1])) ** 2
-    unfold = 0.0 if _is_pointwise(conv) else _UNFOLD_FIXED + _UNFOLD_PER_ROW * k + _MEM_WEIGHT * k * p
-    return {
-        "native": (_NATIVE_PER_MAC * o * p * k_g + _MEM_WEIGHT * o * k_g, o * k_g),
-        "direct": (unfold + o * p * k_g + _MEM_WEIGHT * o * k_g, k * p + o * k_g),
-        "cols_gram": (unfold + p * p * k + o * p * p + _MEM_WEIGHT * groups * p * p, k * p + groups * p * p),
-        "shifted_gram": (hw2 * c + o * p * p + _MEM_WEIGHT * groups * (hw2 + padded2 + 2 * taps * p * p),
-                         groups * (hw2 + padded2 + p * p)),
-    }
-
-
-def _cheapest_form(plans: dict[str, tuple[float, int]]) -> str:
-    """The form of :func:`_sq_grad_plans` with the lowest estimated cost."""
-    return min(plans, key=lambda f: plans[f][0])
-
-
-def _patch_gram(conv: nn.Conv2d, a: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
-    """Gram matrices of each image's receptive fields, per group, without unfolding: (B, C, H, W) -> (B G, P, P).
-
-    <patch_p, patch_q> = sum_taps M[s p + d t, s q + d t] where M = A^T A is the (zero-padded) Gram of the
-    input's pixel vectors (the C/G channels of one group each): one (HW x C/G) @ (C/G x HW) product per image and
-    group and one shifted slice-add per kernel tap, instead of K x P unfolded columns and a (P x K) @ (K x P)
-    product. Row ``i G + j`` is image i, group j.
-    """
-    b, c, h, w = a.shape
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
-    av = a.reshape(b * conv.groups, c // conv.groups, h * w)
-    m = torch.bmm(av.transpose(1, 2), av).view(-1, h, w, h, w)
-    if ph or pw:
-        m = F.pad(m, (pw, pw, ph, ph, pw, pw, ph, ph))
-    rows = [slice(i * dh, i * dh + sh * (ho - 1) + 1, sh) for i in range(kh)]
-    cols = [slice(j * dw, j * dw + sw * (wo - 1) + 1, sw) for j in range(kw)]
-    taps = [m[:, r, c, r, c] for r in rows for c in cols]  # views (b G, Ho, Wo, Ho, Wo), one per kernel tap
-    gram = taps[0].clone()
-    for tap in taps[1:]:
-        gram += tap
-    return gram.reshape(-1, ho * wo, ho * wo)
-
-
-def _per_filter_sq_grad_sum(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, form: str | None = None
-                            ) -> torch.Tensor:
-    """sum_i sum_{k in filter o} (dL_i/dW_ok)^2 for each output channel o -> (O,).
-
-    a : (B, C, H, W) conv input, g : (B, O, Ho, Wo) gradient of sum_i L_i w.r.t. the conv output.
-    With A_i the (K, P) unfolded input of image i and G_i its (O, P) output gradient, the per-sample
-    weight gradient is G_i A_i^T, and three exact forms give its per-filter sum of squares:
-
-    * ``direct``: form G_i A_i^T and square it -- O P K per image (large P: early layers, big inputs);
-    * ``cols_gram``: sum_p,q G_op G_oq (A_i^T A_i)_pq -- P^2 K + O P^2 (few output positions);
-    * ``shifted_gram``: the same with the patch Gram from :func:`_patch_gram` -- (HW)^2 C + O P^2, no unfolding
-      (few input positions, many channels: most of a ResNet at 32 px);
-    * ``native``: torch's own weight-gradient kernel of the conv (``torch.nn.grad.conv2d_weight``, the one
-      ordinary training runs) with the images folded into the groups -- B images of a G-group conv are one
-      image of a (B G)-group conv whose weight gradient is the B per-sample gradients side by side. Same
-      O P K/G multiply-adds as ``direct`` without unfolding; the form for depthwise convs, where ``direct``
-      would run one tiny (1 x P) @ (P x taps) product per image and channel.
-
-    A grouped conv (``groups`` = G > 1, depthwise when G = C) is G independent convs: filter o sees only the
-    C/G channels of its group, i.e. the rows of A_i of that group, so each form runs per (image, group) with
-    the O/G filters and K/G unfolded rows of the group (direct: O P K/G; the Grams: one P x P per group).
-    A pointwise conv (1x1, stride 1, no padding) is not unfolded at all: A_i is the input itself.
-
-    ``form=None`` picks the cheapest by :func:`_sq_grad_plans` (:func:`_cheapest_form`). Images are processed
-    in chunks of about ``_MAX_CHUNK_FLOATS`` floats of intermediates so that they stay in cache.
-    """
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        raise TaskregError("Task2Vec supports convolutions with numeric zero padding only")
-    b, o, ho, wo = g.shape
-    groups = conv.groups
-    plans = _sq_grad_plans(conv, a.shape, g.shape)
-    form = form or _cheapest_form(plans)
-    chunk = max(1, _MAX_CHUNK_FLOATS // max(1, plans[form][1]))
-    total = torch.zeros(o, dtype=g.dtype, device=g.device)
-    for s in range(0, b, chunk):
-        if form == "native":
-            sub, gsub = a[s : s + chunk], g[s : s + chunk]
-            nb = sub.shape[0]
-            grads = torch.nn.grad.conv2d_weight(  # (b O, C/G, kh, kw): per-sample weight gradients
-                sub.reshape(1, nb * sub.shape[1], *sub.shape[2:]), (nb * o, *conv.weight.shape[1:]),
-                gsub.reshape(1, nb * o, ho, wo), conv.stride, conv.padding, conv.dilation, nb * groups)
-            total += grads.reshape(nb, o, -1).square().sum(dim=(0, 2))
-            continue
-        gs = g[s : s + chunk].reshape(-1, o // groups, ho * wo)  # (b G, O/G, P)
-        if form == "shifted_gram":
-            per = (torch.bmm(gs, _patch_gram(conv, a[s : s + chunk], ho, wo)) * gs).sum(dim=2)  # (b G, O/G)
-        else:
-            sub = a[s : s + chunk]
-            if _is_pointwise(conv):
-                cols = sub.reshape(sub.shape[0], sub.shape[1], -1)  # (b, C, P): a view of the input
-            else:
-                cols = F.unfold(sub, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (b, K, P)
-            cols = cols.reshape(gs.shape[0], -1, ho * wo)  # (b G, K/G, P): unfold rows are channel-major
-            if form == "cols_gram":
-                per = (torch.bmm(gs, torch.bmm(cols.transpose(1, 2), cols)) * gs).sum(dim=2)
-            else:
-                per = torch.bmm(gs, cols.transpose(1, 2)).square().sum(dim=2)  # (b G, O/G, K/G) per-sample grads
-        total += per.reshape(-1, o).sum(dim=0)
-    return total
-
-
-class _FisherAccumulator:
-    """Hooks on every feature-extractor conv that add per-sample squared weight gradients per filter."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.convs = _convs(model)
-        self.sums = [torch.zeros(m.out_channels, dtype=torch.float64) for _, m in self.convs]
-        self.handles = [m.register_forward_hook(self._make_hook(i)) for i, (_, m) in enumerate(self.convs)]
-
-    def _make_hook(self, i: int) -> Callable[..., None]:
-        def hook(mod: nn.Conv2d, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            if not torch.is_grad_enabled():
-                return
-            if not out.requires_grad:  # nothing before this conv is tracked (the weights are frozen): the graph
-                out.requires_grad_(True)  # starts here, so no gradient w.r.t. the images is ever computed
-            a = inputs[0].detach()
-
-            def on_grad(g: torch.Tensor) -> None:
-                self.sums[i] += _per_filter_sq_grad_sum(mod, a, g.detach()).double().cpu()
-
-            out.register_hook(on_grad)
-
-        return hook
-
-    def per_filter_mean(self, n_samples: int) -> np.ndarray:
-        """(D,) mean over samples of the per-filter average squared gradient."""
-        parts = []
-        for (_, m), s in zip(self.convs, self.sums, strict=True):
-            parts.append(s / max(1, n_samples) / m.weight[0].numel())  # weights per filter: C/G x kh x kw
-        return torch.cat(parts).numpy().astype(np.float32)
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def _montecarlo_fisher(net: nn.Module, xt: torch.Tensor, batch_size: int, dev: torch.device,
-                       gen: torch.Generator, tick: Callable[[], None] | None = None,
-                       labels: torch.Tensor | None = None,
-                       kept: tuple[list[torch.Tensor | None], _FisherAccumulator] | None = None) -> np.ndarray:
-    """Per-filter Fisher of ``net`` (head included, weights frozen) on adapted images xt (N, 3, S, S).
-
-    Labels are sampled from the model unless ``labels`` (N,) is given (then it is the empirical
-    Fisher; used by tests to check the per-sample computation against autograd). ``kept``: the
-    graph-carrying features of every batch and the accumulator hooked while they were computed (from
-    :func:`_features_keeping_graphs`); the batches then start from there instead of running the network
-    forward again -- the same labels, sums and result.
-    """
-    if kept is None:
-        for prm in net.parameters():
-            prm.requires_grad_(False)
-        graphs, acc = None, _FisherAccumulator(net)
-    else:
-        graphs, acc = kept
-    try:
-        for b, i in enumerate(range(0, xt.shape[0], batch_size)):
-            if graphs is None:
-                logits = net(xt[i : i + batch_size].to(dev))
-            else:
-                logits = net.fc(graphs[b])
-                graphs[b] = None  # each graph is freed by its backward
-            yb = _sample_labels(logits, gen) if labels is None else labels[i : i + batch_size].to(dev)
-            F.cross_entropy(logits, yb, reduction="sum").backward()
-            if tick is not None:
-                tick()
-    finally:
-        acc.remove()
-    return acc.per_filter_mean(xt.shape[0])
 
 
 def _available_bytes(dev: torch.device) -> int:
@@ -482,9 +262,9 @@ def _available_bytes(dev: torch.device) -> int:
         return 0
 
 
-def _features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, dev: torch.device,
+def features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, dev: torch.device,
                              budget: int, tick: Callable[[], None] | None = None
-                             ) -> tuple[torch.Tensor, list[torch.Tensor | None], _FisherAccumulator] | None:
+                             ) -> tuple[torch.Tensor, list[torch.Tensor | None], FisherAccumulator] | None:
     """The features pass of the montecarlo estimator with each batch's autograd graph kept.
 
     The Fisher pass then starts from the kept features (head, sampled labels, backward) instead of
@@ -499,7 +279,7 @@ def _features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, 
         return None
     for prm in net.parameters():
         prm.requires_grad_(False)
-    acc = _FisherAccumulator(net)
+    acc = FisherAccumulator(net)
     saved = 0
     seen = {t.untyped_storage().data_ptr() for t in (*net.parameters(), *net.buffers())}  # shared, not per batch
 
@@ -516,12 +296,13 @@ def _features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, 
     n = xt.shape[0]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            net.features(xt[:1].to(dev))  # its graph is dropped unused; BatchNorm in eval: images independent
+            # its graph is dropped unused; BatchNorm in eval: images independent
+            net.features(xt[:1].to(dev))  # type: ignore[operator]
         if saved * n > budget:
             acc.remove()
             return None
         for i in range(0, n, batch_size):
-            zb = net.features(xt[i : i + batch_size].to(dev))
+            zb = net.features(xt[i : i + batch_size].to(dev))  # type: ignore[operator]
             graphs.append(zb)
             feats.append(zb.detach().float().cpu())
             if tick is not None:
@@ -530,183 +311,6 @@ def _features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, 
         acc.remove()
         raise
     return torch.cat(feats), graphs, acc
-
-
-# --------------------------------------------------------------------------------------------------
-# Variational (robust) estimator
-# --------------------------------------------------------------------------------------------------
-
-
-def _split_layers(vec: torch.Tensor, convs: list[tuple[str, nn.Conv2d]]) -> list[torch.Tensor]:
-    """Cut a (D,) per-filter vector into one (O_l,) block per conv layer."""
-    return list(torch.split(vec, [m.out_channels for _, m in convs]))
-
-
-def _perturbed_fisher(net: nn.Module, convs: list[tuple[str, nn.Conv2d]], w_hat: list[torch.Tensor],
-                      log_prec: list[torch.Tensor], xt: torch.Tensor, batch_size: int, dev: torch.device,
-                      gen: torch.Generator, noise_gen: torch.Generator,
-                      tick: Callable[[], None] | None = None) -> list[torch.Tensor]:
-    """Exact per-sample Fisher averaged over weights drawn from the posterior N(w_hat, Lambda^-1).
-
-    One weight draw per batch (the draw of an odd batch is the negated draw of the batch before:
-    antithetic pairs cancel the first-order change of the Fisher). Labels are sampled from the
-    perturbed model. ``log_prec`` : per layer (O_l,) float64 log Lambda. Returns per layer (O_l,) float64.
-    The conv weights are restored to ``w_hat`` before returning.
-    """
-    acc = _FisherAccumulator(net)
-    std = [torch.exp(-0.5 * lp).to(device=dev, dtype=w.dtype).view(-1, 1, 1, 1) for lp, w in zip(log_prec, w_hat,
-                                                                                                 strict=True)]
-    delta: list[torch.Tensor] = []
-    try:
-        for b, i in enumerate(range(0, xt.shape[0], batch_size)):
-            if b % 2 == 0:
-                delta = [torch.randn(w.shape, generator=noise_gen, device=dev, dtype=w.dtype) * s
-                         for w, s in zip(w_hat, std, strict=True)]
-            sign = 1.0 if b % 2 == 0 else -1.0
-            with torch.no_grad():
-                for (_, m), w, d in zip(convs, w_hat, delta, strict=True):
-                    m.weight.copy_(w + sign * d)
-            logits = net(xt[i : i + batch_size].to(dev))
-            F.cross_entropy(logits, _sample_labels(logits, gen), reduction="sum").backward()
-            if tick is not None:
-                tick()
-    finally:
-        acc.remove()
-        with torch.no_grad():
-            for (_, m), w in zip(convs, w_hat, strict=True):
-                m.weight.copy_(w)
-    return _split_layers(torch.from_numpy(acc.per_filter_mean(xt.shape[0])).double(), convs)
-
-
-def _receptive_energy(conv: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
-    """Sum of the squared inputs each output sees: (B, C, H, W) -> (B, O, Ho, Wo), or (B, 1, Ho, Wo) when every
-    filter sees all channels (groups = 1). The variance of a conv output under independent weight noise of unit
-    variance, i.e. the sum of its squared derivatives w.r.t. its filter's weights; with G groups filter o sees
-    only the C/G channels of its group."""
-    groups = conv.groups
-    ones = torch.ones(groups, conv.in_channels // groups, *conv.kernel_size, device=a.device, dtype=a.dtype)
-    energy = F.conv2d(a * a, ones, None, conv.stride, conv.padding, conv.dilation, groups)  # (B, G, Ho, Wo)
-    return energy.repeat_interleave(conv.out_channels // groups, dim=1) if groups > 1 else energy
-
-
-def _sgvb_refine(net: nn.Module, convs: list[tuple[str, nn.Conv2d]], log_rel: list[torch.Tensor],
-                 prior: list[torch.Tensor], xt: torch.Tensor, y: torch.Tensor, *, beta: float, epochs: int,
-                 lr: float, batch_size: int, dev: torch.device, gen: torch.Generator,
-                 tick: Callable[[], None] | None = None) -> list[torch.Tensor]:
-    """Stochastic variational refinement of the precision with the local reparameterisation trick.
-
-    Minimises  mean CE(y | x, w) under w ~ N(w_hat, Lambda^-1)  +  beta/N sum_f |f| KL(N(0, 1/Lambda_f) ||
-    N(0, 1/lambda2_f))  with Adam on r_f = log(Lambda_f / lambda2_f) >= 0 (the weights stay at w_hat).
-    Local reparameterisation (Kingma et al. 2015): instead of drawing weights, the noise is drawn on
-    each conv output, whose variance under independent weight noise is ``Lambda_o^-1 * conv(a^2, ones)``.
-    For a convolution this draws independent noise per output position (a shared weight draw would
-    correlate them): the paper's estimator, with that approximation.
-    ``log_rel`` (starting point) and ``prior`` (lambda2): per layer (O_l,). Returns per layer (O_l,) r.
-    """
-    n = xt.shape[0]
-    params = [r.detach().float().to(dev).clone().requires_grad_(True) for r in log_rel]
-    neg_log_prior = [-torch.log(p).float().to(dev) for p in prior]
-    sizes = [float(m.weight[0].numel()) for _, m in convs]  # weights per filter
-    noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-
-    def make_hook(i: int) -> Callable[..., torch.Tensor]:
-        def hook(mod: nn.Conv2d, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-            energy = _receptive_energy(mod, inputs[0])
-            var = torch.exp(neg_log_prior[i] - params[i]).view(1, -1, 1, 1) * energy  # 1/Lambda * energy
-            eps = torch.randn(out.shape, generator=noise_gen, device=out.device, dtype=out.dtype)
-            return out + torch.sqrt(var.clamp_min(1e-30)) * eps
-
-        return hook
-
-    for prm in net.parameters():
-        prm.requires_grad_(False)
-    handles = [m.register_forward_hook(make_hook(i)) for i, (_, m) in enumerate(convs)]
-    steps = max(1, epochs * math.ceil(n / batch_size))
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    try:
-        for _ in range(epochs):
-            perm = torch.randperm(n, generator=gen)
-            for j in range(0, n, batch_size):
-                idx = perm[j : j + batch_size]
-                ce = F.cross_entropy(net(xt[idx].to(dev)), y[idx].to(dev))
-                # KL(N(0, 1/L) || N(0, 1/l2)) per weight = 0.5 (l2/L - 1 + log(L/l2)) = 0.5 (e^-r - 1 + r)
-                kl = sum(s * 0.5 * (torch.exp(-r) - 1 + r).sum() for s, r in zip(sizes, params, strict=True))
-                loss = ce + beta / n * kl
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                with torch.no_grad():  # the precision is kept at or above the prior's
-                    for r in params:
-                        r.clamp_(min=0.0)
-                if tick is not None:
-                    tick()
-    finally:
-        for h in handles:
-            h.remove()
-    return [r.detach().double().cpu() for r in params]
-
-
-def _variational_fisher(net: nn.Module, xt: torch.Tensor, y: torch.Tensor, *, batch_size: int, epochs: int,
-                        prior_scale: float, beta: float | None, solver: str, lr: float, dev: torch.device,
-                        gen: torch.Generator, tick: Callable[[], None] | None = None) -> np.ndarray:
-    """Posterior precision relative to the prior, Lambda_f / lambda2_f (D,), of the paper's objective.
-
-    Objective (per filter f with |f| weights, N images): E_{w ~ N(w_hat, Lambda^-1)}[CE(w)]
-    + beta/N sum_f |f| KL(N(0, 1/Lambda_f) || N(0, 1/lambda2_f)). Its stationarity condition is
-    Lambda_f = lambda2_f + (2N / (beta |f|)) dE[CE]/d(1/Lambda_f), and by Price's theorem with the
-    Gauss-Newton approximation of the Hessian (the GGN of the cross-entropy is the Fisher, whatever
-    the labels) this is Lambda_f = lambda2_f + (N/beta) E_q[F_f(w)]: the prior plus the Fisher averaged
-    over the posterior itself. Pass 1 evaluates the exact Fisher at w_hat (the Laplace solution); the
-    ``epochs - 1`` further passes refine it with ``solver``: "sgvb" = stochastic gradient on the
-    objective with the local reparameterisation trick (:func:`_sgvb_refine`, Adam with rate ``lr``);
-    "fixed_point" = damped fixed-point iterations of the condition above (as in the precision update of
-    VOGN, Khan et al. 2018, with the mean frozen at w_hat): the Fisher at weights drawn from the
-    current posterior, log Lambda moved half-way to the new value.
-
-    Prior: lambda2_f = prior_scale / mean_k(w_hat_fk^2), isotropic within each filter, on the scale of
-    the filter's own weights (a conv followed by BatchNorm is unchanged when a filter is rescaled,
-    and F_f * mean(w_f^2) is invariant to that rescaling, so the relative precision is too).
-    ``beta=None`` means beta = N / (number of conv weights): the KL is counted per weight rather than
-    per image, and (to second order) the weight noise at the optimum costs at most beta * W / (2N) = 1/2 nat
-    of cross-entropy per image, whatever the size of the probe. Each perturbed pass uses at least
-    ``_MIN_WEIGHT_DRAWS`` weight draws (smaller batches when N is small): with one draw per 64 images the
-    seed-to-seed spread at N=120 was twice as large.
-    """
-    convs = _convs(net)
-    w_hat = [m.weight.detach().clone() for _, m in convs]
-    n = xt.shape[0]
-    n_weights = sum(w.numel() for w in w_hat)
-    beta_eff = float(beta) if beta is not None else n / max(1, n_weights)
-    data_weight = n / beta_eff
-    prior = [prior_scale / w.detach().double().cpu().pow(2).flatten(1).mean(1).clamp_min(_TINY_W2) for w in w_hat]
-    fisher0 = _split_layers(torch.from_numpy(_montecarlo_fisher(net, xt, batch_size, dev, gen, tick)).double(), convs)
-    if solver == "sgvb":
-        log_rel = [torch.log1p(data_weight * f / p) for p, f in zip(prior, fisher0, strict=True)]
-        if epochs > 1:
-            log_rel = _sgvb_refine(net, convs, log_rel, prior, xt, y, beta=beta_eff, epochs=epochs - 1, lr=lr,
-                                   batch_size=batch_size, dev=dev, gen=gen, tick=tick)
-        return torch.cat([torch.exp(r) for r in log_rel]).numpy().astype(np.float32)
-    log_prec = [torch.log(p + data_weight * f) for p, f in zip(prior, fisher0, strict=True)]
-    noise_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    micro = max(1, min(batch_size, math.ceil(n / _MIN_WEIGHT_DRAWS)))  # >= _MIN_WEIGHT_DRAWS draws per pass
-    units, micro_batches = math.ceil(n / batch_size), math.ceil(n / micro)
-    done = 0
-
-    def micro_tick() -> None:  # progress in units of ``batch_size`` images, whatever the micro-batch size
-        nonlocal done
-        done += 1
-        if tick is not None and (done * units) // micro_batches > ((done - 1) * units) // micro_batches:
-            tick()
-
-    for _ in range(epochs - 1):
-        done = 0
-        fisher = _perturbed_fisher(net, convs, w_hat, log_prec, xt, micro, dev, gen, noise_gen, micro_tick)
-        log_prec = [0.5 * lp + 0.5 * torch.log(p + data_weight * f)
-                    for lp, p, f in zip(log_prec, prior, fisher, strict=True)]
-    rel = torch.cat([torch.exp(lp - torch.log(p)) for lp, p in zip(log_prec, prior, strict=True)])
-    return rel.numpy().astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -734,7 +338,7 @@ def embed(
     retain_bytes: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    progress: Progress | None = None,
+    progress: Progress = None,
 ) -> TaskEmbedding:
     """Task2Vec embedding of the labelled dataset (x, y) on the probe ``model``.
 
@@ -806,17 +410,17 @@ def embed(
     kept = None
     if method == "montecarlo":
         budget = _available_bytes(dev) // 4 if retain_bytes is None else int(retain_bytes)
-        kept = _features_keeping_graphs(net, xt, batch_size, dev, min(budget, _RETAIN_CAP), tick)
-    z = kept[0] if kept is not None else _features(net, xt, batch_size, dev, tick)
-    head, acc, loss = _train_head(z, yt, k, epochs=head_epochs, lr=head_lr, weight_decay=head_weight_decay,
+        kept = features_keeping_graphs(net, xt, batch_size, dev, min(budget, _RETAIN_CAP), tick)
+    z = kept[0] if kept is not None else probe_features(net, xt, batch_size, dev, tick)
+    head, acc, loss = train_head(z, yt, k, epochs=head_epochs, lr=head_lr, weight_decay=head_weight_decay,
                                   batch_size=256, gen=gen)
     done += head_epochs - 1
     tick()
     net.fc = head.to(dev)
     if method == "montecarlo":
-        vec = _montecarlo_fisher(net, xt, batch_size, dev, gen, tick, kept=None if kept is None else kept[1:])
+        vec = montecarlo_fisher(net, xt, batch_size, dev, gen, tick, kept=None if kept is None else kept[1:])
     else:
-        vec = _variational_fisher(net, xt, yt, batch_size=batch_size, epochs=var_epochs, prior_scale=prior_scale,
+        vec = variational_fisher(net, xt, yt, batch_size=batch_size, epochs=var_epochs, prior_scale=prior_scale,
                                   beta=beta, solver=var_solver, lr=var_lr, dev=dev, gen=gen, tick=tick)
     vec = np.nan_to_num(vec, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
     return TaskEmbedding(
@@ -861,7 +465,7 @@ def trivial_embedding(
     noise = torch.rand(TRIVIAL_N, spec.in_chans, s, s, generator=gen)
     xt = adapt_inputs(noise, spec)
     net = copy.deepcopy(layout_or_model).to(dev).eval()
-    z = _features(net, xt, batch_size, dev)
+    z = probe_features(net, xt, batch_size, dev)
     head = nn.Linear(z.shape[1], n_classes)
     with torch.no_grad():
         w = torch.randn(n_classes, z.shape[1], generator=gen)
@@ -870,7 +474,7 @@ def trivial_embedding(
         head.weight.copy_(w / scale)
         head.bias.copy_(-(head.weight @ z.mean(0)))
     net.fc = head.to(dev)
-    return _montecarlo_fisher(net, xt, batch_size, dev, gen)
+    return montecarlo_fisher(net, xt, batch_size, dev, gen)
 
 
 @torch.no_grad()
@@ -891,4 +495,4 @@ def domain_embedding(
     dev = to_device(device)
     xt = adapt_inputs(x, spec)
     net = copy.deepcopy(model).to(dev).eval()
-    return _features(net, xt, batch_size, dev).mean(0).numpy().astype(np.float32)
+    return probe_features(net, xt, batch_size, dev).mean(0).numpy().astype(np.float32)

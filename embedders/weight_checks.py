@@ -47,8 +47,8 @@ def check_network(model: nn.Module, spec: ProbeSpec, label: str) -> None:
     was_training = model.training
     model.eval()
     try:
-        feats = model.features(probe_batch(spec).to(device)).flatten(1)
-        logits = model.fc(feats)
+        feats = model.features(probe_batch(spec).to(device)).flatten(1)  # type: ignore[operator]
+        logits = model.fc(feats)  # type: ignore[operator]
     finally:
         model.train(was_training)
     for what, out in (("features", feats), ("outputs", logits)):

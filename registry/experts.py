@@ -21,6 +21,7 @@ import numpy as np
 
 from taskreg import data as datasets
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 from taskreg.registry import catalog
 from taskreg.registry.core import Core
 from taskreg.registry.damage import clear_stray_model, refuse_lost_model
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from taskreg.selection.selectors import Selector
     from taskreg.trainers.experts import LinearProbeProtocol
 
-Progress = Callable[[int, int], None] | None
 # The ranking methods of `select` are the selector registry's: taskreg.selection.selectors.list_selectors().
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +12,7 @@ import numpy as np
 from taskreg import data as datasets
 from taskreg.data.images import batch_to_size
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 from taskreg.registry import catalog
 from taskreg.registry.core import Core
 from taskreg.registry.names import check_name
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
     from taskreg.embedders.probes import ProbeSpec
 
-Progress = Callable[[int, int], None] | None
 DEFAULT_PROBE_SOURCES = ("builtin:patches", "builtin:mnist5k")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from taskreg.data.images import batch_to_size
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 from taskreg.registry import catalog
 from taskreg.registry.core import Core
 from taskreg.registry.experts import ExpertService
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from taskreg.trainers.taskonomy_dictionary import Dictionary, DictionaryRef
     from taskreg.trainers.transfer import TaskNetwork, TransferJob, TransferResult
 
-Progress = Callable[[int, int], None] | None
 StepProgress = Callable[[str], Progress] | None
 
 

@@ -7,7 +7,7 @@ catalog transaction under the lock, commit tag, index).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,7 @@ import numpy as np
 
 from taskreg import data as datasets
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 from taskreg.registry import catalog
 from taskreg.registry.core import Core
 from taskreg.registry.index import IndexManager, search
@@ -26,7 +27,6 @@ from taskreg.registry.runs import marking_removal, pending_run
 if TYPE_CHECKING:
     from taskreg.embedders.task2vec import TaskEmbedding
 
-Progress = Callable[[int, int], None] | None
 METHODS = ("montecarlo", "variational")
 
 

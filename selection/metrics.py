@@ -31,7 +31,7 @@ def _vector(a: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     return a
 
 
-def _ranking(ranking: Sequence[int], n_experts: int, name: str = "ranking") -> np.ndarray:
+def _ranking(ranking: Sequence[int] | np.ndarray, n_experts: int, name: str = "ranking") -> np.ndarray:
     r = np.asarray(ranking)
     if r.ndim != 1 or r.size == 0 or not np.issubdtype(r.dtype, np.integer):
         raise TaskregError(f"{name} must be a non-empty list of expert indices, got {list(ranking)!r}")
@@ -66,7 +66,7 @@ def relative_error_increase(
     return float(np.mean((chosen - oracle) / np.maximum(oracle, min_oracle_error)))
 
 
-def topk_hit(ranking: Sequence[int], errors: Sequence[float] | np.ndarray, k: int) -> bool:
+def topk_hit(ranking: Sequence[int] | np.ndarray, errors: Sequence[float] | np.ndarray, k: int) -> bool:
     """True if a best expert for the task is among the first ``k`` entries of ``ranking``.
 
     ranking : expert indices, best first (may be shorter than E). errors : (E,) that task's errors.
@@ -105,7 +105,7 @@ def weighted_kendall_tau(
     return float(tau) if np.isfinite(tau) else 0.0
 
 
-def ranking_to_scores(ranking: Sequence[int], n_experts: int) -> np.ndarray:
+def ranking_to_scores(ranking: Sequence[int] | np.ndarray, n_experts: int) -> np.ndarray:
     """(E,) positions of a (possibly partial) ranking, lower = better; unranked experts tie last."""
     r = _ranking(ranking, n_experts)
     position = np.full(n_experts, float(r.size))

@@ -16,7 +16,8 @@ from skimage import data as skdata
 from taskreg.embedders import zoo
 from taskreg.embedders.efficientnet_lite import LITE_VARIANTS, round_filters
 from taskreg.embedders.probes import adapt_inputs, create_model, default_spec, list_models, load_weights
-from taskreg.embedders.task2vec import _convs, _montecarlo_fisher, embed, fisher_layout
+from taskreg.embedders.task2vec import embed, fisher_layout
+from taskreg.embedders.task2vec_kernels import feature_convs, montecarlo_fisher
 from taskreg.errors import TaskregError
 
 # (arch, wheel package, state_dict entries, parameters with 1000 classes, pretrained resolution)
@@ -61,7 +62,7 @@ def test_architecture_keys_and_parameter_counts(arch: str, n_keys: int, n_params
               "_bn1.running_mean", "fc.weight", "fc.bias"]:
         assert k in keys
     assert "_blocks.0._expand_conv.weight" not in keys
-    depthwise = [m for n, m in _convs(model) if "depthwise" in n]
+    depthwise = [m for n, m in feature_convs(model) if "depthwise" in n]
     assert depthwise and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(m.eps == 1e-3 for m in bns)
@@ -149,10 +150,10 @@ def test_per_sample_fisher_of_lite0_is_one_backward_per_sample() -> None:
     net = create_model("efficientnet_lite0", num_classes=3).eval()
     x = torch.randn(4, 3, 33, 33)
     y = torch.tensor([0, 1, 2, 1])
-    fast = _montecarlo_fisher(net, x, 3, torch.device("cpu"), torch.Generator(), labels=y)
+    fast = montecarlo_fisher(net, x, 3, torch.device("cpu"), torch.Generator(), labels=y)
     for p in net.parameters():
         p.requires_grad_(True)
-    convs = _convs(net)
+    convs = feature_convs(net)
     sums = [torch.zeros(m.out_channels, dtype=torch.float64) for _, m in convs]
     for i in range(4):
         net.zero_grad()

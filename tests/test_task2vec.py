@@ -12,20 +12,16 @@ from sklearn.datasets import load_digits
 
 from taskreg.embedders.distances import d_sym
 from taskreg.embedders.probes import create_model, default_spec
-from taskreg.embedders.task2vec import (
+from taskreg.embedders.task2vec import balanced_subsample, domain_embedding, embed, fisher_layout, trivial_embedding
+from taskreg.embedders.task2vec_kernels import (
     SQ_GRAD_FORMS,
-    _cheapest_form,
-    _convs,
-    _montecarlo_fisher,
-    _per_filter_sq_grad_sum,
-    _receptive_energy,
-    _sq_grad_plans,
-    balanced_subsample,
-    domain_embedding,
-    embed,
-    fisher_layout,
-    trivial_embedding,
+    cheapest_form,
+    feature_convs,
+    montecarlo_fisher,
+    per_filter_sq_grad_sum,
+    sq_grad_plans,
 )
+from taskreg.embedders.task2vec_variational import receptive_energy
 from taskreg.errors import TaskregError
 
 SPEC = default_spec("cifar_resnet8")
@@ -55,14 +51,14 @@ def test_per_sample_fisher_matches_autograd(probe: torch.nn.Module) -> None:
     net = create_model("cifar_resnet8", num_classes=3).eval()
     x = torch.randn(5, 3, 32, 32)
     y = torch.tensor([0, 1, 2, 1, 0])
-    fast = _montecarlo_fisher(net, x, 2, torch.device("cpu"), torch.Generator(), labels=y)
+    fast = montecarlo_fisher(net, x, 2, torch.device("cpu"), torch.Generator(), labels=y)
     for p in net.parameters():
         p.requires_grad_(True)
-    sums = [torch.zeros(m.out_channels, dtype=torch.float64) for _, m in _convs(net)]
+    sums = [torch.zeros(m.out_channels, dtype=torch.float64) for _, m in feature_convs(net)]
     for i in range(5):  # one backward per sample: the definition
         net.zero_grad()
         F.cross_entropy(net(x[i : i + 1]), y[i : i + 1]).backward()
-        for s, (_, m) in zip(sums, _convs(net), strict=True):
+        for s, (_, m) in zip(sums, feature_convs(net), strict=True):
             s += m.weight.grad.double().square().flatten(1).mean(1)
     ref = torch.cat(sums).numpy() / 5
     assert np.allclose(fast, ref, rtol=1e-4, atol=1e-6 * ref.max())
@@ -105,9 +101,9 @@ def test_every_per_sample_form_is_the_definition(form: str, case: tuple[int, ...
         conv.zero_grad()
         (conv(a[i : i + 1]) * r[i : i + 1]).sum().backward()
         ref += conv.weight.grad.square().flatten(1).sum(1)
-    fast = _per_filter_sq_grad_sum(conv, a, r, form=form)
+    fast = per_filter_sq_grad_sum(conv, a, r, form=form)
     assert torch.allclose(fast, ref, rtol=1e-10, atol=1e-12 * float(ref.max()))
-    plans = _sq_grad_plans(conv, a.shape, r.shape)
+    plans = sq_grad_plans(conv, a.shape, r.shape)
     assert set(plans) == set(SQ_GRAD_FORMS) and all(cost > 0 and floats > 0 for cost, floats in plans.values())
 
 
@@ -121,7 +117,7 @@ def test_receptive_energy_is_the_squared_weight_jacobian(case: tuple[int, ...]) 
                            bias=False).double()
     a = torch.randn(2, c_in, h, w, dtype=torch.float64)
     out = conv(a)
-    energy = _receptive_energy(conv, a).expand_as(out)
+    energy = receptive_energy(conv, a).expand_as(out)
     ho, wo = out.shape[2:]
     for idx in [(0, 0, 0, 0), (1, c_out - 1, ho - 1, wo - 1), (1, c_out // 2, 0, wo // 2)]:
         (grad,) = torch.autograd.grad(out[idx], conv.weight, retain_graph=True)
@@ -134,12 +130,12 @@ def test_per_sample_forms_picked_for_resnet18_at_32px() -> None:
     net = create_model("resnet18").eval()
     shapes: dict[str, tuple[torch.nn.Conv2d, torch.Size, torch.Size]] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, (mod, i[0].shape, o.shape)))
-             for n, m in _convs(net)]
+             for n, m in feature_convs(net)]
     with torch.no_grad():
         net(torch.zeros(2, 3, 32, 32))
     for hk in hooks:
         hk.remove()
-    picked = {n: _cheapest_form(_sq_grad_plans(*v)) for n, v in shapes.items()}
+    picked = {n: cheapest_form(sq_grad_plans(*v)) for n, v in shapes.items()}
     assert picked["conv1"] == "direct"
     assert all(form == "shifted_gram" for n, form in picked.items() if n.startswith("layer") and "downsample" not in n)
 
@@ -150,12 +146,12 @@ def test_per_sample_forms_picked_for_efficientnet_lite0_at_128px() -> None:
     net = create_model("efficientnet_lite0").eval()
     shapes: dict[str, tuple[torch.nn.Conv2d, torch.Size, torch.Size]] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, (mod, i[0].shape, o.shape)))
-             for n, m in _convs(net)]
+             for n, m in feature_convs(net)]
     with torch.no_grad():
         net(torch.zeros(2, 3, 128, 128))
     for hk in hooks:
         hk.remove()
-    picked = {n: _cheapest_form(_sq_grad_plans(*v)) for n, v in shapes.items()}
+    picked = {n: cheapest_form(sq_grad_plans(*v)) for n, v in shapes.items()}
     assert {f for n, f in picked.items() if "depthwise" in n} == {"native"}
     assert "native" not in {f for n, f in picked.items() if "depthwise" not in n}
 
@@ -230,11 +226,11 @@ def test_variational_first_pass_is_prior_plus_fisher(probe: torch.nn.Module, dig
     x, y = digits
     mc = embed(probe, SPEC, x, y, seed=3).vector
     var = embed(probe, SPEC, x, y, method="variational", var_epochs=1, beta=0.5, prior_scale=2.0, seed=3).vector
-    w2 = np.concatenate([m.weight.detach().double().pow(2).flatten(1).mean(1).numpy() for _, m in _convs(probe)])
+    w2 = np.concatenate([m.weight.detach().double().pow(2).flatten(1).mean(1).numpy() for _, m in feature_convs(probe)])
     expected = 1.0 + (120 / 0.5) * mc.astype(np.float64) * w2 / 2.0
     assert np.allclose(var, expected, rtol=1e-5)
     default = embed(probe, SPEC, x, y, method="variational", var_epochs=1, seed=3).vector
-    n_weights = sum(m.weight.numel() for _, m in _convs(probe))  # default beta = N / W: data weight N/beta = W
+    n_weights = sum(m.weight.numel() for _, m in feature_convs(probe))  # default beta = N / W: data weight N/beta = W
     assert np.allclose(default, 1.0 + n_weights * mc.astype(np.float64) * w2, rtol=1e-5)
 
 
@@ -329,13 +325,13 @@ def test_single_forward_montecarlo_equals_the_two_pass_one(probe: torch.nn.Modul
     assert np.array_equal(kept.vector, twice.vector) and np.array_equal(kept.vector, tiny.vector)
     assert np.array_equal(kept.mean_features, twice.mean_features)
     assert kept.head_train_loss == twice.head_train_loss
-    from taskreg.embedders.task2vec import _features_keeping_graphs
+    from taskreg.embedders.task2vec import features_keeping_graphs
 
     xt = torch.rand(40, 3, 32, 32)
     net = copy.deepcopy(probe).eval()
-    assert _features_keeping_graphs(net, xt, 16, torch.device("cpu"), 1000) is None
-    assert not any(m._forward_hooks for _, m in _convs(net))  # the fallback leaves no hook behind
-    z, graphs, acc = _features_keeping_graphs(net, xt, 16, torch.device("cpu"), 2**30)
+    assert features_keeping_graphs(net, xt, 16, torch.device("cpu"), 1000) is None
+    assert not any(m._forward_hooks for _, m in feature_convs(net))  # the fallback leaves no hook behind
+    z, graphs, acc = features_keeping_graphs(net, xt, 16, torch.device("cpu"), 2**30)
     assert z.shape == (40, 64) and len(graphs) == 3 and all(g.requires_grad for g in graphs)
     acc.remove()
 

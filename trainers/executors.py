@@ -41,10 +41,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 
 J = TypeVar("J")
 R = TypeVar("R")
-Progress = Callable[[int, int], None] | None
 
 
 class Executor(Protocol):
@@ -233,7 +233,8 @@ class RayExecutor:
             kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
                                       "ignore_reinit_error": True}
             if self.address is None:  # "local": a new runtime even if `ray start` or RAY_ADDRESS name a cluster
-                kwargs.update(address="local", num_cpus=self.workers * self.threads, include_dashboard=False)
+                n_cpus = self.workers * self.threads  # type: ignore[operator]
+                kwargs.update(address="local", num_cpus=n_cpus, include_dashboard=False)
             else:
                 kwargs["address"] = self.address
             try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -24,8 +24,8 @@ from torch import nn
 
 from taskreg.embedders.probes import ProbeSpec, adapt_inputs, to_device
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 
-Progress = Callable[[int, int], None]
 DTYPE_NP = np.float32  # precision of the linear probe (features are standardised first)
 
 
@@ -58,7 +58,7 @@ def _check_positive(**values: float) -> None:
             raise TaskregError(f"{name} must be > 0, got {value}")
 
 
-def _batches(x: np.ndarray, spec: ProbeSpec, batch_size: int, device: torch.device):
+def _batches(x: np.ndarray, spec: ProbeSpec, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
     """Yield adapted (B, spec.in_chans, S, S) tensors on ``device`` for consecutive slices of ``x``."""
     for start in range(0, x.shape[0], batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
@@ -91,7 +91,7 @@ def finetune_expert(
     augment: bool = True,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    progress: Progress | None = None,
+    progress: Progress = None,
 ) -> nn.Module:
     """Fine-tune a copy of ``model`` (all layers) with a new head on a labelled dataset.
 
@@ -132,7 +132,7 @@ def finetune_expert(
     expert = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        expert.fc = nn.Linear(int(expert.feature_dim), num_classes)
+        expert.fc = nn.Linear(int(expert.feature_dim), num_classes)  # type: ignore[arg-type]
     expert.to(device).train()
 
     gen = torch.Generator().manual_seed(seed)
@@ -156,7 +156,7 @@ def finetune_expert(
                 idx = torch.cat([idx, order[:1]])
             xb = torch.from_numpy(x[idx.numpy()].astype(np.float32, copy=False))
             xb = _random_shift(adapt_inputs(xb, spec), pad, gen).to(device)
-            logits = expert.fc(expert.features(xb))
+            logits = expert.fc(expert.features(xb))  # type: ignore[operator]
             loss = F.cross_entropy(logits, labels[idx].to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -188,7 +188,8 @@ def extract_features(
     device = to_device(device)
     model.to(device).eval()
     chunks = [
-        model.features(xb).flatten(1).float().cpu().numpy() for xb in _batches(x, spec, batch_size, device)
+        model.features(xb).flatten(1).float().cpu().numpy()  # type: ignore[operator]
+        for xb in _batches(x, spec, batch_size, device)
     ]
     return np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
 
@@ -212,7 +213,7 @@ def expert_logits(
     device = to_device(device)
     model.to(device).eval()
     chunks = [
-        model.fc(model.features(xb).flatten(1)).float().cpu().numpy()
+        model.fc(model.features(xb).flatten(1)).float().cpu().numpy()  # type: ignore[operator]
         for xb in _batches(x, spec, batch_size, device)
     ]
     return np.concatenate(chunks, axis=0).astype(np.float32, copy=False)

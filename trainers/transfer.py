@@ -39,12 +39,14 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 from taskreg.trainers.networks import (
     Encoder,
     Readout,
@@ -55,8 +57,6 @@ from taskreg.trainers.networks import (
     rep_shape_for,
 )
 from taskreg.trainers.taskonomy_dictionary import Dictionary, DictionaryRef, TaskSpec
-
-Progress = Callable[[int, int], None] | None
 
 #: defaults chosen so the built-in pipeline runs in minutes on 2 CPU cores (see the report/README)
 SELF_EPOCHS = 10
@@ -595,7 +595,7 @@ def run_job(job: TransferJob) -> TaskNetwork | TransferResult:
     Top-level and picklable, for executors. Features are memory-mapped from ``job.feature_paths``.
     """
     d = job.dictionary.load()
-    common = {"epochs": job.epochs, "batch_size": job.batch_size, "lr": job.lr, "seed": job.seed}
+    common: dict[str, Any] = {"epochs": job.epochs, "batch_size": job.batch_size, "lr": job.lr, "seed": job.seed}
     if job.kind == "self":
         return train_task_network(d, job.target, **common)
     if job.kind == "scratch":

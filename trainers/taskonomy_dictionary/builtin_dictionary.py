@@ -30,7 +30,8 @@ def _load_disparity() -> np.ndarray:
 
 def _resize(image: np.ndarray, short_side: int) -> np.ndarray:
     """(H, W, C) → float32 with the shorter side ``short_side`` (anti-aliased bilinear, the dictionary's kernel)."""
-    return resize_image(image, short_side_shape(*image.shape[:2], short_side), kernel="linear")
+    height, width = image.shape[:2]
+    return resize_image(image, short_side_shape(height, width, short_side), kernel="linear")
 
 
 def _allocate(total: int, weights: np.ndarray) -> np.ndarray:

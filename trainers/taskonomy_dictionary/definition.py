@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,7 +168,7 @@ class Dictionary:
 
     @classmethod
     def from_split(cls, images: np.ndarray, is_test: np.ndarray, tasks: dict[str, TaskSpec],
-                   targets: dict[str, np.ndarray], inputs: dict[str, np.ndarray], **extra: object) -> Dictionary:
+                   targets: dict[str, np.ndarray], inputs: dict[str, np.ndarray], **extra: Any) -> Dictionary:
         """A dictionary whose test images are those where ``is_test`` ((N,) bool) is True, the rest train."""
         return cls(images=images, train_idx=np.flatnonzero(~is_test).astype(np.int64),
                    test_idx=np.flatnonzero(is_test).astype(np.int64), tasks=tasks, targets=targets, inputs=inputs,

@@ -30,7 +30,7 @@ def save_dictionary_npz(dictionary: Dictionary, path: str | Path) -> Path:
         arrays[name] = dictionary.targets[name]
         if spec.input_key != "image":
             arrays[INPUT_PREFIX + name] = dictionary.input_of(name)
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]
     return path
 
 
