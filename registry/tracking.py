@@ -1,5 +1,9 @@
 """MLflow tracking inside the registry: runs, artifacts and registered models.
 
+Size: this is the whole MLflow boundary by design (issue 13): the client calls, the batched logging and the
+read-only fast paths over MLflow's own sqlite schema that ``check`` and ``recover`` need, so no other module
+touches MLflow.
+
 The tracking store is ``sqlite:///<root>/mlflow.db`` and every experiment's artifact location
 is ``<root>/artifacts/<experiment>``, so nothing is ever written to ``./mlruns`` in the caller's
 directory. Telemetry is switched off before mlflow is imported.

@@ -94,6 +94,13 @@ class SelectorInput:
     sizes: Sequence[tuple[int, int]] = ()
     seed: int = 0
 
+    def given(self, field_name: str) -> np.ndarray:
+        """The array field ``field_name``, which the selector's ``needs`` promised (a bug if absent)."""
+        value = getattr(self, field_name)
+        if value is None:
+            raise ValueError(f"SelectorInput.{field_name} is not filled: the selector's needs do not declare it")
+        return value
+
 
 Scores = Union[Sequence[float], "np.ndarray", list[Ranked]]  # noqa: UP007 (a string member needs Union)
 Scorer = Callable[[SelectorInput], Scores]
@@ -179,7 +186,7 @@ def get_selector(name: str) -> Selector:
 def model2vec(q: SelectorInput) -> Scores:
     from taskreg.embedders.distances import d_asym_many
 
-    return d_asym_many(q.query, q.candidates, q.t0, q.alpha)
+    return d_asym_many(q.given("query"), q.given("candidates"), q.given("t0"), q.alpha)
 
 
 @register_selector("asym", needs=("task2vec", "trivial"), cost="index", better="lower",
@@ -187,7 +194,7 @@ def model2vec(q: SelectorInput) -> Scores:
 def asym(q: SelectorInput) -> Scores:
     from taskreg.embedders.distances import d_asym_many
 
-    return d_asym_many(q.query, q.candidates, q.t0, q.alpha)
+    return d_asym_many(q.given("query"), q.given("candidates"), q.given("t0"), q.alpha)
 
 
 @register_selector("sym", needs=("task2vec",), cost="index", better="lower",
@@ -195,15 +202,17 @@ def asym(q: SelectorInput) -> Scores:
 def sym(q: SelectorInput) -> Scores:
     from taskreg.embedders.distances import d_sym_many
 
-    return d_sym_many(q.query, q.candidates)
+    return d_sym_many(q.given("query"), q.given("candidates"))
 
 
 @register_selector("domain", needs=("domain",), cost="index", better="lower",
                    description="cosine distance of mean probe features (the domain embedding baseline)")
 def domain(q: SelectorInput) -> Scores:
+    import numpy as np
+
     from taskreg.embedders.distances import cosine_distance
 
-    return cosine_distance(q.query, q.candidates)
+    return np.atleast_1d(cosine_distance(q.given("query"), q.given("candidates")))
 
 
 @register_selector("logme", needs=("features",), cost="forward", better="higher",
@@ -211,7 +220,7 @@ def domain(q: SelectorInput) -> Scores:
 def logme(q: SelectorInput) -> Scores:
     from taskreg.selection.transferability import logme as score
 
-    return [score(f, q.y) for f in q.outputs]
+    return [score(f, q.given("y")) for f in q.outputs]
 
 
 @register_selector("leep", needs=("logits",), cost="forward", better="higher",
@@ -220,7 +229,7 @@ def leep(q: SelectorInput) -> Scores:
     from taskreg.selection.transferability import leep as score
     from taskreg.selection.transferability import softmax
 
-    return [score(softmax(z), q.y) for z in q.outputs]
+    return [score(softmax(z), q.given("y")) for z in q.outputs]
 
 
 @register_selector("nce", needs=("logits",), cost="forward", better="higher",
@@ -228,7 +237,7 @@ def leep(q: SelectorInput) -> Scores:
 def nce(q: SelectorInput) -> Scores:
     from taskreg.selection.transferability import nce as score
 
-    return [score(z.argmax(1), q.y) for z in q.outputs]
+    return [score(z.argmax(1), q.given("y")) for z in q.outputs]
 
 
 @register_selector("hscore", needs=("features",), cost="forward", better="higher",
@@ -236,7 +245,7 @@ def nce(q: SelectorInput) -> Scores:
 def hscore(q: SelectorInput) -> Scores:
     from taskreg.selection.transferability import hscore as score
 
-    return [score(f, q.y) for f in q.outputs]
+    return [score(f, q.given("y")) for f in q.outputs]
 
 
 @register_selector("generic", needs=("sizes",), cost="none", better="higher",
