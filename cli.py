@@ -1,5 +1,8 @@
 """The ``taskreg`` command line: thin Typer commands that parse, call the Registry and print.
 
+Reason: every Typer command of the CLI sits here (thin parse-call-print each); splitting it into one module
+  per command group (task, expert, zoo, taxonomy, maintenance) is open in issue 13.
+
 Heavy libraries (torch, mlflow, faiss, duckdb, matplotlib) are imported inside the commands so
 ``taskreg --help`` starts instantly. A ``TaskregError`` is printed on one line and exits with 2.
 """

@@ -1,5 +1,8 @@
 """The DuckDB catalog: schema, migrations and typed queries. The source of truth for every record.
 
+Reason: it is the one home of the SQL (issue 13); splitting it by table family (tasks, experts, taxonomy,
+  maintenance) is open in issue 13.
+
 Plain functions over a ``duckdb.DuckDBPyConnection``, in the style of DuckDB's own Python API.
 Vectors are stored as ``FLOAT[]`` columns; names of tasks, experts and probes are unique.
 

@@ -1,5 +1,8 @@
 """Experts: register, fine-tune, evaluate (expert × task results), Model2Vec, and ``select``.
 
+Reason: registration, evaluation, Model2Vec and select of experts; its SQL still moves into the catalog layer
+  and select then splits out (issue 13, open).
+
 ``select`` answers "which feature extractor for this dataset?": the query is embedded once with the
 probe, the Faiss index proposes candidates (cosine on normalised vectors, so the cost per query does
 not grow with the number of experts), and the candidates are re-ranked exactly by the chosen

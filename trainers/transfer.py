@@ -1,5 +1,7 @@
 """Taskonomy steps I and II: task-specific networks, transfer functions, baselines, beam search.
 
+Reason: Taskonomy transfer networks, their jobs and training loops share one module; not yet split by concern.
+
 Pipeline (Zamir et al., CVPR 2018, Sec. 3.1-3.2), as the lead's ``taskonomy build`` runs it:
 
 1. ``self`` — :func:`train_task_network` trains encoder + decoder of every trainable task on the
