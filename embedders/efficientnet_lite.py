@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taskreg.embedders.probes import ProbeNet, ProbeSpec, register_model, register_spec
+from taskreg.embedders.probes import ProbeNet, ProbeSpec, init_weights, register_model, register_spec
 
 __all__ = ["LITE_VARIANTS", "EfficientNetLite", "LiteVariant", "MBConvBlock", "rename_wheel_keys"]
 
@@ -184,12 +184,7 @@ class EfficientNetLite(ProbeNet):
 
     def _init_weights(self) -> None:
         """TensorFlow EfficientNet's initialisation: conv N(0, 2/fan_out), BN (1, 0), fc U(+-1/sqrt(out))."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
         bound = 1.0 / math.sqrt(self.fc.out_features)
         nn.init.uniform_(self.fc.weight, -bound, bound)
         nn.init.zeros_(self.fc.bias)

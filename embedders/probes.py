@@ -125,7 +125,8 @@ def _make_layer(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Seq
     return nn.Sequential(*layers)
 
 
-def _init_weights(model: nn.Module) -> None:
+def init_weights(model: nn.Module) -> None:
+    """He-normal (fan out) convolutions and unit/zero BatchNorm, the ResNet and EfficientNet convention."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -148,7 +149,7 @@ class ResNet(ProbeNet):
         self.layer4 = _make_layer(256, 512, blocks[3], 2)
         self.feature_dim = 512
         self.fc = nn.Linear(512, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
@@ -168,7 +169,7 @@ class CifarResNet(ProbeNet):
         self.layer3 = _make_layer(32, 64, blocks_per_stage, 2)
         self.feature_dim = 64
         self.fc = nn.Linear(64, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
