@@ -11,6 +11,8 @@ probes are unique.
 - :mod:`.vectors` — vector kinds and their generations (what the Faiss indexes are derived from)
 - :mod:`.integrity` — what ``check``, recovery and relocation ask of the catalog as a whole
 - :mod:`.probes`, :mod:`.tasks`, :mod:`.experts`, :mod:`.affinity` — one table family each
+- :mod:`.mlflow_store` — the SQL on MLflow's own sqlite schema (not DuckDB); deliberately not re-exported here:
+  only :mod:`taskreg.registry.tracking` imports it, so every MLflow access stays behind the tracking layer
 """
 
 from taskreg.registry.catalog.affinity import delete_affinity_set, insert_affinity_set
