@@ -32,7 +32,14 @@ from taskreg.registry.catalog.integrity import (
     weight_files,
 )
 from taskreg.registry.catalog.probes import ProbeRecord, get_probe, insert_probe, list_probes
-from taskreg.registry.catalog.rows import fetch_rows, insert_columns, insert_rows, vector_param, vectors_to_numpy
+from taskreg.registry.catalog.rows import (
+    fetch_one,
+    fetch_rows,
+    insert_columns,
+    insert_rows,
+    vector_param,
+    vectors_to_numpy,
+)
 from taskreg.registry.catalog.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -72,7 +79,7 @@ __all__ = [
     "CONSOLE_CONFIG", "CONSOLE_STATEMENTS", "MIGRATIONS", "SCHEMA_VERSION", "TABLES",
     "EmbeddingInfo", "ExpertRecord", "ProbeRecord", "TaskRecord",
     "bump_generation", "connect", "connect_console", "console_query", "count_tasks", "counts",
-    "dangling_counts", "delete_affinity_set", "delete_task", "expert_names", "fetch_rows", "fold_wal",
+    "dangling_counts", "delete_affinity_set", "delete_task", "expert_names", "fetch_one", "fetch_rows", "fold_wal",
     "generation", "get_expert", "get_probe", "get_task", "has_embedding", "insert_affinity_set",
     "insert_columns", "insert_embedding", "insert_expert", "insert_probe", "insert_rows", "insert_task",
     "insert_trivial_embedding", "kind_count", "kind_vectors", "kinds", "list_experts", "list_probes",
