@@ -4,11 +4,16 @@ Layers (docs/ARCHITECTURE.md): cli -> registry -> embedders / trainers / selecti
 import the registry or the CLI (at module level, inside functions or under TYPE_CHECKING alike), and the registry
 never imports the CLI. Modules of those layers stay at most ``MAX_LINES`` lines unless the first lines of their
 docstring say why (a line starting ``Size:`` or ``Reason:``).
+
+Inside the registry, SQL runs only in the catalog layer (registry/catalog/: no ``execute(`` elsewhere), and MLflow is
+reached only through registry/tracking.py, the one importer of ``mlflow`` and of registry/catalog/mlflow_store.py
+(the SQL on MLflow's own sqlite schema, the one importer of ``sqlite3``).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root is the package ``taskreg``
@@ -17,6 +22,16 @@ FORBIDDEN = {layer: ("taskreg.registry", "taskreg.cli") for layer in PURE} | {"r
 MAX_LINES = 500
 SIZE_LAYERS = ("registry", "embedders", "trainers", "selection", "data")
 SIZE_REASON_LINES = 10  # a ``Size:`` line must sit within the docstring's first lines
+SQL_CALL = re.compile(r"\bexecute(many)?\(")
+# Modules that may import a name (the name or any submodule of it); every other package module must not.
+ONLY_IMPORTED_BY = {
+    "mlflow": ("registry/tracking.py",),
+    "taskreg.registry.catalog.mlflow_store": ("registry/tracking.py",),
+    "sqlite3": ("registry/catalog/mlflow_store.py",),
+}
+# Registry modules outside registry/catalog/ that still run SQL themselves.
+# Being moved by issue 13 helpers; the lead removes this list after merging.
+SQL_ALLOWANCE = ("registry/experts.py", "registry/taskonomy_pipeline.py", "registry/policies.py")
 
 # Modules over MAX_LINES today without a written reason, each with why it is allowed for now. The test fails when an
 # entry is no longer needed (the module shrank, gained a ``Size:`` line, or is gone): delete it then, so the list only
@@ -132,3 +147,66 @@ def test_no_oversized_module_without_a_written_reason() -> None:
 def test_size_allowances_are_still_needed() -> None:
     stale = sorted(set(SIZE_ALLOWANCE) - set(oversized()))
     assert stale == [], f"remove from SIZE_ALLOWANCE in tests/test_layering.py (now short or explained): {stale}"
+
+
+def sql_outside_catalog(files: list[Path], root: Path = ROOT) -> list[str]:
+    """``file:line`` of every ``execute(`` / ``executemany(`` in a registry module outside registry/catalog/."""
+    bad = []
+    for path in files:
+        rel = path.relative_to(root)
+        if len(rel.parts) > 1 and rel.parts[0] == "registry" and rel.parts[1] != "catalog":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            bad += [f"{rel.as_posix()}:{i}" for i, line in enumerate(lines, 1) if SQL_CALL.search(line)]
+    return bad
+
+
+def restricted_imports(files: list[Path], root: Path = ROOT) -> list[str]:
+    """``file:line imports module`` for every import of a name of ``ONLY_IMPORTED_BY`` by a module not listed."""
+    bad = []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        for line, name in imported_modules(path, root):
+            for restricted, allowed in ONLY_IMPORTED_BY.items():
+                if (name == restricted or name.startswith(restricted + ".")) and rel not in allowed:
+                    bad.append(f"{rel}:{line} imports {name}")
+    return bad
+
+
+def test_sql_runs_only_in_the_catalog_layer() -> None:
+    bad = [b for b in sql_outside_catalog(package_modules()) if b.split(":")[0] not in SQL_ALLOWANCE]
+    assert bad == [], "SQL outside registry/catalog/ (add a typed function to the catalog instead):\n" + "\n".join(bad)
+
+
+def test_sql_allowances_are_still_needed() -> None:
+    still = {b.split(":")[0] for b in sql_outside_catalog(package_modules())}
+    stale = sorted(set(SQL_ALLOWANCE) - still)
+    assert stale == [], f"remove from SQL_ALLOWANCE in tests/test_layering.py (no SQL left there): {stale}"
+
+
+def test_mlflow_is_reached_only_through_the_tracking_layer() -> None:
+    bad = restricted_imports(package_modules())
+    assert bad == [], "MLflow or its sqlite store reached outside registry/tracking.py:\n" + "\n".join(bad)
+
+
+def test_sql_and_import_checks_catch_their_forms(tmp_path: Path) -> None:
+    """The checkers themselves: SQL in a registry service and each spelling of a restricted import are reported;
+    the catalog's SQL and the allowed importers are not."""
+    files = {
+        "registry/service.py": "def f(con):\n    return con.execute('SELECT 1')\n",
+        "registry/bulk.py": "def f(con, rows):\n    con.executemany('INSERT INTO t VALUES (?)', rows)\n",
+        "registry/catalog/things.py": "def f(con):\n    return con.execute('SELECT 1')\n",
+        "registry/tracking.py": "import mlflow\nfrom taskreg.registry.catalog import mlflow_store\n",
+        "registry/catalog/mlflow_store.py": "import sqlite3\n",
+        "registry/core.py": "from taskreg.registry.catalog import mlflow_store\nimport mlflow.entities\n",
+        "registry/backup.py": "def f():\n    from .catalog.mlflow_store import copy_database\n",
+        "registry/recovery.py": "from mlflow.exceptions import MlflowException\nimport sqlite3\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    paths = [tmp_path / rel for rel in files]
+    assert sql_outside_catalog(paths, root=tmp_path) == ["registry/service.py:2", "registry/bulk.py:2"]
+    found = restricted_imports(paths, root=tmp_path)
+    assert sorted({b.split(" imports ")[0] for b in found}) == [
+        "registry/backup.py:2", "registry/core.py:1", "registry/core.py:2", "registry/recovery.py:1",
+        "registry/recovery.py:2"]

@@ -11,6 +11,8 @@ probes are unique.
 - :mod:`.vectors` — vector kinds and their generations (what the Faiss indexes are derived from)
 - :mod:`.integrity` — what ``check``, recovery and relocation ask of the catalog as a whole
 - :mod:`.probes`, :mod:`.tasks`, :mod:`.experts`, :mod:`.affinity` — one table family each
+- :mod:`.mlflow_store` — the SQL on MLflow's own sqlite schema (not DuckDB); deliberately not re-exported here:
+  only :mod:`taskreg.registry.tracking` imports it, so every MLflow access stays behind the tracking layer
 """
 
 from taskreg.registry.catalog.affinity import delete_affinity_set, insert_affinity_set
@@ -30,7 +32,14 @@ from taskreg.registry.catalog.integrity import (
     weight_files,
 )
 from taskreg.registry.catalog.probes import ProbeRecord, get_probe, insert_probe, list_probes
-from taskreg.registry.catalog.rows import fetch_rows, insert_columns, insert_rows, vector_param, vectors_to_numpy
+from taskreg.registry.catalog.rows import (
+    fetch_one,
+    fetch_rows,
+    insert_columns,
+    insert_rows,
+    vector_param,
+    vectors_to_numpy,
+)
 from taskreg.registry.catalog.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -70,7 +79,7 @@ __all__ = [
     "CONSOLE_CONFIG", "CONSOLE_STATEMENTS", "MIGRATIONS", "SCHEMA_VERSION", "TABLES",
     "EmbeddingInfo", "ExpertRecord", "ProbeRecord", "TaskRecord",
     "bump_generation", "connect", "connect_console", "console_query", "count_tasks", "counts",
-    "dangling_counts", "delete_affinity_set", "delete_task", "expert_names", "fetch_rows", "fold_wal",
+    "dangling_counts", "delete_affinity_set", "delete_task", "expert_names", "fetch_one", "fetch_rows", "fold_wal",
     "generation", "get_expert", "get_probe", "get_task", "has_embedding", "insert_affinity_set",
     "insert_columns", "insert_embedding", "insert_expert", "insert_probe", "insert_rows", "insert_task",
     "insert_trivial_embedding", "kind_count", "kind_vectors", "kinds", "list_experts", "list_probes",

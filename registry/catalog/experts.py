@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from taskreg.registry.catalog.rows import fetch_rows
+from taskreg.registry.catalog.rows import fetch_one, fetch_rows
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,11 @@ def insert_expert(
     trained_on: str | None, origin: str, n_train: int | None = None, n_classes: int | None = None,
     run_id: str | None = None, model_version: str | None = None,
 ) -> int:
-    row = con.execute(
-        "INSERT INTO experts (name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, "
+    row = fetch_one(
+        con, "INSERT INTO experts (name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, "
         "model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         [name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, model_version],
-    ).fetchone()
+    )
     return int(row[0])
 
 

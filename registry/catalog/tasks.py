@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from taskreg.registry.catalog.rows import fetch_rows, vector_param
+from taskreg.registry.catalog.rows import fetch_one, fetch_rows, vector_param
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,11 @@ def insert_task(
     con: duckdb.DuckDBPyConnection, *, name: str, source: str, domain: str, n_samples: int,
     n_classes: int, fingerprint: str,
 ) -> int:
-    row = con.execute(
-        "INSERT INTO tasks (name, source, domain, n_samples, n_classes, fingerprint) "
+    row = fetch_one(
+        con, "INSERT INTO tasks (name, source, domain, n_samples, n_classes, fingerprint) "
         "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         [name, source, domain, n_samples, n_classes, fingerprint],
-    ).fetchone()
+    )
     return int(row[0])
 
 
@@ -96,7 +96,7 @@ class EmbeddingInfo:
 
 
 def count_tasks(con: duckdb.DuckDBPyConnection) -> int:
-    return int(con.execute("SELECT count(*) FROM tasks").fetchone()[0])
+    return int(fetch_one(con, "SELECT count(*) FROM tasks")[0])
 
 
 def task_exists(con: duckdb.DuckDBPyConnection, task_id: int) -> bool:
