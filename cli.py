@@ -985,9 +985,9 @@ def taskonomy_add_target(
     with stage_bars() as new_stage:
         info = reg.taskonomy_add_target(name, data, dictionary=dictionary, max_order=max_order, beam=beam,
                                         epochs=epochs, seed=seed, device=device, step_progress=new_stage)
-    typer.echo(f"added target {name} to {info['dictionary']}: {info['jobs']} transfers from {info['sources']} "
-               f"sources; best first-order source {'+'.join(info['best_first_order'])} "
-               f"(loss {info['best_loss']:.4f}). Next: taskreg policy --affinity {info['dictionary']} "
+    typer.echo(f"added target {name} to {info.dictionary}: {info.jobs} transfers from {info.sources} "
+               f"sources; best first-order source {'+'.join(info.best_first_order)} "
+               f"(loss {info.best_loss:.4f}). Next: taskreg policy --affinity {info.dictionary} "
                f"--targets {name} --budget B")
 
 
