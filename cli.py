@@ -788,12 +788,14 @@ def select(
 @handle_errors
 def affinity_list(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
     """List affinity sets (the built-in Taskonomy ones are always available)."""
+    from dataclasses import asdict
+
     rows = open_registry(registry).affinity_names()
     if as_json:
-        print_json(rows)
+        print_json([asdict(r) for r in rows])
     else:
         print_table("affinity sets", ["name", "origin", "transfers", "targets", "max order"],
-                    [(r["name"], r["origin"], r["transfers"], r["targets"], r["max_order"]) for r in rows])
+                    [(r.name, r.origin, r.transfers, r.targets, r.max_order) for r in rows])
 
 
 @affinity_app.command("import")
@@ -914,9 +916,10 @@ def winrate(
     rows = reg.winrates(dictionary, target, vs)
     if as_json:
         print_json({"dictionary": dictionary, "target": target, "vs": vs,
-                    "winrates": [{"sources": a.split("+"), "value": v} for a, v in rows]})
+                    "winrates": [{"sources": w.a.split("+"), "value": w.value} for w in rows]})
     else:
-        print_table(f"{target}: win rate vs {vs} ({dictionary})", ["sources", "win rate"], rows)
+        print_table(f"{target}: win rate vs {vs} ({dictionary})", ["sources", "win rate"],
+                    [(w.a, w.value) for w in rows])
 
 
 # --------------------------------------------------------------------------- taskonomy pipeline
@@ -982,9 +985,9 @@ def taskonomy_add_target(
     with stage_bars() as new_stage:
         info = reg.taskonomy_add_target(name, data, dictionary=dictionary, max_order=max_order, beam=beam,
                                         epochs=epochs, seed=seed, device=device, step_progress=new_stage)
-    typer.echo(f"added target {name} to {info['dictionary']}: {info['jobs']} transfers from {info['sources']} "
-               f"sources; best first-order source {'+'.join(info['best_first_order'])} "
-               f"(loss {info['best_loss']:.4f}). Next: taskreg policy --affinity {info['dictionary']} "
+    typer.echo(f"added target {name} to {info.dictionary}: {info.jobs} transfers from {info.sources} "
+               f"sources; best first-order source {'+'.join(info.best_first_order)} "
+               f"(loss {info.best_loss:.4f}). Next: taskreg policy --affinity {info.dictionary} "
                f"--targets {name} --budget B")
 
 

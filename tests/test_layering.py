@@ -22,16 +22,12 @@ FORBIDDEN = {layer: ("taskreg.registry", "taskreg.cli") for layer in PURE} | {"r
 MAX_LINES = 500
 SIZE_LAYERS = ("registry", "embedders", "trainers", "selection", "data")
 SIZE_REASON_LINES = 10  # a ``Size:`` line must sit within the docstring's first lines
-SQL_CALL = re.compile(r"\bexecute(many)?\(")
 # Modules that may import a name (the name or any submodule of it); every other package module must not.
 ONLY_IMPORTED_BY = {
     "mlflow": ("registry/tracking.py",),
     "taskreg.registry.catalog.mlflow_store": ("registry/tracking.py",),
     "sqlite3": ("registry/catalog/mlflow_store.py",),
 }
-# Registry modules outside registry/catalog/ that still run SQL themselves.
-# Being moved by issue 13 helpers; the lead removes this list after merging.
-SQL_ALLOWANCE = ("registry/experts.py", "registry/taskonomy_pipeline.py", "registry/policies.py")
 
 # Modules over MAX_LINES today without a written reason, each with why it is allowed for now. The test fails when an
 # entry is no longer needed (the module shrank, gained a ``Size:`` line, or is gone): delete it then, so the list only
@@ -149,15 +145,50 @@ def test_size_allowances_are_still_needed() -> None:
     assert stale == [], f"remove from SIZE_ALLOWANCE in tests/test_layering.py (now short or explained): {stale}"
 
 
-def sql_outside_catalog(files: list[Path], root: Path = ROOT) -> list[str]:
-    """``file:line`` of every ``execute(`` / ``executemany(`` in a registry module outside registry/catalog/."""
-    bad = []
+# ---- issue 13: one home for SQL. Outside registry/catalog/ no module runs a statement or holds SQL text.
+SQL_CALLS = {"execute", "executemany"}
+SQL_TEXT = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|DELETE\s+FROM|UPDATE\s+\w+\s+SET|CREATE\s+(OR\s+REPLACE\s+)?"
+                      r"(TEMP\s+)?TABLE|DROP\s+TABLE)\b", re.DOTALL)
+# Modules that still hold SQL, each with why; the list only shrinks (the test below fails on a stale entry).
+SQL_ALLOWANCE = {
+    "registry/experts.py": "issue 13: being moved into registry/catalog/ (helper h1)",
+}
+
+
+def sql_outside_catalog(files: list[Path], root: Path = ROOT) -> dict[str, list[int]]:
+    """``file -> lines`` of every ``.execute(...)`` call and SQL string outside registry/catalog/ (tests excluded)."""
+    found: dict[str, list[int]] = {}
     for path in files:
-        rel = path.relative_to(root)
-        if len(rel.parts) > 1 and rel.parts[0] == "registry" and rel.parts[1] != "catalog":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            bad += [f"{rel.as_posix()}:{i}" for i, line in enumerate(lines, 1) if SQL_CALL.search(line)]
-    return bad
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("registry/catalog/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            call = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in SQL_CALLS)
+            text = isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_TEXT.search(node.value)
+            if call or text:
+                found.setdefault(rel, []).append(node.lineno)
+    return found
+
+
+def test_sql_lives_in_the_catalog_only() -> None:
+    bad = {f: lines for f, lines in sql_outside_catalog(package_modules()).items() if f not in SQL_ALLOWANCE}
+    assert bad == {}, f"SQL outside registry/catalog/ (move it into a catalog function): {bad}"
+
+
+def test_sql_allowances_are_still_needed() -> None:
+    stale = sorted(set(SQL_ALLOWANCE) - set(sql_outside_catalog(package_modules())))
+    assert stale == [], f"remove from SQL_ALLOWANCE in tests/test_layering.py (no SQL left there): {stale}"
+
+
+def test_sql_check_catches_calls_and_statements(tmp_path: Path) -> None:
+    (tmp_path / "registry" / "catalog").mkdir(parents=True)
+    (tmp_path / "registry" / "catalog" / "ok.py").write_text('con.execute("SELECT 1 FROM t")\n')
+    (tmp_path / "registry" / "a.py").write_text('rows = con.execute(q).fetchall()\n')
+    (tmp_path / "registry" / "b.py").write_text('Q = (\n    "DELETE FROM winrates "\n    "WHERE x = ?")\n')
+    (tmp_path / "registry" / "c.py").write_text('"""Select a policy from the catalog."""\nx = "insert into"\n')
+    files = sorted((tmp_path / "registry").rglob("*.py"))
+    assert sql_outside_catalog(files, root=tmp_path) == {"registry/a.py": [1], "registry/b.py": [2]}
 
 
 def restricted_imports(files: list[Path], root: Path = ROOT) -> list[str]:
@@ -172,29 +203,14 @@ def restricted_imports(files: list[Path], root: Path = ROOT) -> list[str]:
     return bad
 
 
-def test_sql_runs_only_in_the_catalog_layer() -> None:
-    bad = [b for b in sql_outside_catalog(package_modules()) if b.split(":")[0] not in SQL_ALLOWANCE]
-    assert bad == [], "SQL outside registry/catalog/ (add a typed function to the catalog instead):\n" + "\n".join(bad)
-
-
-def test_sql_allowances_are_still_needed() -> None:
-    still = {b.split(":")[0] for b in sql_outside_catalog(package_modules())}
-    stale = sorted(set(SQL_ALLOWANCE) - still)
-    assert stale == [], f"remove from SQL_ALLOWANCE in tests/test_layering.py (no SQL left there): {stale}"
-
-
 def test_mlflow_is_reached_only_through_the_tracking_layer() -> None:
     bad = restricted_imports(package_modules())
     assert bad == [], "MLflow or its sqlite store reached outside registry/tracking.py:\n" + "\n".join(bad)
 
 
-def test_sql_and_import_checks_catch_their_forms(tmp_path: Path) -> None:
-    """The checkers themselves: SQL in a registry service and each spelling of a restricted import are reported;
-    the catalog's SQL and the allowed importers are not."""
+def test_import_check_catches_its_forms(tmp_path: Path) -> None:
+    """The checker itself: each spelling of a restricted import is reported; the allowed importers are not."""
     files = {
-        "registry/service.py": "def f(con):\n    return con.execute('SELECT 1')\n",
-        "registry/bulk.py": "def f(con, rows):\n    con.executemany('INSERT INTO t VALUES (?)', rows)\n",
-        "registry/catalog/things.py": "def f(con):\n    return con.execute('SELECT 1')\n",
         "registry/tracking.py": "import mlflow\nfrom taskreg.registry.catalog import mlflow_store\n",
         "registry/catalog/mlflow_store.py": "import sqlite3\n",
         "registry/core.py": "from taskreg.registry.catalog import mlflow_store\nimport mlflow.entities\n",
@@ -205,7 +221,6 @@ def test_sql_and_import_checks_catch_their_forms(tmp_path: Path) -> None:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     paths = [tmp_path / rel for rel in files]
-    assert sql_outside_catalog(paths, root=tmp_path) == ["registry/service.py:2", "registry/bulk.py:2"]
     found = restricted_imports(paths, root=tmp_path)
     assert sorted({b.split(" imports ")[0] for b in found}) == [
         "registry/backup.py:2", "registry/core.py:1", "registry/core.py:2", "registry/recovery.py:1",

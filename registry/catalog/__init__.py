@@ -10,12 +10,21 @@ probes are unique.
 - :mod:`.rows` — bulk rows and vectors through Arrow
 - :mod:`.vectors` — vector kinds and their generations (what the Faiss indexes are derived from)
 - :mod:`.integrity` — what ``check``, recovery and relocation ask of the catalog as a whole
-- :mod:`.probes`, :mod:`.tasks`, :mod:`.experts`, :mod:`.affinity` — one table family each
+- :mod:`.probes`, :mod:`.tasks`, :mod:`.experts`, :mod:`.affinity`, :mod:`.policies` — one table family each
+- :mod:`.taskonomy` — the Taskonomy pipeline's transfers, per-image losses and win rates
 - :mod:`.mlflow_store` — the SQL on MLflow's own sqlite schema (not DuckDB); deliberately not re-exported here:
   only :mod:`taskreg.registry.tracking` imports it, so every MLflow access stays behind the tracking layer
 """
 
-from taskreg.registry.catalog.affinity import delete_affinity_set, insert_affinity_set
+from taskreg.registry.catalog.affinity import (
+    AffinitySetSummary,
+    affinity_set_exists,
+    affinity_set_summaries,
+    affinity_source_only,
+    delete_affinity_set,
+    get_affinity_set,
+    insert_affinity_set,
+)
 from taskreg.registry.catalog.console import CONSOLE_CONFIG, CONSOLE_STATEMENTS, connect_console, console_query
 from taskreg.registry.catalog.experts import (
     ExpertRecord,
@@ -31,6 +40,7 @@ from taskreg.registry.catalog.integrity import (
     set_created_at,
     weight_files,
 )
+from taskreg.registry.catalog.policies import PolicyRecord, insert_policy, list_policies
 from taskreg.registry.catalog.probes import ProbeRecord, get_probe, insert_probe, list_probes
 from taskreg.registry.catalog.rows import (
     fetch_one,
@@ -52,6 +62,22 @@ from taskreg.registry.catalog.schema import (
     schema_version,
     set_registry_id,
     transaction,
+)
+from taskreg.registry.catalog.taskonomy import (
+    TransferRecord,
+    WinRate,
+    compute_winrates,
+    dictionary_winrates,
+    first_order_winrates,
+    get_transfer,
+    insert_transfer,
+    insert_winrates,
+    is_transfer_target,
+    target_winrates,
+    task_network_keys,
+    transfer_keys,
+    transfers_by_keys,
+    winrate_targets,
 )
 from taskreg.registry.catalog.tasks import (
     EmbeddingInfo,
@@ -87,4 +113,10 @@ __all__ = [
     "set_created_at", "set_registry_id", "task_embedding_infos", "task_exists", "task_results",
     "task_run_ids", "task_vector_kinds", "task_vectors", "task_vectors_by_id", "transaction",
     "trivial_embedding", "vector_param", "vectors_to_numpy", "weight_files",
+    # affinity sets, policies, the Taskonomy pipeline's tables
+    "AffinitySetSummary", "PolicyRecord", "TransferRecord", "WinRate",
+    "affinity_set_exists", "affinity_set_summaries", "affinity_source_only", "compute_winrates", "dictionary_winrates",
+    "first_order_winrates", "get_affinity_set", "get_transfer", "insert_policy", "insert_transfer", "insert_winrates",
+    "is_transfer_target", "list_policies", "target_winrates", "task_network_keys", "transfer_keys",
+    "transfers_by_keys", "winrate_targets",
 ]
