@@ -9,6 +9,7 @@ docstring say why (a line starting ``Size:`` or ``Reason:``).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root is the package ``taskreg``
@@ -132,3 +133,59 @@ def test_no_oversized_module_without_a_written_reason() -> None:
 def test_size_allowances_are_still_needed() -> None:
     stale = sorted(set(SIZE_ALLOWANCE) - set(oversized()))
     assert stale == [], f"remove from SIZE_ALLOWANCE in tests/test_layering.py (now short or explained): {stale}"
+
+
+# ---- issue 13: one home for SQL: statements live in registry/catalog/ only ------------------------------------------
+
+SQL_TEXT = re.compile(r"\b(SELECT\b.*\bFROM|INSERT\s+INTO|DELETE\s+FROM|UPDATE\s+\w+\s+SET|CREATE\s+TABLE)\b", re.S)
+# Modules outside registry/catalog/ that still run SQL, each with why it is allowed for now. The test fails when an
+# entry is no longer needed: delete it then, so the list only ever shrinks.
+SQL_ALLOWANCE = {
+    "registry/policies.py": "issue 13: its statements move into the catalog (helper h2)",
+    "registry/taskonomy_pipeline.py": "issue 13: its statements move into the catalog (helper h2)",
+    "registry/tracking.py": "issue 13: MLflow's own sqlite tables, queried directly (helper h3)",
+}
+
+
+def sql_uses(path: Path) -> list[str]:
+    """``line: what`` for every ``.execute(``/``.executemany(`` call and every string holding an SQL statement."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "execute", "executemany"):
+            found.append(f"{node.lineno}: .{node.func.attr}(")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_TEXT.search(node.value):
+            found.append(f"{node.lineno}: SQL text {node.value[:40]!r}")
+    return found
+
+
+def sql_outside_catalog(root: Path = ROOT) -> dict[str, list[str]]:
+    out = {}
+    for path in [root / "cli.py", *sorted((root / "registry").rglob("*.py"))]:
+        rel = path.relative_to(root).as_posix()
+        uses = [] if rel.startswith("registry/catalog/") or not path.is_file() else sql_uses(path)
+        if uses:
+            out[rel] = uses
+    return out
+
+
+def test_sql_lives_in_the_catalog_only() -> None:
+    stray = {f: uses for f, uses in sql_outside_catalog().items() if f not in SQL_ALLOWANCE}
+    assert stray == {}, "SQL outside registry/catalog/: add a function to the catalog module of its table family"
+
+
+def test_sql_allowances_are_still_needed() -> None:
+    stale = sorted(set(SQL_ALLOWANCE) - set(sql_outside_catalog()))
+    assert stale == [], f"remove from SQL_ALLOWANCE in tests/test_layering.py (no SQL left there): {stale}"
+
+
+def test_sql_check_catches_calls_and_statements(tmp_path: Path) -> None:
+    (tmp_path / "registry" / "catalog").mkdir(parents=True)
+    (tmp_path / "cli.py").write_text("x = 1\n")
+    (tmp_path / "registry" / "catalog" / "t.py").write_text("def f(con):\n    con.execute('SELECT 1 FROM t')\n")
+    (tmp_path / "registry" / "a.py").write_text("def f(con):\n    return con.execute(q).fetchall()\n")
+    (tmp_path / "registry" / "b.py").write_text("Q = ('DELETE FROM experts '\n     'WHERE id = ?')\n")
+    (tmp_path / "registry" / "c.py").write_text('"""Selects the best expert from the index."""\n')
+    found = sql_outside_catalog(tmp_path)
+    assert set(found) == {"registry/a.py", "registry/b.py"}
+    assert found["registry/a.py"] == ["2: .execute("] and found["registry/b.py"][0].startswith("1: SQL text")
