@@ -451,7 +451,7 @@ def expert_list(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
 @handle_errors
 def expert_show(name: str, registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
     """Show one expert and its measured errors."""
-    info = open_registry(registry).show_expert(name)
+    info = open_registry(registry).show_expert(name).to_json()
     if as_json:
         print_json(info)
     else:
@@ -743,8 +743,8 @@ def model2vec_fit(
         penalty = l2  # "auto", or text that fit_model2vec refuses on one line
     reg = open_registry(registry, "model2vec fit")
     info = reg.fit_model2vec(probe=probe, method=estimator, alpha=alpha, epochs=epochs, seed=seed, l2=penalty)
-    typer.echo(f"Model2Vec fitted on {info['tasks']} tasks x {info['experts']} experts (l2 {info['l2']:g}): "
-               f"loss {info['initial_loss']:.4f} -> {info['final_loss']:.4f}; MLflow run {info['run_id']}")
+    typer.echo(f"Model2Vec fitted on {info.tasks} tasks x {info.experts} experts (l2 {info.l2:g}): "
+               f"loss {info.initial_loss:.4f} -> {info.final_loss:.4f}; MLflow run {info.run_id}")
 
 
 @app.command(context_settings=renamed_estimator("--embedding"), epilog=selector_epilog())
@@ -768,16 +768,16 @@ def select(
         return
     print_table(f"best experts for {data} ({out.method}: {out.better} score is better)",
                 ["rank", "expert", "score", "trained_on", "measured error"],
-                [(r["rank"], r["expert"], r["score"], r["trained_on"], r["measured_error"]) for r in out.results])
+                [(r.rank, r.expert, r.score, r.trained_on, r.measured_error) for r in out.results])
     for r in out.results:
-        if r["score"] is None:
-            typer.echo(f"note: {r['expert']} is not scored by {out.method}: {r['unscored_reason']}")
+        if r.score is None:
+            typer.echo(f"note: {r.expert} is not scored by {out.method}: {r.unscored_reason}")
     if out.verified:
         print_table(f"verified top {len(out.verified)} (linear probe on the query; lower error is better)",
-                    ["expert", "test error"], [(v["expert"], v["test_error"]) for v in out.verified])
+                    ["expert", "test error"], [(v.expert, v.test_error) for v in out.verified])
         for v in out.verified:
-            if v["test_error"] is None:
-                typer.echo(f"note: {v['expert']} is not measured: {v['note']}")
+            if v.test_error is None:
+                typer.echo(f"note: {v.expert} is not measured: {v.note}")
         typer.echo(f"measured winner: {out.measured_winner or '-'}")
     typer.echo(f"cost: {out.cost}; {out.seconds:.2f} s")
 

@@ -171,3 +171,68 @@ def test_policies_and_affinity_names_are_typed(registry: Registry) -> None:
     assert next(s for s in names if s.name == "taskonomy-16k").transfers is None  # not stored yet
     with pytest.raises(dataclasses.FrozenInstanceError):
         stored.name = "x"  # type: ignore[misc]
+
+
+# ---- issue 13: the expert services' statements, now catalog functions --------------------------------------------
+
+def _experts_and_tasks(con: duckdb.DuckDBPyConnection) -> tuple[list[int], list[int]]:
+    """Three experts (the first two trained on tasks t0 and t1) and three tasks with a 'p'/'montecarlo' embedding."""
+    tasks = [catalog.insert_task(con, name=f"t{i}", source="s", domain="d", n_samples=10, n_classes=2,
+                                 fingerprint=f"f{i % 2}") for i in range(3)]
+    for i, tid in enumerate(tasks):
+        catalog.insert_embedding(con, tid, "p", "montecarlo", np.full(4, i, dtype=np.float32), 10, 0, None, "r")
+    experts = [catalog.insert_expert(con, name=f"e{i}", arch="a", sha256="0", weights="w", origin="added",
+                                     trained_on=f"t{i}" if i < 2 else None) for i in range(3)]
+    return experts, tasks
+
+
+def test_expert_task_results_round_trip_and_skip_removed_records(registry: Registry) -> None:
+    with registry.write() as con:
+        (e0, e1, e2), (t0, t1, t2) = _experts_and_tasks(con)
+        for e, t, err in [(e0, t1, 0.3), (e0, t0, 0.1), (e1, t2, 0.2), (99, t0, 0.5), (e1, 99, 0.5)]:
+            catalog.insert_expert_task_result(con, expert_id=e, task_id=t, test_error=err, train_error=None,
+                                              protocol="{}", seconds=None)
+        catalog.insert_expert_task_result(con, expert_id=e0, task_id=t0, test_error=0.9, train_error=None,
+                                          protocol="{}", seconds=None)  # already measured: kept as it was
+    with registry.read() as con:
+        assert catalog.expert_task_errors(con, e0) == [catalog.ExpertTaskError("t0", 0.1),
+                                                       catalog.ExpertTaskError("t1", 0.3)]  # best first
+        assert sorted(catalog.expert_task_results(con), key=lambda r: r.test_error) == [
+            catalog.ExpertTaskResult(e0, t0, 0.1), catalog.ExpertTaskResult(e1, t2, 0.2),
+            catalog.ExpertTaskResult(e0, t1, 0.3)]  # nothing for the unknown expert 99 or task 99
+        assert catalog.measured_errors_by_fingerprint(con, "f0") == {e0: 0.1, e1: 0.2}  # t0 and t2 hold f0
+        assert catalog.task_name_by_fingerprint(con, "f0") == "t0"  # the oldest of the two
+        assert catalog.task_name_by_fingerprint(con, "x") is None
+        assert catalog.embedded_task_names(con, "p", "montecarlo") == {"t0", "t1", "t2"}
+        assert catalog.embedded_task_names(con, "p", "variational") == set()
+        ids, vecs = catalog.expert_task_vectors(con, "p", "montecarlo", [t1, t2, -1])
+        assert ids.tolist() == [e1] and vecs.tolist() == [[1.0] * 4]  # e2 has no training task
+
+
+def test_model2vec_rows_replace_skip_removed_experts_and_go_with_their_expert(registry: Registry) -> None:
+    rng = np.random.default_rng(0)
+    vectors, biases = rng.random((4, 5), dtype=np.float32), rng.random((4, 5), dtype=np.float32)
+    with registry.write() as con:
+        (e0, e1, e2), _ = _experts_and_tasks(con)
+        assert catalog.replace_model2vec(con, "p", "montecarlo", [e0, e1, e2], vectors[:3], biases[:3], 0.5) == 3
+        # a new fit replaces the old one; an expert removed since the fit (id 99) is skipped
+        assert catalog.replace_model2vec(con, "p", "montecarlo", [e2, 99, e0], vectors[1:], biases[1:], 0.25) == 2
+        catalog.replace_model2vec(con, "p", "variational", [e1], vectors[:1], biases[:1], 0.5)
+    with registry.read() as con:
+        assert catalog.model2vec_count(con, "p", "montecarlo") == 2 and catalog.model2vec_count(con, "q", "x") == 0
+        assert catalog.model2vec_expert_ids(con, "p", "montecarlo") == {e0, e2}
+        ids, got = catalog.model2vec_vectors(con, "p", "montecarlo", [e0, e1, e2])
+        assert dict(zip(ids.tolist(), got.tolist(), strict=True)) == {e2: vectors[1].tolist(),
+                                                                      e0: vectors[3].tolist()}
+        bias, loss = con.execute("SELECT bias, fit_loss FROM model2vec WHERE expert_id = ? AND method = 'montecarlo'",
+                                 [e0]).fetchone()
+        assert np.asarray(bias, dtype=np.float32).tolist() == biases[3].tolist() and loss == 0.25
+        assert catalog.model2vec_kinds_of_expert(con, e1) == ["model2vec/p/variational"]
+    with registry.write() as con:
+        assert catalog.expert_exists(con, e1)
+        catalog.insert_expert_task_result(con, expert_id=e1, task_id=1, test_error=0.1, train_error=None,
+                                          protocol="{}", seconds=None)
+        catalog.delete_expert(con, e1)
+        assert not catalog.expert_exists(con, e1) and catalog.expert_ids(con) == {e0, e2}
+        assert catalog.model2vec_kinds_of_expert(con, e1) == [] and catalog.expert_task_errors(con, e1) == []
+        assert catalog.model2vec_count(con, "p", "montecarlo") == 2  # the other experts' vectors stay

@@ -985,11 +985,11 @@ def test_a_registered_toy_selector_works_end_to_end_without_editing_any_list(
 
     l1 = reg.select(QUERY, method="toy-l1", top=10)
     assert l1.better == "lower" and "re-ranked" in l1.cost
-    assert {r["expert"] for r in l1.results if r["score"] is None} == set(UNSCORED["sym"])  # no embedded task
-    assert sorted(r["expert"] for r in l1.results if r["score"] is not None) == ["late", "with-task"]  # on `good`
+    assert {r.expert for r in l1.results if r.score is None} == set(UNSCORED["sym"])  # no embedded task
+    assert sorted(r.expert for r in l1.results if r.score is not None) == ["late", "with-task"]  # on `good`
 
     last = reg.select(QUERY, method="toy-last", top=10)
-    assert [r["expert"] for r in last.results] == [e.name for e in reg.list_experts()][::-1]
+    assert [r.expert for r in last.results] == [e.name for e in reg.list_experts()][::-1]
     assert last.cost == "no computation" and last.better == "higher"
 
 

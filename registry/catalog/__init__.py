@@ -10,7 +10,8 @@ probes are unique.
 - :mod:`.rows` — bulk rows and vectors through Arrow
 - :mod:`.vectors` — vector kinds and their generations (what the Faiss indexes are derived from)
 - :mod:`.integrity` — what ``check``, recovery and relocation ask of the catalog as a whole
-- :mod:`.probes`, :mod:`.tasks`, :mod:`.experts`, :mod:`.affinity`, :mod:`.policies` — one table family each
+- :mod:`.probes`, :mod:`.tasks`, :mod:`.experts` (with ``expert_task_results``), :mod:`.model2vec`,
+  :mod:`.affinity`, :mod:`.policies` — one table family each
 - :mod:`.taskonomy` — the Taskonomy pipeline's transfers, per-image losses and win rates
 - :mod:`.mlflow_store` — the SQL on MLflow's own sqlite schema (not DuckDB); deliberately not re-exported here:
   only :mod:`taskreg.registry.tracking` imports it, so every MLflow access stays behind the tracking layer
@@ -28,10 +29,20 @@ from taskreg.registry.catalog.affinity import (
 from taskreg.registry.catalog.console import CONSOLE_CONFIG, CONSOLE_STATEMENTS, connect_console, console_query
 from taskreg.registry.catalog.experts import (
     ExpertRecord,
+    ExpertTaskError,
+    ExpertTaskResult,
+    delete_expert,
+    expert_exists,
+    expert_ids,
     expert_names,
+    expert_task_errors,
+    expert_task_results,
+    expert_task_vectors,
     get_expert,
     insert_expert,
+    insert_expert_task_result,
     list_experts,
+    measured_errors_by_fingerprint,
 )
 from taskreg.registry.catalog.integrity import (
     dangling_counts,
@@ -39,6 +50,13 @@ from taskreg.registry.catalog.integrity import (
     run_references,
     set_created_at,
     weight_files,
+)
+from taskreg.registry.catalog.model2vec import (
+    model2vec_count,
+    model2vec_expert_ids,
+    model2vec_kinds_of_expert,
+    model2vec_vectors,
+    replace_model2vec,
 )
 from taskreg.registry.catalog.policies import PolicyRecord, insert_policy, list_policies
 from taskreg.registry.catalog.probes import ProbeRecord, get_probe, insert_probe, list_probes
@@ -84,6 +102,7 @@ from taskreg.registry.catalog.tasks import (
     TaskRecord,
     count_tasks,
     delete_task,
+    embedded_task_names,
     get_task,
     has_embedding,
     insert_embedding,
@@ -92,6 +111,7 @@ from taskreg.registry.catalog.tasks import (
     list_tasks,
     task_embedding_infos,
     task_exists,
+    task_name_by_fingerprint,
     task_results,
     task_run_ids,
     task_vector_kinds,
@@ -104,13 +124,20 @@ from taskreg.registry.catalog.vectors import bump_generation, generation, kind_c
 __all__ = [
     "CONSOLE_CONFIG", "CONSOLE_STATEMENTS", "MIGRATIONS", "SCHEMA_VERSION", "TABLES",
     "EmbeddingInfo", "ExpertRecord", "ProbeRecord", "TaskRecord",
+    "ExpertTaskError", "ExpertTaskResult",
     "bump_generation", "connect", "connect_console", "console_query", "count_tasks", "counts",
     "dangling_counts", "delete_affinity_set", "delete_task", "expert_names", "fetch_one", "fetch_rows", "fold_wal",
+    "delete_expert", "embedded_task_names", "expert_exists", "expert_ids", "expert_task_errors",
+    "expert_task_results", "expert_task_vectors",
     "generation", "get_expert", "get_probe", "get_task", "has_embedding", "insert_affinity_set",
     "insert_columns", "insert_embedding", "insert_expert", "insert_probe", "insert_rows", "insert_task",
+    "insert_expert_task_result",
     "insert_trivial_embedding", "kind_count", "kind_vectors", "kinds", "list_experts", "list_probes",
     "list_tasks", "migrate", "referenced_run_ids", "registry_id", "run_references", "schema_version",
+    "measured_errors_by_fingerprint", "model2vec_count", "model2vec_expert_ids", "model2vec_kinds_of_expert",
+    "model2vec_vectors", "replace_model2vec",
     "set_created_at", "set_registry_id", "task_embedding_infos", "task_exists", "task_results",
+    "task_name_by_fingerprint",
     "task_run_ids", "task_vector_kinds", "task_vectors", "task_vectors_by_id", "transaction",
     "trivial_embedding", "vector_param", "vectors_to_numpy", "weight_files",
     # affinity sets, policies, the Taskonomy pipeline's tables

@@ -158,3 +158,16 @@ def task_vectors_by_id(con: duckdb.DuckDBPyConnection, probe: str, method: str,
         [probe, method, list(ids)],
     ).fetchall()
     return [(int(i), n, d, np.asarray(v, dtype=np.float32)) for i, n, d, v in rows]
+
+
+def task_name_by_fingerprint(con: duckdb.DuckDBPyConnection, fingerprint: str) -> str | None:
+    """The oldest registered task holding the data of ``fingerprint``, if any."""
+    row = con.execute("SELECT name FROM tasks WHERE fingerprint = ? ORDER BY id LIMIT 1", [fingerprint]).fetchone()
+    return str(row[0]) if row else None
+
+
+def embedded_task_names(con: duckdb.DuckDBPyConnection, probe: str, method: str) -> set[str]:
+    """The names of the tasks embedded with ``probe``/``method``."""
+    return {str(r[0]) for r in con.execute(
+        "SELECT t.name FROM task_embeddings e JOIN tasks t ON t.id = e.task_id WHERE e.probe = ? AND e.method = ?",
+        [probe, method]).fetchall()}
