@@ -27,34 +27,28 @@ it has: ``F_i + b_i`` (training task and measured errors), ``b_i`` (measured err
 (training task, no measured error on the tasks used: b_i stays 0, the same place as asymmetric Task2Vec).
 
 The anchor of such an expert (its starting point and the target of the ``l2`` penalty) is the mean of
-the task vectors used in the fit. Why that point:
+the task vectors used in the fit. Why that point (numbers from ``benchmarks/model2vec_anchor_check.py``:
+12 binary digit tasks, a random-init cifar_resnet8 probe, leave one task out):
 
-* it has no preference among the tasks: it is symmetric in them (any other registered task would claim
-  F_i = that task), and its d_sym to each task varies little (0.22-0.27 on 10 binary digit tasks with a
-  random cifar_resnet8 probe, against 0.29-0.47 between the tasks themselves);
+* it has no preference among the tasks: it is symmetric in them (any one registered task would claim
+  F_i = that task), and its d_sym to each task varies little (0.21-0.28, against 0.28-0.48 between
+  the tasks themselves);
 * it lies inside the cone of the task vectors, where every known F_j lies, so d_sym and the complexity
-  term of d_asym compare it with the other experts on one scale (its d_sym to t0 was 0.49 there, the
-  tasks' 0.53-0.58: the complexity bonus alpha * d_sym(m, t0) differs from theirs by < 0.01);
-* the alternatives are worse: a zero vector has no log (and d_sym to it is 1 for every task), t0 says
-  "learnt nothing", i.e. the largest complexity penalty, the opposite of a generic ImageNet expert;
-  a flat vector or one interpolated towards it (to sit at the typical task-to-task distance) ranked
-  the experts worse in a leave-one-task-out check on those 12 tasks (mean regret of the top pick
-  0.11-0.25 against 0.06-0.13 for the mean; the geometric mean did as well as the mean).
+  term of d_asym compare it with the other experts on one scale (d_sym to t0: 0.50, the tasks'
+  0.52-0.61, so its complexity bonus alpha * d_sym(m, t0) is within 0.02 of theirs);
+* the alternatives did worse or no better: a zero vector has no log (and d_sym 1 to every task); t0
+  means "learnt nothing", the largest complexity penalty, the opposite of a generic ImageNet expert;
+  a flat vector, or one interpolated towards it so that it sits at the typical task-to-task distance,
+  missed the unknown-F expert that is best on a group of tasks (mean regret of the top pick 0.11-0.25
+  and 0.06-0.25 over the l2 grid, against 0.06-0.13 for the mean); the geometric mean ties the mean on
+  regret but put the always-worst expert first more often (up to 3 of 12 held-out tasks, the mean 1).
 
-The price, measured on the same check: because the mean averages out each task's noise, it is closer
-to every task than the tasks are to each other, so with little evidence an unknown-F expert is a
-generalist ranked first nearly everywhere; its measured errors are what move it (an expert measured
-worst on every task still came first on 1-2 of 12 held-out tasks for l2 >= 0.1). Hence an expert with
-unknown F_i and no measured error on any task used gets no vector at all (``skipped``, with the
-reason): the mean would rank it first everywhere on no evidence. ``rank`` puts skipped experts last.
-* Full-batch Adam, deterministic for a given seed.
-* ``l2="auto"`` (default) picks the penalty by cross-validation over the training tasks: for each
-  value of ``L2_GRID``, fits on all folds but one and scores the held-out tasks by the regret of the
-  expert ranked first (its error minus the best measured error); the value with the lowest mean
-  regret wins (ties: the stronger penalty), then the final fit uses every task. Why: a free bias
-  per expert can memorise which expert won each training task. On the selection benchmark
-  (64 tasks, 17 experts) the old fixed l2 = 1e-3 gave a chosen error 204% above the oracle's, against
-  132% at 0.1 and 120% at 10 (benchmarks/RESULTS.md).
+The price: the mean averages out each task's noise, so it is closer to every task than the tasks are
+to each other, and an unknown-F expert starts as a generalist ranked first nearly everywhere; its
+measured errors are what move it (an expert measured worst on every task still came first on 1 of the
+12 held-out tasks for l2 >= 0.1). Hence an expert with unknown F_i and no measured error on any task
+used gets no vector at all (``skipped``, with the reason ``NO_EVIDENCE``): the anchor would rank it
+first on no evidence. ``rank`` puts skipped experts last.
 """
 
 from __future__ import annotations
@@ -68,8 +62,8 @@ from taskreg.embedders.distances import d_asym_many
 from taskreg.embedders.probes import to_device
 from taskreg.errors import TaskregError
 
-__all__ = ["BASIS_BIAS", "BASIS_TASK", "BASIS_TASK_AND_BIAS", "Model2Vec", "basis_of", "check_l2", "fit_model2vec",
-           "rank"]
+__all__ = ["BASIS_BIAS", "BASIS_TASK", "BASIS_TASK_AND_BIAS", "NO_EVIDENCE", "Model2Vec", "basis_of", "check_l2",
+           "fit_model2vec", "rank"]
 
 _REL_EPS = 1e-6
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
