@@ -25,7 +25,7 @@ import numpy as np
 from taskreg import data as datasets
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
-from taskreg.registry import catalog
+from taskreg.registry import catalog, expert_basis
 from taskreg.registry.core import Core
 from taskreg.registry.damage import clear_stray_model, refuse_lost_model
 from taskreg.registry.index import IndexManager, search
@@ -112,7 +112,8 @@ class ExpertService:
                 "SELECT t.name, r.test_error FROM expert_task_results r JOIN tasks t ON t.id = r.task_id "
                 "WHERE r.expert_id = ? ORDER BY r.test_error", [rec.id]
             ).fetchall()
-        return {**asdict(rec), "task_errors": [{"task": t, "test_error": e} for t, e in results]}
+            forms = expert_basis.model2vec_forms(con, rec)
+        return {**asdict(rec), "task_errors": [{"task": t, "test_error": e} for t, e in results], "model2vec": forms}
 
     def remove_expert(self, name: str) -> None:
         rec = self.get_expert(name)
@@ -380,7 +381,10 @@ class ExpertService:
         fit = fit_model2vec(task_vecs, base, errors[keep], t0=t0, alpha=alpha, epochs=epochs, seed=seed, l2=l2)
         kind = self.index_manager.kind("model2vec", prec.name, method)
         summary = {"tasks": len(keep), "experts": len(exp_recs), "initial_loss": float(fit.loss_history[0]),
-                   "final_loss": float(fit.loss_history[-1]), "l2": fit.l2}
+                   "final_loss": float(fit.loss_history[-1]), "l2": fit.l2,
+                   "forms": {e.name: fit.basis[j] for j, e in enumerate(exp_recs) if fit.basis[j] is not None},
+                   "skipped": {exp_recs[j].name: expert_basis.skipped_reason(exp_recs[j], prec.name, method)
+                               for j in fit.skipped}}  # F_i unknown and nothing measured: no vector
         # The fit is logged like every other record (pending run, catalog commit, commit tag): its settings,
         # losses and the fitted vectors/biases by expert name, so a fit can be compared with earlier ones.
         params = {"probe": prec.name, "estimator": method, "alpha": alpha, "epochs": epochs, "seed": seed,
@@ -390,14 +394,16 @@ class ExpertService:
             self.core.tracker.log_metrics(run.run_id, {k: summary[k] for k in ("initial_loss", "final_loss")})
             with tempfile.TemporaryDirectory() as tmp:
                 local = Path(tmp) / "model2vec.npz"
-                np.savez(local, experts=np.array([e.name for e in exp_recs]), vectors=fit.vectors,
-                         biases=fit.biases, loss_history=np.asarray(fit.loss_history))
+                ok = fit.fitted
+                np.savez(local, experts=np.array([e.name for e in exp_recs])[ok], vectors=fit.vectors[ok],
+                         biases=fit.biases[ok], basis=np.array([b for b in fit.basis if b is not None], dtype=str),
+                         loss_history=np.asarray(fit.loss_history))
                 self.core.tracker.log_artifact(run.run_id, local)
             with self.core.write() as con:
                 con.execute("DELETE FROM model2vec WHERE probe = ? AND method = ?", [prec.name, method])
                 alive = {r[0] for r in con.execute("SELECT id FROM experts").fetchall()}  # skip experts removed since
                 for j, e in enumerate(exp_recs):
-                    if e.id not in alive:
+                    if e.id not in alive or j in fit.skipped:
                         continue
                     con.execute("INSERT INTO model2vec (expert_id, probe, method, vector, bias, fit_loss) VALUES "
                                 "(?, ?, ?, ?, ?, ?)", [e.id, prec.name, method, catalog.vector_param(fit.vectors[j]),
@@ -451,10 +457,14 @@ class ExpertService:
         ranked = [r for r in ranked if r.score is not None] + [r for r in ranked if r.score is None]
 
         measured = self._measured_errors(ds)
+        with self.core.read() as con:  # what each score rests on (a ranking may mix kinds: never silently)
+            bases = expert_basis.score_bases(con, selector, prec.name, embedding,
+                                             [r.expert for r in ranked[:top] if r.score is not None])
         results = []
         for i, r in enumerate(ranked[:top]):
             row: dict[str, Any] = {"rank": i + 1, "expert": r.expert.name, "score": r.score,
-                                   "trained_on": r.expert.trained_on, "measured_error": measured.get(r.expert.id)}
+                                   "trained_on": r.expert.trained_on, "measured_error": measured.get(r.expert.id),
+                                   "basis": bases.get(r.expert.id)}
             if r.score is None:
                 row["unscored_reason"] = r.unscored_reason
             results.append(row)
@@ -535,26 +545,7 @@ class ExpertService:
                           want: int) -> dict[int, str]:
         """Why each of ``experts`` got no distance from an index method (expert id -> one-line reason)."""
         with self.core.read() as con:
-            if method == "model2vec":
-                fitted = {r[0] for r in con.execute("SELECT expert_id FROM model2vec WHERE probe = ? AND method = ?",
-                                                    [probe, vec_method]).fetchall()}
-            else:
-                embedded = {r[0] for r in con.execute(
-                    "SELECT t.name FROM tasks t JOIN task_embeddings e ON e.task_id = t.id WHERE e.probe = ? "
-                    "AND e.method = ?", [probe, vec_method]).fetchall()}
-        out: dict[int, str] = {}
-        for e in experts:
-            if method == "model2vec":
-                out[e.id] = ("no Model2Vec vector (registered after `taskreg model2vec fit`: run it again)"
-                             if e.id not in fitted else f"not among the {want} nearest index candidates")
-            elif e.trained_on is None:
-                out[e.id] = ("no training task to embed (a Taskonomy task network)" if e.origin == "task_network"
-                             else "no training task to embed (registered without --trained-on)")
-            elif e.trained_on not in embedded:
-                out[e.id] = f"its training task {e.trained_on} has no {vec_method} embedding with probe {probe}"
-            else:
-                out[e.id] = f"its training task is not among the {want} nearest index candidates"
-        return out
+            return expert_basis.unscored_reasons(con, method, probe, vec_method, experts, want)
 
     def _candidates(self, method: str, probe: str, vec_method: str, query: np.ndarray, want: int,
                     by_id: dict[int, catalog.ExpertRecord]) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:

@@ -104,7 +104,10 @@ def test_expert_of_the_query_source_ranks_first(built: Path, task: str, method: 
     else:  # Model2Vec was fitted on the measured results (this query included): it ranks the measured best first
         best = min(out["results"], key=lambda r: r["measured_error"])["measured_error"]
         assert out["results"][0]["measured_error"] == best
-    assert set(out["results"][0]) == {"rank", "expert", "score", "trained_on", "measured_error"}
+    assert set(out["results"][0]) == {"rank", "expert", "score", "trained_on", "measured_error", "basis"}
+    form = ("Model2Vec m_i = F_i + b_i: Task2Vec of its training task" if method == "model2vec"
+            else "Task2Vec (montecarlo) of its training task")
+    assert all(r["basis"].startswith(form) for r in out["results"])  # what each score rests on
 
 
 def test_select_baselines_and_verify(built: Path) -> None:
