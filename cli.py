@@ -452,7 +452,7 @@ def expert_list(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
 @handle_errors
 def expert_show(name: str, registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
     """Show one expert and its measured errors."""
-    info = open_registry(registry).show_expert(name)
+    info = open_registry(registry).show_expert(name).to_json()
     if as_json:
         print_json(info)
     else:
@@ -750,11 +750,11 @@ def model2vec_fit(
         penalty = l2  # "auto", or text that fit_model2vec refuses on one line
     reg = open_registry(registry, "model2vec fit")
     info = reg.fit_model2vec(probe=probe, method=estimator, alpha=alpha, epochs=epochs, seed=seed, l2=penalty)
-    typer.echo(f"Model2Vec fitted on {info['tasks']} tasks x {info['experts']} experts (l2 {info['l2']:g}): "
-               f"loss {info['initial_loss']:.4f} -> {info['final_loss']:.4f}; MLflow run {info['run_id']}")
-    forms = Counter(info["forms"].values())
+    typer.echo(f"Model2Vec fitted on {info.tasks} tasks x {info.experts} experts (l2 {info.l2:g}): "
+               f"loss {info.initial_loss:.4f} -> {info.final_loss:.4f}; MLflow run {info.run_id}")
+    forms = Counter(info.forms.values())
     typer.echo("vectors: " + ", ".join(f"{n} m_i = {form} ({FORM_MEANING.get(form, '')})" for form, n in forms.items()))
-    for name, reason in info["skipped"].items():
+    for name, reason in info.skipped.items():
         typer.echo(f"skipped {name}: {reason}; it has no vector (`select --method model2vec` lists it unscored)")
 
 
@@ -778,21 +778,21 @@ def select(
         print_json(out.to_json())
         return
     columns = ["rank", "expert", "score", "trained_on", "measured error"]
-    rows = [[r["rank"], r["expert"], r["score"], r["trained_on"], r["measured_error"]] for r in out.results]
+    rows = [[r.rank, r.expert, r.score, r.trained_on, r.measured_error] for r in out.results]
     if out.method == "model2vec":  # its vectors have two forms: say which one each score rests on
         columns.append("vector")
         for row, r in zip(rows, out.results, strict=True):
-            row.append(r["basis"].split(":", 1)[0].removeprefix("Model2Vec ") if r["basis"] else None)
+            row.append(r.basis.split(":", 1)[0].removeprefix("Model2Vec ") if r.basis else None)
     print_table(f"best experts for {data} ({out.method}: {out.better} score is better)", columns, rows)
     for r in out.results:
-        if r["score"] is None:
-            typer.echo(f"note: {r['expert']} is not scored by {out.method}: {r['unscored_reason']}")
+        if r.score is None:
+            typer.echo(f"note: {r.expert} is not scored by {out.method}: {r.unscored_reason}")
     if out.verified:
         print_table(f"verified top {len(out.verified)} (linear probe on the query; lower error is better)",
-                    ["expert", "test error"], [(v["expert"], v["test_error"]) for v in out.verified])
+                    ["expert", "test error"], [(v.expert, v.test_error) for v in out.verified])
         for v in out.verified:
-            if v["test_error"] is None:
-                typer.echo(f"note: {v['expert']} is not measured: {v['note']}")
+            if v.test_error is None:
+                typer.echo(f"note: {v.expert} is not measured: {v.note}")
         typer.echo(f"measured winner: {out.measured_winner or '-'}")
     typer.echo(f"cost: {out.cost}; {out.seconds:.2f} s")
 
@@ -803,12 +803,14 @@ def select(
 @handle_errors
 def affinity_list(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
     """List affinity sets (the built-in Taskonomy ones are always available)."""
+    from dataclasses import asdict
+
     rows = open_registry(registry).affinity_names()
     if as_json:
-        print_json(rows)
+        print_json([asdict(r) for r in rows])
     else:
         print_table("affinity sets", ["name", "origin", "transfers", "targets", "max order"],
-                    [(r["name"], r["origin"], r["transfers"], r["targets"], r["max_order"]) for r in rows])
+                    [(r.name, r.origin, r.transfers, r.targets, r.max_order) for r in rows])
 
 
 @affinity_app.command("import")
@@ -929,9 +931,10 @@ def winrate(
     rows = reg.winrates(dictionary, target, vs)
     if as_json:
         print_json({"dictionary": dictionary, "target": target, "vs": vs,
-                    "winrates": [{"sources": a.split("+"), "value": v} for a, v in rows]})
+                    "winrates": [{"sources": w.a.split("+"), "value": w.value} for w in rows]})
     else:
-        print_table(f"{target}: win rate vs {vs} ({dictionary})", ["sources", "win rate"], rows)
+        print_table(f"{target}: win rate vs {vs} ({dictionary})", ["sources", "win rate"],
+                    [(w.a, w.value) for w in rows])
 
 
 # --------------------------------------------------------------------------- taskonomy pipeline
@@ -997,9 +1000,9 @@ def taskonomy_add_target(
     with stage_bars() as new_stage:
         info = reg.taskonomy_add_target(name, data, dictionary=dictionary, max_order=max_order, beam=beam,
                                         epochs=epochs, seed=seed, device=device, step_progress=new_stage)
-    typer.echo(f"added target {name} to {info['dictionary']}: {info['jobs']} transfers from {info['sources']} "
-               f"sources; best first-order source {'+'.join(info['best_first_order'])} "
-               f"(loss {info['best_loss']:.4f}). Next: taskreg policy --affinity {info['dictionary']} "
+    typer.echo(f"added target {name} to {info.dictionary}: {info.jobs} transfers from {info.sources} "
+               f"sources; best first-order source {'+'.join(info.best_first_order)} "
+               f"(loss {info.best_loss:.4f}). Next: taskreg policy --affinity {info.dictionary} "
                f"--targets {name} --budget B")
 
 

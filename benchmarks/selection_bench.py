@@ -387,7 +387,7 @@ def time_queries(reg: Registry, cfg: Config, queries: Sequence[tuple[TaskRecord,
             out = reg.select(q.source, top=len(experts), method=method, probe=PROBE, max_samples=cfg.max_samples,
                              alpha=cfg.alpha, device=cfg.device)
             times[method].append(time.perf_counter() - start)
-            same[method] += method in offline and [pos[r["expert"]] for r in out.results] == offline[method][row]
+            same[method] += method in offline and [pos[r.expert] for r in out.results] == offline[method][row]
         ds = reg.task_data(q)
         for method in (*FORWARD_METHODS, "oracle"):
             start = time.perf_counter()

@@ -42,7 +42,7 @@ builtins (each cached in-process; every ``load`` returns fresh copies)
     ``builtin:animals``  10,000 animal silhouettes (1, 28, 28), 1,000 per class, from the ``animal-mnist``
                          wheel (read with a numpy-only unpickler; installed with ``--no-deps``).
 
-selectors (applied in this order: classes → split → n → transform; ``seed`` only feeds n and noise)
+selectors (applied in this order: classes → split → n → transform; ``seed`` only feeds n, noise and colour)
     ``classes=a,b,c``  keep these classes, relabelled 0..k-1 in the given order; the values are the
                        ORIGINAL class names (npz label values, folder names, builtin class names).
     ``split=train|test`` a deterministic stratified 75/25 split. It uses a fixed seed (independent of
@@ -54,7 +54,11 @@ selectors (applied in this order: classes → split → n → transform; ``seed`
     ``seed=0``         default 0.
     ``transform=...``  domain shifts, comma-separated and applied in order: ``invert`` (1 - x), ``rot90``
                        (counter-clockwise), ``blur`` (Gaussian, sigma 1 px), ``noise`` (additive Gaussian,
-                       sigma 0.1, seeded by ``seed``, clipped to [0, 1]).
+                       sigma 0.1, seeded by ``seed``, clipped to [0, 1]), ``lowres`` (box-averaged down to
+                       a quarter of each side, at least 4 px: 28 → 7, then nearest-neighbour back up to
+                       the original size), ``colour`` (each image's grey level, a colour image's luma,
+                       mapped from its own random dark colour to its own random light colour, seeded by
+                       ``seed``; always 3 channels out).
 
 ``canonical_source`` sorts the selectors, normalises their values, makes paths absolute and drops
 ``seed=0``, so equal sources compare equal.

@@ -88,7 +88,7 @@ class SourceSpec:
 
     @property
     def seed(self) -> int:
-        """Seed of the subsample and of the noise transform (default 0)."""
+        """Seed of the subsample and of the noise and colour transforms (default 0)."""
         return int(self.selectors.get("seed", "0"))
 
     @property

@@ -1,8 +1,8 @@
 """The one photograph loader and the one image resizer of the package.
 
 :func:`load_photograph` reads the photographs that ship inside scikit-image and scikit-learn (offline:
-no download) and :func:`resize_image` resizes one image. ``builtin:patches``, the image-folder source
-and the Taskonomy task dictionary (``taskreg.trainers.taskonomy_dictionary``) all use them.
+no download) and :func:`resize_image` resizes one image. ``builtin:patches``, the image-folder source, the ``lowres``
+transform and the Taskonomy task dictionary (``taskreg.trainers.taskonomy_dictionary``) all use them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from taskreg.errors import TaskregError
 SKLEARN_PHOTOS = ("china", "flower")
 #: Stereo pairs bundled with scikit-image: the photograph is the left view.
 STEREO_PHOTOS = ("motorcycle",)
-KERNELS = ("lanczos", "linear")
+KERNELS = ("lanczos", "linear", "area", "nearest")
 
 
 def load_photograph(name: str) -> np.ndarray:
@@ -58,6 +58,10 @@ def resize_image(image: np.ndarray, shape: tuple[int, int], *, kernel: str = "la
         'linear': scikit-image's anti-aliased bilinear interpolation on a real-valued image; returns
         float32 in the input's value range. The Taskonomy dictionary uses it for its photographs and
         the disparity map: its pixels key every cached Taskonomy result, so its kernel stays.
+        'area' / 'nearest': Pillow's box filter (each output pixel the mean of the input area it covers;
+        exact block means for integer factors) / nearest neighbour on a real-valued image, channel by
+        channel in float32; return float32. The ``lowres`` transform downsamples with 'area' and
+        upsamples with 'nearest' (``taskreg.data.selectors``).
     """
     if kernel == "lanczos":
         from PIL import Image
@@ -68,6 +72,15 @@ def resize_image(image: np.ndarray, shape: tuple[int, int], *, kernel: str = "la
         from skimage.transform import resize
 
         return resize(image, shape, order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
+    if kernel in ("area", "nearest"):
+        from PIL import Image
+
+        method = Image.Resampling.BOX if kernel == "area" else Image.Resampling.NEAREST
+        planes = np.asarray(image, dtype=np.float32)
+        planes = planes[:, :, None] if planes.ndim == 2 else planes
+        out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(planes[:, :, c])).resize(shape[::-1], method))
+                        for c in range(planes.shape[2])], axis=2)
+        return out[:, :, 0] if np.ndim(image) == 2 else out
     raise TaskregError(f"unknown resize kernel {kernel!r}; known: {', '.join(KERNELS)}")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from taskreg.data.dataset import RawData, SourceSpec
+from taskreg.data.images import resize_image
 from taskreg.data.validation import fail
 
 SPLITS = ("train", "test")
@@ -21,6 +22,9 @@ SPLIT_SEED = 20_240_607  # fixed on purpose: the split must not move when ``seed
 TEST_FRACTION = 0.25
 BLUR_SIGMA = 1.0
 NOISE_SIGMA = 0.1
+LOWRES_FACTOR = 4  # 28 px -> 7 px, 32 -> 8, 25 -> 6
+LOWRES_MIN_SIDE = 4  # ... but never below 4 px (8 px digits -> 4 px, not 2)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights: the grey level of a colour image for ``colour``
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -64,16 +68,67 @@ def _noise(x: np.ndarray, seed: int) -> np.ndarray:
     return x + rng.normal(0.0, NOISE_SIGMA, size=x.shape).astype(np.float32)
 
 
+def lowres_shape(height: int, width: int) -> tuple[int, int]:
+    """The (height, width) that ``lowres`` samples an image down to: each side divided by LOWRES_FACTOR and
+    rounded, but at least LOWRES_MIN_SIDE (a side already that small is kept)."""
+    return (max(min(height, LOWRES_MIN_SIDE), round(height / LOWRES_FACTOR)),
+            max(min(width, LOWRES_MIN_SIDE), round(width / LOWRES_FACTOR)))
+
+
+def _lowres(x: np.ndarray, seed: int) -> np.ndarray:
+    """A low-resolution sensor: each image is averaged down to :func:`lowres_shape` (box filter: every low-res
+    pixel is the mean of the area it covers, so thin strokes fade instead of vanishing) and blown back up to
+    its size with nearest neighbour, keeping the blocky pixels (bilinear upsampling would look much like
+    ``blur``). A 28 px digit becomes 7x7 blocks of 4x4 px: still legible, clearly degraded. Shape kept."""
+    h, w = x.shape[2:]
+    small = lowres_shape(h, w)
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        image = x[i].transpose(1, 2, 0)  # (H, W, C)
+        low = resize_image(image, small, kernel="area")
+        out[i] = resize_image(low, (h, w), kernel="nearest").transpose(2, 0, 1)
+    return out
+
+
+def colour_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (dark, light) RGB colours (each (n, 3) float32 in [0, 1]) that ``colour`` gives n images.
+
+    Drawn in HSV from a generator seeded by ``seed``: hues uniform, the light one's 60-300 degrees away from
+    the dark one's, saturations in [0.5, 1], values in [0, 0.3] (dark) and [0.7, 1] (light)."""
+    from skimage.color import hsv2rgb
+
+    rng = np.random.default_rng([seed, 0x636F6C6F])
+    hue = rng.uniform(0.0, 1.0, n)
+    hues = np.stack([hue, (hue + rng.uniform(1 / 6, 5 / 6, n)) % 1.0], axis=1)
+    saturation = rng.uniform(0.5, 1.0, (n, 2))
+    value = np.stack([rng.uniform(0.0, 0.3, n), rng.uniform(0.7, 1.0, n)], axis=1)
+    rgb = np.clip(hsv2rgb(np.stack([hues, saturation, value], axis=2)), 0.0, 1.0).astype(np.float32)
+    return rgb[:, 0], rgb[:, 1]
+
+
+def _colour(x: np.ndarray, seed: int) -> np.ndarray:
+    """Re-colour every image with its own two random colours (:func:`colour_pairs`, seeded by ``seed``; the
+    k-th selected image gets the k-th pair): its grey level g (a grey image's pixel, a colour image's BT.601
+    luma) becomes ``dark + g * (light - dark)``. Black becomes the dark colour, white the light one, so the
+    brightness order (and ``invert``) survives while hue, saturation and contrast change from image to image.
+    Grey or colour in, always 3 channels out."""
+    grey = x[:, 0] if x.shape[1] == 1 else np.tensordot(np.asarray(LUMA, dtype=np.float32), x, axes=([0], [1]))
+    dark, light = colour_pairs(x.shape[0], seed)
+    return dark[:, :, None, None] + grey[:, None] * (light - dark)[:, :, None, None]
+
+
 TRANSFORMS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
     "invert": _invert,
     "rot90": _rot90,
     "blur": _blur,
     "noise": _noise,
+    "lowres": _lowres,
+    "colour": _colour,
 }
 
 
 def apply_transform(x: np.ndarray, name: str, seed: int) -> np.ndarray:
-    """(N, C, H, W) float32 in [0, 1] → same dtype and range (rot90 swaps H and W)."""
+    """(N, C, H, W) float32 in [0, 1] → same dtype and range (rot90 swaps H and W; colour makes C = 3)."""
     return np.ascontiguousarray(np.clip(TRANSFORMS[name](x, seed), 0.0, 1.0), dtype=np.float32)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -41,7 +40,7 @@ def backup(core: Core, dest: Path | str) -> Path:
     try:
         with core.lock(write=False):  # no commit can land while the catalog and MLflow are copied
             _copy_catalog(core.catalog_path, staging / "catalog.duckdb")
-            _copy_sqlite(core.root / "mlflow.db", staging / "mlflow.db")
+            core.tracker.copy_store(staging / "mlflow.db")
             _copy_tree(core.root / "index", staging / "index")
             with core.read() as con:
                 counts, version = catalog.counts(con), catalog.schema_version(con)
@@ -87,7 +86,7 @@ def restore(backup: Path | str, root: Path | str | None = None, *, force: bool =
     staging = _staging_dir(target, "restore")
     try:
         _copy_catalog(src / "catalog.duckdb", staging / "catalog.duckdb")
-        _copy_sqlite(src / "mlflow.db", staging / "mlflow.db")
+        Tracker(src).copy_store(staging / "mlflow.db")
         _copy_tree(src / "index", staging / "index")
         _copy_tree(src / "artifacts", staging / "artifacts")
         (staging / "cache").mkdir()
@@ -153,19 +152,6 @@ def _copy_catalog(src: Path, dst: Path) -> None:
     wal = src.with_name(src.name + ".wal")
     if wal.exists():
         shutil.copy2(wal, dst.with_name(dst.name + ".wal"))
-
-
-def _copy_sqlite(src: Path, dst: Path) -> None:
-    """A transactionally consistent copy of a sqlite database (sqlite's online backup API)."""
-    source = sqlite3.connect(src, timeout=60)
-    try:
-        target = sqlite3.connect(dst)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-    finally:
-        source.close()
 
 
 def _copy_tree(src: Path, dst: Path) -> None:

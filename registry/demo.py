@@ -171,10 +171,10 @@ def _answer(reg: Registry, label: str, source: str, experts: list[str], cfg: Dem
     for method in list_selectors():  # every registered ranking method
         sel = reg.select(source, method=method, top=len(experts), dataset=ds, max_samples=cfg.max_samples,
                          seed=cfg.seed, device=cfg.device, verify=3 if method == "model2vec" else 0)
-        ranked = [r["expert"] for r in sel.results]
+        ranked = [r.expert for r in sel.results]
         rankings[method] = {"ranking": ranked, "chosen": ranked[0], "error": truth[ranked[0]],
                             "seconds": sel.seconds, "cost": sel.cost, "verified": sel.measured_winner}
-    oracle = min(truth, key=truth.get)
+    oracle = min(truth, key=truth.__getitem__)
     return {"label": label, "source": source, "truth": truth, "oracle": oracle, "rankings": rankings,
             "n": ds.n, "classes": ds.n_classes, "domain": ds.domain,
             "mean_error": float(np.mean(list(truth.values())))}

@@ -10,7 +10,8 @@ carries its basis.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -19,6 +20,17 @@ from taskreg.registry import catalog
 
 if TYPE_CHECKING:
     from taskreg.selection.selectors import Selector
+
+
+@dataclass(frozen=True)
+class Model2VecForm:
+    """One stored Model2Vec vector of an expert, as ``expert show`` gives it: its form and what it rests on."""
+
+    probe: str
+    estimator: str
+    form: str
+    basis: str
+
 
 FIT_HINT = "`taskreg expert eval`, then `taskreg model2vec fit`"
 
@@ -122,10 +134,10 @@ def unscored_reasons(con: duckdb.DuckDBPyConnection, method: str, probe: str, ve
     return out
 
 
-def model2vec_forms(con: duckdb.DuckDBPyConnection, expert: catalog.ExpertRecord) -> list[dict[str, Any]]:
+def model2vec_forms(con: duckdb.DuckDBPyConnection, expert: catalog.ExpertRecord) -> list[Model2VecForm]:
     """``expert show``: each Model2Vec vector of ``expert`` (probe, estimator), its form and what it rests on."""
     out = []
     for probe, estimator, vector, bias in catalog.model2vec_rows(con, expert.id):
         form, why = model2vec_basis(expert, vector, bias)
-        out.append({"probe": probe, "estimator": estimator, "form": f"m_i = {form}", "basis": why})
+        out.append(Model2VecForm(probe, estimator, f"m_i = {form}", why))
     return out

@@ -7,7 +7,12 @@
      ├─ index_manager IndexManager: rebuild / repair / append / remove Faiss indexes         (index.py)
      ├─ probes        ProbeService(core)                                                     (probes.py)
      ├─ tasks         TaskService(core, index_manager, probes)                               (tasks.py)
-     ├─ experts       ExpertService(core, index_manager, probes, tasks)                      (experts.py)
+     ├─ experts       ExpertService(core, index_manager, probes, tasks): records, adding     (experts.py)
+     ├─ evaluator     ExpertEvaluator(core, experts, tasks): features, results               (expert_evaluation.py)
+     ├─ model2vec     Model2VecFitter(core, index_manager, probes, tasks, experts,           (model2vec_fitting.py)
+     │                evaluator): fit Model2Vec
+     ├─ selection     SelectionService(core, index_manager, probes, tasks, experts,          (expert_selection.py)
+     │                evaluator, model2vec): select
      ├─ policies      PolicyService(core): affinity sets, win rates, policies                (policies.py)
      ├─ taskonomy     TaskonomyPipeline(core, experts)                                       (taskonomy_pipeline.py)
      ├─ maintenance   Maintenance(core, index_manager): check, check --fix                   (maintenance.py)
@@ -31,9 +36,12 @@ from taskreg.registry import backup as backups
 from taskreg.registry import catalog
 from taskreg.registry.core import Core, default_root
 from taskreg.registry.damage import RECOVERY, Unaccounted, missing_catalog, unaccounted
+from taskreg.registry.expert_evaluation import ExpertEvaluator
+from taskreg.registry.expert_selection import SelectionService
 from taskreg.registry.experts import ExpertService
 from taskreg.registry.index import IndexManager
 from taskreg.registry.maintenance import Maintenance
+from taskreg.registry.model2vec_fitting import Model2VecFitter
 from taskreg.registry.policies import PolicyService
 from taskreg.registry.probes import ProbeService
 from taskreg.registry.recovery import Recovery
@@ -64,6 +72,11 @@ class Registry:
         self.probes = ProbeService(self.core)
         self.tasks = TaskService(self.core, self.index_manager, self.probes)
         self.experts = ExpertService(self.core, self.index_manager, self.probes, self.tasks)
+        self.evaluator = ExpertEvaluator(self.core, self.experts, self.tasks)
+        self.model2vec = Model2VecFitter(self.core, self.index_manager, self.probes, self.tasks, self.experts,
+                                         self.evaluator)
+        self.selection = SelectionService(self.core, self.index_manager, self.probes, self.tasks, self.experts,
+                                          self.evaluator, self.model2vec)
         self.policies = PolicyService(self.core)
         self.taskonomy = TaskonomyPipeline(self.core, self.experts)
         self.maintenance = Maintenance(self.core, self.index_manager)
@@ -152,12 +165,12 @@ class Registry:
     load_expert = _Delegate("experts.load_expert")
     add_expert = _Delegate("experts.add_expert")
     train_expert = _Delegate("experts.train_expert")
-    expert_features = _Delegate("experts.expert_features")
-    evaluate = _Delegate("experts.evaluate")
-    results_matrix = _Delegate("experts.results_matrix")
-    fit_model2vec = _Delegate("experts.fit_model2vec")
-    model2vec_fitted = _Delegate("experts.model2vec_fitted")
-    select = _Delegate("experts.select")
+    expert_features = _Delegate("evaluator.expert_features")
+    evaluate = _Delegate("evaluator.evaluate")
+    results_matrix = _Delegate("evaluator.results_matrix")
+    fit_model2vec = _Delegate("model2vec.fit")
+    model2vec_fitted = _Delegate("model2vec.fitted")
+    select = _Delegate("selection.select")
 
     # ------------------------------------------------------------------ affinity sets, win rates, policies
     affinity_names = _Delegate("policies.affinity_names")

@@ -123,6 +123,7 @@ def build_index(ids: np.ndarray, vectors: np.ndarray, *, index_type: str | None 
     index_type = index_type or choose_index_type(n, dim)
     if index_type not in INDEX_TYPES:
         raise TaskregError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+    inner: faiss.Index
     if index_type == "ivf":
         nlist = ivf_nlist(n)
         quantizer = faiss.IndexFlatIP(dim)  # kept alive by the IVF index's Python wrapper
@@ -185,7 +186,8 @@ def search(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, n
     ivf = _ivf(index)
     if ivf is not None:
         per_list = max(index.ntotal / max(ivf.nlist, 1), 1.0)
-        params = faiss.SearchParametersIVF(nprobe=int(min(ivf.nlist, max(ivf.nprobe, math.ceil(2 * k / per_list)))))
+        params = faiss.SearchParametersIVF()
+        params.nprobe = int(min(ivf.nlist, max(ivf.nprobe, math.ceil(2 * k / per_list))))
     with _one_thread():
         sims, ids = index.search(q, k, params=params)
     keep = ids[0] >= 0

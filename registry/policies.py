@@ -9,17 +9,16 @@ and recorded in ``policies``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
+from taskreg.registry.catalog import AffinitySetSummary, WinRate
 from taskreg.registry.core import Core
 from taskreg.registry.names import check_name
 
@@ -35,29 +34,26 @@ class PolicyService:
         self.core = core
 
     # ------------------------------------------------------------------ affinity sets
-    def affinity_names(self) -> list[dict[str, Any]]:
+    def affinity_names(self) -> list[AffinitySetSummary]:
+        """Every stored affinity set by name, then the built-in sets not stored yet (their sizes unknown: None)."""
         from taskreg.selection.affinity_sets import BUILTIN_SETTINGS
 
         with self.core.read() as con:
-            rows = con.execute(
-                "SELECT s.name, s.origin, count(a.target), count(DISTINCT a.target), max(a.\"order\") "
-                "FROM affinity_sets s LEFT JOIN affinities a ON a.name = s.name GROUP BY ALL ORDER BY s.name"
-            ).fetchall()
-        out = [{"name": n, "origin": o, "transfers": k, "targets": t, "max_order": m} for n, o, k, t, m in rows]
-        stored = {r["name"] for r in out}
-        out += [{"name": n, "origin": "builtin (not loaded yet)", "transfers": None, "targets": None,
-                 "max_order": None} for n in BUILTIN_SETTINGS if n not in stored]
+            out = catalog.affinity_set_summaries(con)
+        stored = {s.name for s in out}
+        out += [AffinitySetSummary(name=n, origin="builtin (not loaded yet)", transfers=None, targets=None,
+                                   max_order=None) for n in BUILTIN_SETTINGS if n not in stored]
         return out
 
     def affinity(self, name: str, *, load: bool = True) -> AffinitySet:
         """An affinity set from the catalog. A built-in set not stored yet is loaded into the catalog on first
         use; with ``load=False``, or on a registry this user cannot write, it is read from the package's
         tables without writing anything."""
-        from taskreg.selection.affinity_sets import BUILTIN_SETTINGS, AffinitySet, Transfer, builtin_affinity
+        from taskreg.selection.affinity_sets import BUILTIN_SETTINGS, AffinitySet, builtin_affinity
 
         with self.core.read() as con:
-            row = con.execute("SELECT source_only FROM affinity_sets WHERE name = ?", [name]).fetchone()
-        if row is None:
+            stored = catalog.get_affinity_set(con, name)
+        if stored is None:
             if name in BUILTIN_SETTINGS:
                 if not load or self.core.read_only:  # the same order as the catalog query below: identical BIP input
                     packaged = builtin_affinity(name)
@@ -65,13 +61,9 @@ class PolicyService:
                     return AffinitySet(name=name, transfers=ordered, source_only=packaged.source_only)
                 self._load_builtin(name)
                 return self.affinity(name)
-            known = ", ".join(sorted({r["name"] for r in self.affinity_names()}))
+            known = ", ".join(sorted({s.name for s in self.affinity_names()}))
             raise TaskregError(f"unknown affinity set {name!r} (known: {known})")
-        with self.core.read() as con:
-            rows = con.execute("SELECT sources, target, \"order\", value FROM affinities WHERE name = ? "
-                               "ORDER BY target, \"order\", sources", [name]).fetchall()
-        transfers = [Transfer(tuple(s), t, int(o), float(v)) for s, t, o, v in rows]
-        return AffinitySet(name=name, transfers=transfers, source_only=tuple(row[0]))
+        return stored
 
     def _load_builtin(self, name: str) -> None:
         from taskreg.selection.affinity_sets import builtin_affinity, builtin_winrates
@@ -79,13 +71,12 @@ class PolicyService:
         aff = builtin_affinity(name)
         quality, gain = builtin_winrates(name, vs="task"), builtin_winrates(name, vs="pixels")
         with self.core.write() as con:
-            if con.execute("SELECT 1 FROM affinity_sets WHERE name = ?", [name]).fetchone():
+            if catalog.affinity_set_exists(con, name):
                 return  # another process loaded it meanwhile
             catalog.insert_affinity_set(con, aff, "builtin")
             for table, b in ((quality, "self"), (gain, "pixels")):
                 rows = {(tr.target, _key(tr.sources)): tr.value for tr in table.transfers}
-                catalog.insert_rows(con, "winrates", ("dictionary", "target", "a", "b", "value"),
-                                    [(name, t, a, b, v) for (t, a), v in rows.items()])
+                catalog.insert_winrates(con, name, [WinRate(target=t, a=a, b=b, value=v) for (t, a), v in rows.items()])
 
     def import_affinity(self, path: Path, name: str, *, source_only: Sequence[str] | None = None,
                         replace: bool = False) -> AffinitySet:
@@ -103,8 +94,7 @@ class PolicyService:
         elif not set(TASKONOMY_SOURCE_ONLY) & set(aff.tasks):
             aff.source_only = ()
         with self.core.write() as con:
-            exists = con.execute("SELECT 1 FROM affinity_sets WHERE name = ?", [name]).fetchone()
-            if exists and not replace:
+            if catalog.affinity_set_exists(con, name) and not replace:
                 raise TaskregError(f"affinity set {name!r} already exists (use --replace)")
             catalog.delete_affinity_set(con, name)
             catalog.insert_affinity_set(con, aff, f"import:{Path(path).name}")
@@ -138,52 +128,43 @@ class PolicyService:
                            importance=importance, cost=cost, pin_supervised=pin_supervised,
                            free_source_only=free_source_only)
         if record and not self.core.read_only:
-            request = {"targets": list(targets) if targets else None, "source_only": list(source_only or []) or None,
-                       "importance": dict(importance or {}), "cost": dict(cost or {}),
-                       "pin_supervised": pin_supervised, "free_source_only": free_source_only}
+            request: dict[str, object] = {
+                "targets": list(targets) if targets else None, "source_only": list(source_only or []) or None,
+                "importance": dict(importance or {}), "cost": dict(cost or {}),
+                "pin_supervised": pin_supervised, "free_source_only": free_source_only}
             with self.core.write() as con:
                 self.affinity(affinity)  # a built-in set is stored in the same transaction as the policy
-                con.execute(
-                    "INSERT INTO policies (affinity, budget, max_order, objective, supervised, transfers, options, "
-                    "seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [affinity, float(budget), pol.max_order, pol.objective, pol.supervised,
-                     json.dumps([asdict(t) for t in pol.transfers]), json.dumps(request), pol.seconds],
-                )
+                catalog.insert_policy(con, affinity, float(budget), pol, request)
         return pol
 
     # ------------------------------------------------------------------ win rates
-    def winrates(self, dictionary: str, target: str, vs: str = "scratch") -> list[tuple[str, float]]:
-        """Win rate of every option against ``vs`` for one target, best first."""
+    def winrates(self, dictionary: str, target: str, vs: str = "scratch") -> list[WinRate]:
+        """Win rate of every option (``a``) against ``vs`` (``b``) for one target, best first."""
         if vs not in ("scratch", "self", "pixels"):
             raise TaskregError(f"--vs must be scratch or self, got {vs!r}")
         with self.core.read() as con:
-            rows = con.execute("SELECT a, value FROM winrates WHERE dictionary = ? AND target = ? AND b = ? "
-                               "ORDER BY value DESC, a", [dictionary, target, vs]).fetchall()
+            rows = catalog.target_winrates(con, dictionary, target, vs)
             if not rows and vs == "scratch":  # the published tables call the scratch baseline 'pixels'
-                rows = con.execute("SELECT a, value FROM winrates WHERE dictionary = ? AND target = ? AND "
-                                   "b = 'pixels' ORDER BY value DESC, a", [dictionary, target]).fetchall()
+                rows = catalog.target_winrates(con, dictionary, target, "pixels")
             if not rows:
-                targets = [r[0] for r in con.execute(
-                    "SELECT DISTINCT target FROM winrates WHERE dictionary = ? ORDER BY 1", [dictionary]).fetchall()]
+                targets = catalog.winrate_targets(con, dictionary)
                 if not targets:
                     raise TaskregError(f"no win rates for {dictionary!r} (build it or use a built-in affinity set)")
                 raise TaskregError(f"no win rates for target {target!r} in {dictionary!r}; targets: "
                                    f"{', '.join(targets)}")
-        return [(a, float(v)) for a, v in rows]
+        return rows
 
     def first_order_winrates(self, dictionary: str, targets: Sequence[str], sources: Sequence[str]) -> np.ndarray:
         """(T, S) first-order win rates against scratch/pixels: the matrix before AHP (NaN where absent)."""
         with self.core.read() as con:
-            rows = con.execute("SELECT target, a, value FROM winrates WHERE dictionary = ? AND b IN "
-                               "('scratch', 'pixels') AND NOT contains(a, '+')", [dictionary]).fetchall()
+            rows = catalog.first_order_winrates(con, dictionary)
         t_pos = {t: i for i, t in enumerate(targets)}
         s_pos = {s: j for j, s in enumerate(sources)}
         out = np.full((len(targets), len(sources)), np.nan)
-        for t, a, v in rows:
-            if t in t_pos and a in s_pos:
-                out[t_pos[t], s_pos[a]] = v
+        for w in rows:
+            if w.target in t_pos and w.a in s_pos:
+                out[t_pos[w.target], s_pos[w.a]] = w.value
         return out
-
 
 
 def _key(sources: Sequence[str]) -> str:

@@ -281,7 +281,10 @@ class Recovery:
                 task_id = catalog.insert_task(con, **entry["row"])
                 _created_at(con, "tasks", "id", task_id, runs[entry["embeddings"][0][-1]])
             else:
-                task_id = catalog.get_task(con, name).id
+                held = catalog.get_task(con, name)
+                if held is None:  # entry["row"] is None only for a task the catalog held when recovery began
+                    raise TaskregError(f"task {name} left the catalog while recovery was running; run recover again")
+                task_id = held.id
             added = 0
             for probe, method, vector, n_samples, seed, seconds, run_id in entry["embeddings"]:
                 if catalog.has_embedding(con, task_id, probe, method):

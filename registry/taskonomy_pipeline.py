@@ -25,14 +25,14 @@ from taskreg.data.images import batch_to_size
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
 from taskreg.registry import catalog
+from taskreg.registry.catalog import TransferRecord
 from taskreg.registry.core import Core
 from taskreg.registry.experts import ExpertService
 from taskreg.registry.names import check_name
 from taskreg.registry.runs import pending_run, store_weights
 
 if TYPE_CHECKING:
-    from torch import nn
-
+    from taskreg.trainers.networks import TaskModel
     from taskreg.trainers.taskonomy_dictionary import Dictionary, DictionaryRef
     from taskreg.trainers.transfer import TaskNetwork, TransferJob, TransferResult
 
@@ -51,6 +51,18 @@ class BuildReport:
     seconds: dict[str, float] = field(default_factory=dict)
     affinity: str = ""
     experts_registered: int = 0
+
+
+@dataclass(frozen=True)
+class AddTargetReport:
+    """What one ``taskonomy add-target`` did: the new target, how many sources and jobs, the best single source."""
+
+    target: str
+    dictionary: str
+    sources: int
+    jobs: int
+    best_first_order: tuple[str, ...]
+    best_loss: float
 
 
 def option_label(kind: str, sources: Iterable[str]) -> str:
@@ -86,30 +98,27 @@ class TaskonomyPipeline:
 
     def _done_keys(self, dictionary: str) -> set[str]:
         with self.core.read() as con:
-            rows = con.execute("SELECT key FROM transfers WHERE dictionary = ?", [dictionary]).fetchall()
-        return {r[0] for r in rows}
+            return catalog.transfer_keys(con, dictionary)
 
     # ------------------------------------------------------------------ persistence of one job
-    def _store_result(self, dictionary: str, job: TransferJob, result: TaskNetwork | TransferResult,
-                      net: nn.Module | None) -> None:
+    def _store_result(self, dictionary: str, job: TransferJob, result: TaskNetwork | TransferResult) -> None:
         """One transfer row + its per-image losses, in one transaction.
 
-        A task network (``net`` given) is also an MLflow run and a registered model with its weights.
+        A task network (kind 'self') is also an MLflow run and a registered model with its weights.
         Transfers are too many and too small for a run each: :meth:`_log_stage` logs one run per stage.
         """
-        res = result.as_result() if hasattr(result, "as_result") else result
+        from taskreg.trainers.transfer import TaskNetwork
+
+        net = result if isinstance(result, TaskNetwork) else None
+        res = result.as_result() if isinstance(result, TaskNetwork) else result
         losses = np.asarray(res.per_image_loss, dtype=np.float64)
 
         def commit(run_id: str | None) -> None:
+            record = TransferRecord(dictionary=dictionary, key=job.key, kind=job.kind, sources=tuple(res.sources),
+                                    target=job.target, order=job.order, mean_loss=float(res.mean_loss),
+                                    train_size=int(res.train_size), seconds=float(res.seconds), run_id=run_id)
             with self.core.write() as con:
-                con.execute(
-                    "INSERT INTO transfers (dictionary, key, kind, sources, target, \"order\", mean_loss, train_size, "
-                    "seconds, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [dictionary, job.key, job.kind, list(res.sources), job.target, job.order, float(res.mean_loss),
-                     int(res.train_size), float(res.seconds), run_id],
-                )
-                catalog.insert_rows(con, "transfer_losses", ("dictionary", "key", "image", "loss"),
-                                    [(dictionary, job.key, i, float(v)) for i, v in enumerate(losses)])
+                catalog.insert_transfer(con, record, losses)
 
         if net is None:
             commit(None)
@@ -130,34 +139,32 @@ class TaskonomyPipeline:
         if not trained:
             return
         with self.core.read() as con:
-            rows = con.execute("SELECT key, kind, array_to_string(sources, '+'), target, \"order\", mean_loss, "
-                               "seconds FROM transfers WHERE dictionary = ? AND key IN (SELECT unnest(?::VARCHAR[])) "
-                               "ORDER BY target, \"order\", key", [dictionary, keys]).fetchall()
+            rows = catalog.transfers_by_keys(con, dictionary, keys)
         params = {"dictionary": dictionary, "stage": stage, "jobs": len(keys), "trained": trained}
         tags = {"taskreg.kind": "taskonomy_stage"}
         with pending_run(self.core, "taskonomy", f"{dictionary}:{stage}", params, tags) as run:
-            self.core.tracker.log_metrics(run.run_id, {"seconds": seconds, "trained": trained,
-                                                  "mean_loss": float(np.mean([r[5] for r in rows])) if rows else 0.0})
+            mean_loss = float(np.mean([r.mean_loss for r in rows])) if rows else 0.0
+            self.core.tracker.log_metrics(run.run_id, {"seconds": seconds, "trained": trained, "mean_loss": mean_loss})
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"{stage.replace(' ', '_')}.csv"
                 with open(path, "w", newline="") as f:
                     w = csv.writer(f)
                     w.writerow(["key", "kind", "sources", "target", "order", "mean_loss", "seconds"])
-                    w.writerows(rows)
+                    w.writerows([(r.key, r.kind, "+".join(r.sources), r.target, r.order, r.mean_loss, r.seconds)
+                                 for r in rows])
                 self.core.tracker.log_artifact(run.run_id, path, "results")
         self.core.tracker.commit(run.run_id)
 
-    def _task_network(self, dictionary: str, task: str, key: str) -> nn.Module:
+    def _task_network(self, dictionary: str, task: str, key: str) -> TaskModel:
         """Reload a stored task network (encoder + decoder) from its MLflow artifact."""
         from taskreg.embedders.probes import load_state_dict_file
         from taskreg.trainers.networks import Encoder, TaskModel, make_decoder, rep_shape_for
 
         with self.core.read() as con:
-            row = con.execute("SELECT run_id FROM transfers WHERE dictionary = ? AND key = ?",
-                              [dictionary, key]).fetchone()
-        if row is None:
+            stored = catalog.get_transfer(con, dictionary, key)
+        if stored is None or stored.run_id is None:
             raise TaskregError(f"no task network for {task!r} in {dictionary!r}")
-        path = self.core.tracker.artifact_dir(row[0]) / "weights" / f"{task}.pt"
+        path = self.core.tracker.artifact_dir(stored.run_id) / "weights" / f"{task}.pt"
         state = load_state_dict_file(path)
         d = self.dictionaries[dictionary]
         spec = d.task(task)
@@ -200,7 +207,7 @@ class TaskonomyPipeline:
         if train_fraction is not None:
             hp["train_fraction"] = train_fraction
 
-        def stage(label: str, jobs: list[TransferJob]) -> list[TransferResult]:
+        def stage(label: str, jobs: list[TransferJob]) -> list[TransferResult | None]:
             done = self._done_keys(name)
             todo = [j for j in jobs if j.key not in done]
             report.jobs_skipped[label] = len(jobs) - len(todo)
@@ -209,7 +216,7 @@ class TaskonomyPipeline:
             text = f"{label} ({len(todo)} to train, {len(jobs) - len(todo)} done)"
             bar = step_progress(text) if step_progress else None
             for job, result in run_executor.map(tr.run_job, todo, progress=bar):
-                self._store_result(name, job, result, result if job.kind == "self" else None)
+                self._store_result(name, job, result)
             report.seconds[label] = time.perf_counter() - start
             if label != "task networks":
                 self._log_stage(name, label, [j.key for j in jobs], report.seconds[label], len(todo))
@@ -264,12 +271,11 @@ class TaskonomyPipeline:
         from taskreg.trainers.transfer import TransferResult
 
         with self.core.read() as con:
-            row = con.execute("SELECT sources, target, \"order\", mean_loss, seconds, train_size, kind FROM transfers "
-                              "WHERE dictionary = ? AND key = ?", [dictionary, job.key]).fetchone()
-        if row is None:
+            r = catalog.get_transfer(con, dictionary, job.key)
+        if r is None:
             return None
-        s, t, o, m, sec, n, k = row
-        return TransferResult(tuple(s), t, int(o), np.zeros(0, np.float32), float(m), float(sec or 0), int(n or 0), k)
+        return TransferResult(r.sources, r.target, r.order, np.zeros(0, np.float32), r.mean_loss, r.seconds or 0.0,
+                              r.train_size or 0, r.kind)
 
     # ------------------------------------------------------------------ win rates and affinities
     def compute_winrates(self, dictionary: str, keys: Iterable[str], *, targets: Iterable[str] | None = None) -> int:
@@ -280,36 +286,8 @@ class TaskonomyPipeline:
         ``keys`` take part; the rows of ``targets`` (default: all of the dictionary) are replaced.
         Returns the number of rows of the dictionary.
         """
-        keys = list(dict.fromkeys(keys))
         with self.core.write() as con:
-            con.execute("CREATE OR REPLACE TEMP TABLE _keys AS SELECT unnest(?::VARCHAR[]) AS key", [keys])
-            if targets is None:
-                con.execute("DELETE FROM winrates WHERE dictionary = ?", [dictionary])
-            else:
-                con.execute("DELETE FROM winrates WHERE dictionary = ? AND target IN (SELECT unnest(?::VARCHAR[]))",
-                            [dictionary, list(targets)])
-            con.execute(
-                """
-                INSERT INTO winrates (dictionary, target, a, b, value, n_images)
-                WITH opts AS (
-                    SELECT t.key, t.target,
-                           CASE WHEN t.kind IN ('self', 'scratch') THEN t.kind ELSE array_to_string(t.sources, '+')
-                           END AS label
-                    FROM transfers t JOIN _keys USING (key) WHERE t.dictionary = $1
-                )
-                SELECT $1, oa.target, oa.label, ob.label,
-                       avg(CASE WHEN la.loss < lb.loss THEN 1.0 WHEN la.loss = lb.loss THEN 0.5 ELSE 0.0 END),
-                       count(*)
-                FROM opts oa JOIN opts ob ON oa.target = ob.target AND oa.key <> ob.key
-                JOIN transfer_losses la ON la.dictionary = $1 AND la.key = oa.key
-                JOIN transfer_losses lb ON lb.dictionary = $1 AND lb.key = ob.key AND lb.image = la.image
-                GROUP BY ALL
-                """,
-                [dictionary],
-            )
-            n = con.execute("SELECT count(*) FROM winrates WHERE dictionary = ?", [dictionary]).fetchone()[0]
-            con.execute("DROP TABLE _keys")
-        return int(n)
+            return catalog.compute_winrates(con, dictionary, list(dict.fromkeys(keys)), targets=targets)
 
     def affinities_from_winrates(self, dictionary: str, *, source_only: Iterable[str] = (),
                                  name: str | None = None) -> str:
@@ -318,28 +296,23 @@ class TaskonomyPipeline:
 
         name = name or dictionary
         with self.core.read() as con:
-            rows = con.execute("SELECT target, a, b, value FROM winrates WHERE dictionary = ? AND a <> 'scratch' "
-                               "AND b <> 'scratch'", [dictionary]).fetchall()
+            rows = catalog.dictionary_winrates(con, dictionary)
+        own = {w.target for w in rows if "self" in (w.a, w.b)}
         by_target: dict[str, dict[tuple[str, str], float]] = {}
-        for t, a, b, v in rows:
-            by_target.setdefault(t, {})[(a, b)] = v
-        with self.core.read() as con:
-            own = {r[0] for r in con.execute("SELECT DISTINCT target FROM winrates WHERE dictionary = ? AND "
-                                             "(a = 'self' OR b = 'self')", [dictionary]).fetchall()}
-            novel = con.execute("SELECT target, a, b, value FROM winrates WHERE dictionary = ? AND "
-                                "(a = 'scratch' OR b = 'scratch')", [dictionary]).fetchall()
-        for t, a, b, v in novel:  # a novel target has no 'self' network: its own little-data network stands in
-            if t not in own:
-                by_target.setdefault(t, {})[(a, b)] = v
+        for w in rows:
+            # 'scratch' is only a reference, except for a novel target: it has no 'self' network, and its own
+            # little-data network (scratch) stands in
+            if "scratch" not in (w.a, w.b) or w.target not in own:
+                by_target.setdefault(w.target, {})[(w.a, w.b)] = w.value
         tournaments = []
         for target, wins in sorted(by_target.items()):
             labels = sorted({a for a, _ in wins})
             pos = {lab: i for i, lab in enumerate(labels)}
-            w = np.full((len(labels), len(labels)), 0.5)
+            matrix = np.full((len(labels), len(labels)), 0.5)
             for (a, b), v in wins.items():
-                w[pos[a], pos[b]] = v
+                matrix[pos[a], pos[b]] = v
             options = [("self",) if lab in ("self", "scratch") else tuple(lab.split("+")) for lab in labels]
-            tournaments.append(Tournament(target=target, options=options, wins=w))
+            tournaments.append(Tournament(target=target, options=options, wins=matrix))
         if not tournaments:
             raise TaskregError(f"no win rates for {dictionary!r}: build it first")
         aff = ahp_affinity_set(tournaments, name, source_only=tuple(source_only))
@@ -352,7 +325,7 @@ class TaskonomyPipeline:
     def taskonomy_add_target(
         self, name: str, source: str, *, dictionary: str = "builtin", max_order: int = 3, beam: int = 5,
         epochs: int | None = None, seed: int = 0, device: str = "cpu", step_progress: StepProgress = None,
-    ) -> dict[str, Any]:
+    ) -> AddTargetReport:
         """Transfer every registered source encoder of ``dictionary`` to a new labelled dataset.
 
         First order from every source, then the beam for higher orders, plus ``scratch`` (a network
@@ -369,12 +342,10 @@ class TaskonomyPipeline:
         dname, ref = self.dictionary_ref(dictionary, seed=seed)
         dictionary = dname
         with self.core.read() as con:
-            nets = dict(con.execute("SELECT target, key FROM transfers WHERE dictionary = ? AND kind = 'self'",
-                                    [dictionary]).fetchall())
+            nets = catalog.task_network_keys(con, dictionary)
             if not nets:
                 raise TaskregError(f"dictionary {dictionary!r} has no task networks: run `taskreg taskonomy build`")
-            if name in nets or con.execute("SELECT 1 FROM transfers WHERE dictionary = ? AND target = ? LIMIT 1",
-                                           [dictionary, name]).fetchone():
+            if name in nets or catalog.is_transfer_target(con, dictionary, name):
                 raise TaskregError(f"{name!r} is already a target of {dictionary!r}")
         ds = datasets.load(source)
         base = ref.load()
@@ -406,7 +377,7 @@ class TaskonomyPipeline:
                 else:
                     res = tr.train_transfer([feats[s] for s in job.sources], d, name, sources=job.sources,
                                             train_fraction=1.0, epochs=job.epochs, seed=seed, device=device)
-                self._store_result(dictionary, job, res, None)
+                self._store_result(dictionary, job, res)
                 results.append(res)
                 if bar:
                     bar(i + 1, len(jobs))
@@ -421,11 +392,11 @@ class TaskonomyPipeline:
         keys = [j.key for j in first_jobs + higher_jobs] + [tr.TransferJob((), name, "scratch", **hp).key]
         self.compute_winrates(dictionary, keys, targets=[name])
         with self.core.read() as con:
-            so = con.execute("SELECT source_only FROM affinity_sets WHERE name = ?", [dictionary]).fetchone()
-        self.affinities_from_winrates(dictionary, source_only=so[0] if so else ())
+            source_only = catalog.affinity_source_only(con, dictionary)
+        self.affinities_from_winrates(dictionary, source_only=source_only or ())
         best = min((r for r in first if r.kind == "transfer"), key=lambda r: r.mean_loss)
-        return {"target": name, "dictionary": dname, "sources": len(sources), "jobs": len(keys),
-                "best_first_order": best.sources, "best_loss": best.mean_loss}
+        return AddTargetReport(target=name, dictionary=dname, sources=len(sources), jobs=len(keys),
+                               best_first_order=tuple(best.sources), best_loss=float(best.mean_loss))
 
     # ------------------------------------------------------------------ task networks as experts
     def register_task_network_experts(self, dictionary: str, nets: dict[str, str]) -> int:

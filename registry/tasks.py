@@ -217,6 +217,8 @@ class TaskService:
         prec = self.probes.resolve_probe(probe)
         query = self.task_vector(name, prec.name, method)
         index = self.index_manager.get(self.index_manager.kind("task", prec.name, method))
+        if index is None:
+            return []
         ids, _ = search(index, query, max(candidates, 4 * k) + 1)
         with self.core.read() as con:
             rows = catalog.task_vectors_by_id(con, prec.name, method, ids.tolist())

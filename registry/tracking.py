@@ -1,8 +1,8 @@
 """MLflow tracking inside the registry: runs, artifacts and registered models.
 
-Size: this is the whole MLflow boundary by design (issue 13): the client calls, the batched logging and the
-read-only fast paths over MLflow's own sqlite schema that ``check`` and ``recover`` need, so no other module
-touches MLflow.
+This is the whole MLflow boundary by design (issue 13): the client calls, the batched logging, and the fast
+paths over MLflow's own sqlite schema that ``check``, ``recover``, relocation and backup need (their SQL lives in
+:mod:`taskreg.registry.catalog.mlflow_store`, which only this module calls), so no other module touches MLflow.
 
 The tracking store is ``sqlite:///<root>/mlflow.db`` and every experiment's artifact location
 is ``<root>/artifacts/<experiment>``, so nothing is ever written to ``./mlruns`` in the caller's
@@ -34,6 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from taskreg.registry.catalog import mlflow_store
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -122,7 +124,7 @@ class Tracker:
             _quiet_mlflow()  # mlflow configures its loggers on import
             store = SqlAlchemyStore(self.uri, (self.root / "artifacts").as_uri())
             store.engine.dispose()
-        _repoint_default_experiment(self.root / "mlflow.db", self.root / "artifacts" / "0")
+        mlflow_store.repoint_default_experiment(self.root / "mlflow.db", self.root / "artifacts" / "0")
         for name in EXPERIMENTS:
             self.experiment_id(name)
         if registry_id is not None:
@@ -143,7 +145,7 @@ class Tracker:
         rid = run.info.run_id
         if params:  # one call for all parameters
             self.client.log_batch(rid, params=[Param(key, str(value)[:6000]) for key, value in params.items()])
-        return RunRef(rid, _local_path(run.info.artifact_uri))
+        return RunRef(rid, mlflow_store.local_path(run.info.artifact_uri))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log ``metrics`` in one call (one timestamp for all)."""
@@ -158,7 +160,7 @@ class Tracker:
 
     def artifact_dir(self, run_id: str) -> Path:
         """The local directory holding the artifacts of run ``run_id``."""
-        return _local_path(self.client.get_run(run_id).info.artifact_uri)
+        return mlflow_store.local_path(self.client.get_run(run_id).info.artifact_uri)
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> Path:
         """Copy a local file into the run's artifacts; return the stored file's path."""
@@ -200,7 +202,7 @@ class Tracker:
     def run_data(self, run_id: str) -> RunData:
         run = self.client.get_run(run_id)
         return RunData(run_id, run.info.run_name or "", int(run.info.start_time or 0), dict(run.data.tags),
-                       dict(run.data.params), dict(run.data.metrics), _local_path(run.info.artifact_uri))
+                       dict(run.data.params), dict(run.data.metrics), mlflow_store.local_path(run.info.artifact_uri))
 
     def pending_runs(self) -> list[str]:
         return list(self.runs_in_state("pending"))
@@ -245,15 +247,8 @@ class Tracker:
         """Registered model name -> tags. Read straight from ``mlflow.db`` (10,000 models: ~20 s through the
         MLflow client on a loaded 2-core machine, well under a second this way); through the client when
         the schema is not the expected one."""
-        rows = _read_mlflow_db(self.db, _MODEL_TAGS_SQL, [])
-        if rows is None:
-            return self.registered_models_via_api()
-        models: dict[str, dict[str, str]] = {}
-        for name, key, value in rows:
-            model = models.setdefault(name, {})
-            if key is not None:
-                model[key] = value
-        return models
+        models = mlflow_store.registered_model_tags(self.db)
+        return self.registered_models_via_api() if models is None else models
 
     def registered_models_via_api(self) -> dict[str, dict[str, str]]:
         models: dict[str, dict[str, str]] = {}
@@ -275,14 +270,10 @@ class Tracker:
     def model_runs(self, name: str | None = None) -> dict[str, set[str]]:
         """Registered model name -> the run ids of its versions (only ``name`` when given), read like
         :meth:`run_states`; through the client when the schema differs."""
-        sql = "SELECT name, run_id FROM model_versions" + (" WHERE name = ?" if name is not None else "")
-        rows = _read_mlflow_db(self.db, sql, [name] if name is not None else [])
-        if rows is None:
+        out = mlflow_store.model_version_runs(self.db, name)
+        if out is None:
             runs = self.model_runs_via_api()
             return runs if name is None else {k: v for k, v in runs.items() if k == name}
-        out: dict[str, set[str]] = {}
-        for model, run_id in rows:
-            out.setdefault(model, set()).update([run_id] if run_id else [])
         return out
 
     def model_runs_via_api(self) -> dict[str, set[str]]:
@@ -304,19 +295,12 @@ class Tracker:
         well under a second, where MLflow's ORM spends ~1 ms a run (and seconds on its import). When
         the tracking schema is not the expected one, one paged ``search_runs`` gives the same answer.
         """
-        names = [f"taskreg-{name}" for name in EXPERIMENTS]
-        rows = _read_mlflow_db(self.db, _RUN_TAGS_SQL.format(", ".join("?" for _ in names)), names)
-        if rows is None:
+        runs = mlflow_store.run_tags(self.db, [f"taskreg-{name}" for name in EXPERIMENTS])
+        if runs is None:
             return self.run_states_via_api()
-        found: dict[str, dict[str, str]] = {}
-        stage: dict[str, str] = {}
-        for run_id, lifecycle, key, value in rows:
-            stage[run_id] = lifecycle
-            run = found.setdefault(run_id, {})
-            if key is not None:
-                run[key] = value
-        states = {r: "deleted" if stage[r] == "deleted" else found[r].get("taskreg.state", "committed") for r in stage}
-        return RunStates(states, found)
+        states = {r: "deleted" if stage == "deleted" else runs.tags[r].get("taskreg.state", "committed")
+                  for r, stage in runs.stages.items()}
+        return RunStates(states, runs.tags)
 
     def run_states_via_api(self) -> RunStates:
         from mlflow.entities import ViewType
@@ -344,7 +328,8 @@ class Tracker:
 
     def recorded_root(self) -> Path | None:
         """The registry root that ``mlflow.db`` was created under."""
-        return _recorded_root(self.db)
+        location = mlflow_store.tasks_artifact_location(self.db)
+        return None if location is None else mlflow_store.local_path(location).parent.parent  # <root>/artifacts/tasks
 
     def relocate(self, to: Path | None = None) -> bool:
         """Point the absolute artifact locations in ``mlflow.db`` at ``to`` (default: this tracker's root, the
@@ -355,8 +340,14 @@ class Tracker:
         recorded = self.recorded_root()
         if recorded is None or recorded == target:
             return False
-        _relocate(self.db, recorded, target)
+        old, new = str(recorded).rstrip("/") + "/", str(target).rstrip("/") + "/"
+        mlflow_store.replace_location_prefix(self.db, old, new)
         return True
+
+    def copy_store(self, dest: Path) -> None:
+        """A transactionally consistent copy of this ``mlflow.db`` as ``dest`` (a new file; sqlite's online backup
+        API, so a concurrent MLflow reader or writer never leaves a torn copy)."""
+        mlflow_store.copy_database(self.db, dest)
 
 
 @dataclass(frozen=True)
@@ -366,36 +357,6 @@ class RunStates:
 
     states: dict[str, str]
     tags: dict[str, dict[str, str]]
-
-
-_RUN_TAGS_SQL = (
-    "SELECT r.run_uuid, r.lifecycle_stage, t.key, t.value FROM runs r "
-    "JOIN experiments e ON e.experiment_id = r.experiment_id LEFT JOIN tags t ON t.run_uuid = r.run_uuid "
-    "WHERE e.name IN ({})"
-)
-_MODEL_TAGS_SQL = (
-    "SELECT m.name, t.key, t.value FROM registered_models m LEFT JOIN registered_model_tags t ON t.name = m.name"
-)
-
-
-def _read_mlflow_db(db: Path, sql: str, params: list[str]) -> list[tuple] | None:
-    """Rows of a read-only query on MLflow's sqlite store; None when it cannot answer (no file, another schema).
-
-    The tables involved (runs, tags, experiments, registered_models, registered_model_tags, model_versions)
-    have kept these columns since MLflow 1.x, and the callers fall back to the MLflow client when a query fails.
-    """
-    import sqlite3
-
-    if not db.is_file():
-        return None
-    try:
-        con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)
-        try:
-            return con.execute(sql, params).fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
 
 
 @dataclass(frozen=True)
@@ -431,54 +392,16 @@ class StoreSummary:
         return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-_EXPERIMENT_IDS_SQL = (
-    "SELECT e.name, t.value FROM experiments e LEFT JOIN experiment_tags t "
-    "ON t.experiment_id = e.experiment_id AND t.key = ? WHERE e.name LIKE 'taskreg-%'"
-)
-_RUN_COUNTS_SQL = (
-    "SELECT coalesce(s.value, 'committed'), coalesce(k.value, ''), count(*) FROM runs r "
-    "JOIN experiments e ON e.experiment_id = r.experiment_id "
-    "LEFT JOIN tags s ON s.run_uuid = r.run_uuid AND s.key = 'taskreg.state' "
-    "LEFT JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = 'taskreg.kind' "
-    "WHERE e.name LIKE 'taskreg-%' AND r.lifecycle_stage = 'active' GROUP BY 1, 2"
-)
-
-
 def stored_registry_id(db: Path) -> str | None:
     """The registry id recorded in ``mlflow.db`` (read-only, no MLflow import); None when there is none."""
-    import sqlite3
-
-    if not db.is_file():
-        return None
-    try:
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-        try:
-            row = con.execute(_EXPERIMENT_IDS_SQL + " AND e.name = 'taskreg-tasks'", [REGISTRY_ID_TAG]).fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
-    return row[1] if row else None
+    return mlflow_store.registry_id(db, REGISTRY_ID_TAG)
 
 
 def store_summary(db: Path) -> StoreSummary | None:
     """Identity, run counts and registered models of ``mlflow.db``, read-only through sqlite (no MLflow import,
     nothing written); None when there is no such file or it is not an MLflow store."""
-    import sqlite3
-
-    if not db.is_file():
-        return None
-    try:
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-        try:
-            ids = dict(con.execute(_EXPERIMENT_IDS_SQL, [REGISTRY_ID_TAG]).fetchall())
-            runs = {(state, kind): int(n) for state, kind, n in con.execute(_RUN_COUNTS_SQL).fetchall()}
-            models = int(con.execute("SELECT count(*) FROM registered_models").fetchone()[0])
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
-    return StoreSummary(ids.get("taskreg-tasks"), runs, models)
+    counts = mlflow_store.store_counts(db, REGISTRY_ID_TAG)
+    return None if counts is None else StoreSummary(counts.registry_id, counts.runs, counts.models)
 
 
 def process_token(pid: int | None = None) -> str:
@@ -516,72 +439,3 @@ def _stat_fields(pid: int) -> list[str]:
 def _start_time(pid: int) -> str:
     fields = _stat_fields(pid)
     return fields[19] if len(fields) > 19 else ""  # field 22: start time in clock ticks since boot
-
-
-_LOCATION_COLUMNS = (
-    ("experiments", "artifact_location"),
-    ("runs", "artifact_uri"),
-    ("model_versions", "source"),
-    ("model_versions", "storage_location"),
-    ("logged_models", "artifact_location"),
-)
-
-
-def _recorded_root(db: Path) -> Path | None:
-    """The registry root that ``mlflow.db`` was created under (from the tasks experiment's location)."""
-    import sqlite3
-
-    if not db.exists():
-        return None
-    con = sqlite3.connect(db)
-    try:
-        row = con.execute("SELECT artifact_location FROM experiments WHERE name = 'taskreg-tasks'").fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        con.close()
-    if row is None:
-        return None
-    return _local_path(row[0]).parent.parent  # <root>/artifacts/tasks
-
-
-def _relocate(db: Path, old_root: Path, new_root: Path) -> None:
-    """Rewrite the absolute artifact locations in ``mlflow.db`` after the registry was moved or copied.
-
-    MLflow stores artifact locations as absolute URIs; a registry restored from a backup or copied to a
-    new directory must point at its own ``artifacts/``. One sqlite transaction.
-    """
-    import sqlite3
-
-    old, new = str(old_root).rstrip("/") + "/", str(new_root).rstrip("/") + "/"
-    con = sqlite3.connect(db)
-    try:
-        with con:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            for table, column in _LOCATION_COLUMNS:
-                if table in tables:
-                    con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE instr({column}, ?) > 0",
-                                [old, new, old])
-    finally:
-        con.close()
-
-
-def _repoint_default_experiment(db: Path, location: Path) -> None:
-    """Set MLflow's ``Default`` experiment (id 0) to ``location`` when it points outside the registry."""
-    import sqlite3
-
-    con = sqlite3.connect(db)
-    try:
-        with con:
-            row = con.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()
-            if row is not None and _local_path(row[0]) != location:
-                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", [location.as_uri()])
-    finally:
-        con.close()
-
-
-def _local_path(uri: str) -> Path:
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(uri)
-    return Path(unquote(parsed.path)) if parsed.scheme in ("file", "") else Path(uri)

@@ -10,7 +10,7 @@ weighted Kendall tau of the whole ranking.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,3 +189,37 @@ def evaluate_rankings(
             mean_weighted_tau=float(np.mean(taus)) if taus else 0.0,
         )
     return reports
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic over tasks with its percentile-bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def overlaps(self, other: Interval) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+
+BOOTSTRAP_DRAWS = 2000
+
+
+def bootstrap(stat: Callable[[np.ndarray], float], n_tasks: int, *, draws: int = BOOTSTRAP_DRAWS,
+              level: float = 0.95, seed: int = 0) -> Interval:
+    """Percentile bootstrap over tasks: ``stat(idx)`` on all tasks and on ``draws`` resamples of them.
+
+    stat : a function of an index array (T',) into the rows of the caller's (T, ...) data, e.g.
+        ``lambda i: chosen[i].mean() / oracle[i].mean() - 1`` (the ratio of means) — resampling the same
+        tasks for the numerator and the denominator keeps their pairing.
+    n_tasks : T, drawn with replacement T at a time. Returns the statistic on every task and the
+        ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of its resampled values.
+    """
+    if n_tasks < 1 or draws < 1 or not 0.0 < level < 1.0:
+        raise TaskregError(f"bootstrap needs n_tasks >= 1, draws >= 1 and 0 < level < 1; got {n_tasks}, {draws}, "
+                           f"{level}")
+    rng = np.random.default_rng(seed)
+    values = np.array([stat(rng.integers(0, n_tasks, n_tasks)) for _ in range(draws)], dtype=np.float64)
+    low, high = np.quantile(values, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return Interval(float(stat(np.arange(n_tasks))), float(low), float(high))

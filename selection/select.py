@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 
@@ -122,10 +122,10 @@ def random_ranking(n: int, seed: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class Verified:
+class Verified(Generic[C]):
     """A candidate measured on the query data by the linear-probe protocol."""
 
-    candidate: Hashable
+    candidate: C
     result: ProbeResult
 
 
@@ -137,7 +137,7 @@ def verify_topk(
     protocol: LinearProbeProtocol | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[C, list[Verified]]:
+) -> tuple[C, list[Verified[C]]]:
     """Measure each candidate with a linear probe on the query data; return (winner, measurements).
 
     ``candidates`` are the top K of a ranking (best first, any hashable ids); ``feature_fn(candidate, x)``
@@ -150,7 +150,7 @@ def verify_topk(
     if len(candidates) == 0:
         raise TaskregError("verify_topk needs at least one candidate")
     protocol = protocol or LinearProbeProtocol()
-    measured: list[Verified] = []
+    measured: list[Verified[C]] = []
     for done, candidate in enumerate(candidates, start=1):
         measured.append(Verified(candidate, linear_probe_error(feature_fn(candidate, x), y, protocol)))
         if progress is not None:

@@ -46,7 +46,7 @@ NEEDS: dict[str, str] = {
     "sizes": "each expert's training-set size (classes, samples)",
 }
 #: cost classes: how much work one query costs, and which needs fit each
-COSTS: dict[str, str] = {
+COSTS: dict[Cost, str] = {
     "index": "one probe pass over the query, then stored vectors: no expert runs on the query",
     "forward": "a forward pass of every expert over the query",
     "none": "nothing computed on the query",

@@ -12,6 +12,7 @@ from PIL import Image
 
 from taskreg.data import Dataset, canonical_source, describe, list_builtins, load, parse_source
 from taskreg.data import validation as D  # the limits that the size tests lower
+from taskreg.data.selectors import LUMA, apply_transform, colour_pairs, lowres_shape
 from taskreg.data.sources import digits as builtin_digits
 from taskreg.data.sources import patches as builtin_patches
 from taskreg.errors import TaskregError
@@ -217,6 +218,89 @@ def test_transforms_change_pixels_and_keep_labels() -> None:
     chained = load("builtin:digits?n=200&transform=invert,rot90")
     assert chained.domain == "digits+invert+rot90"
     np.testing.assert_allclose(chained.x, np.rot90(1.0 - base.x, 1, axes=(2, 3)), atol=1e-6)
+
+
+def _blocks(x: np.ndarray, k: int) -> np.ndarray:
+    """(N, C, H, W) with H, W multiples of k → each k x k block replaced by its mean (the lowres reference)."""
+    n, c, h, w = x.shape
+    means = x.reshape(n, c, h // k, k, w // k, k).mean(axis=(3, 5))
+    return np.repeat(np.repeat(means, k, axis=2), k, axis=3)
+
+
+def test_lowres_exact_on_hand_made_images() -> None:
+    assert [lowres_shape(s, s) for s in (28, 32, 25, 8, 4, 3)] == [(7, 7), (8, 8), (6, 6), (4, 4), (4, 4), (3, 3)]
+    dot = np.zeros((1, 1, 28, 28), dtype=np.float32)
+    dot[0, 0, 5, 9] = 1.0  # one bright pixel: its 4x4 block (rows 4-7, columns 8-11) becomes 1/16, nothing else
+    expected = np.zeros_like(dot)
+    expected[0, 0, 4:8, 8:12] = 1 / 16
+    np.testing.assert_allclose(apply_transform(dot, "lowres", 0), expected, atol=1e-7)
+    ramp = (np.arange(64, dtype=np.float32) / 63).reshape(1, 1, 8, 8)  # 8 px: down to the 4 px floor, 2x2 blocks
+    out = apply_transform(ramp, "lowres", 0)
+    np.testing.assert_allclose(out[0, 0, :2, :2], np.full((2, 2), (0 + 1 + 8 + 9) / 4 / 63), atol=1e-7)
+    np.testing.assert_allclose(out, _blocks(ramp, 2), atol=1e-7)
+    tiny = np.array([[[[0.0, 1.0, 0.5, 0.25]] * 4]], dtype=np.float32)  # 4x4: already at the floor, unchanged
+    np.testing.assert_array_equal(apply_transform(tiny, "lowres", 0), tiny)
+    rgb = np.random.default_rng(3).uniform(0, 1, (2, 3, 25, 30)).astype(np.float32)  # sides not multiples of 4
+    out = apply_transform(rgb, "lowres", 7)
+    assert out.shape == rgb.shape and out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+    assert len(np.unique(out[0, 0])) <= 6 * 8 and abs(float(out.mean()) - float(rgb.mean())) < 0.01
+    np.testing.assert_array_equal(apply_transform(rgb[:, 1:2], "lowres", 0), out[:, 1:2])  # channels apart, no seed
+
+
+def test_colour_exact_on_hand_made_images() -> None:
+    grey = np.array([[[[0.0, 1.0], [0.5, 0.25]]], [[[0.0, 1.0], [1.0, 0.0]]]], dtype=np.float32)  # (2, 1, 2, 2)
+    out = apply_transform(grey, "colour", 5)
+    dark, light = colour_pairs(2, 5)
+    assert out.shape == (2, 3, 2, 2) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, :, 0, 0], dark, atol=1e-6)  # black -> the image's dark colour
+    np.testing.assert_allclose(out[:, :, 0, 1], light, atol=1e-6)  # white -> its light colour
+    np.testing.assert_allclose(out[0, :, 1, 0], (dark[0] + light[0]) / 2, atol=1e-6)
+    np.testing.assert_allclose(out[0, :, 1, 1], 0.75 * dark[0] + 0.25 * light[0], atol=1e-6)
+    assert np.abs(dark[0] - dark[1]).max() > 0.01 or np.abs(light[0] - light[1]).max() > 0.01  # per image
+    np.testing.assert_array_equal(apply_transform(grey, "colour", 5), out)  # deterministic given the seed
+    assert np.abs(apply_transform(grey, "colour", 6) - out).max() > 0.01
+    rgb = np.zeros((1, 3, 1, 3), dtype=np.float32)  # pixels: black, pure red, white -> grey 0, 0.299, 1
+    rgb[0, 0, 0, 1] = 1.0
+    rgb[0, :, 0, 2] = 1.0
+    out = apply_transform(rgb, "colour", 0)
+    dark, light = colour_pairs(1, 0)
+    for j, g in enumerate((0.0, LUMA[0], 1.0)):
+        np.testing.assert_allclose(out[0, :, 0, j], dark[0] + g * (light[0] - dark[0]), atol=1e-6)
+    # the colour pairs: real, varied colours of guaranteed contrast (HSV ranges of colour_pairs' docstring)
+    from skimage.color import rgb2hsv
+
+    dark, light = colour_pairs(500, 0)
+    hsv_dark, hsv_light = rgb2hsv(dark[:, None])[:, 0], rgb2hsv(light[:, None])[:, 0]
+    visible = hsv_dark[:, 2] > 0.01  # a near-black colour's hue is not measurable
+    assert hsv_dark[:, 2].max() <= 0.3 + 1e-6 and hsv_light[:, 2].min() >= 0.7 - 1e-6
+    assert hsv_light[:, 1].min() >= 0.5 - 1e-5 and hsv_dark[visible, 1].min() >= 0.5 - 1e-3
+    gap = np.abs(hsv_light[visible, 0] - hsv_dark[visible, 0])
+    gap = np.minimum(gap, 1 - gap)
+    assert gap.min() >= 1 / 6 - 1e-3 and np.ptp(hsv_light[:, 0]) > 0.9
+    assert dark.min() >= 0.0 and light.max() <= 1.0
+
+
+def test_lowres_and_colour_through_source_strings() -> None:
+    base = load("builtin:digits?n=200")
+    low = load("builtin:digits?n=200&transform=lowres")
+    assert low.domain == "digits+lowres" and low.shape == (1, 8, 8)
+    np.testing.assert_allclose(low.x, _blocks(base.x, 2), atol=1e-6)
+    np.testing.assert_array_equal(low.y, base.y)
+    grey = load("builtin:mnist5k?classes=1,7&split=test")
+    col = load("builtin:mnist5k?classes=1,7&split=test&transform=colour")
+    assert col.domain == "mnist5k+colour" and col.shape == (3, 28, 28) and col.n == grey.n == 250
+    assert col.x.dtype == np.float32 and col.x.min() >= 0.0 and col.x.max() <= 1.0
+    np.testing.assert_array_equal(col.y, grey.y)
+    dark, light = colour_pairs(col.n, 0)
+    expected = dark[:, :, None, None] + grey.x * (light - dark)[:, :, None, None]
+    np.testing.assert_allclose(col.x, expected, atol=1e-6)
+    assert load("builtin:mnist5k?classes=1,7&split=test&transform=colour").fingerprint() == col.fingerprint()
+    assert load("builtin:mnist5k?classes=1,7&split=test&transform=colour&seed=1").fingerprint() != col.fingerprint()
+    both = load("builtin:mnist5k?classes=1,7&split=test&transform=colour,lowres")
+    assert both.domain == "mnist5k+colour+lowres" and describe(both).shape == (3, 28, 28)
+    np.testing.assert_allclose(both.x, _blocks(col.x, 4), atol=1e-6)
+    photos = load("builtin:patches?classes=coffee,rocket&transform=colour")
+    assert photos.shape == (3, 32, 32) and photos.domain == "patches+colour"
 
 
 def test_brief_example_source() -> None:
@@ -517,7 +601,10 @@ def test_selector_errors(tmp_path: pathlib.Path) -> None:
     _raises("builtin:digits?n=5", "smaller than the number of classes")
     _raises("builtin:digits?seed=-1", "must be >= 0")
     _raises("builtin:digits?split=foo", "split='foo' is not one of: train, test")
-    _raises("builtin:digits?transform=foo", "unknown transform 'foo'; known: invert, rot90, blur, noise")
+    _raises("builtin:digits?transform=foo",
+            "unknown transform 'foo'; known: invert, rot90, blur, noise, lowres, colour$")
+    _raises("builtin:digits?transform=colour,lowres,low", "unknown transform 'low'; known: invert, rot90, blur, "
+            "noise, lowres, colour$")
     _raises("builtin:digits?n=5&n=6", "given twice")
     _raises("builtin:digits?n", "needs a value")
     with pytest.raises(TaskregError, match="source is empty"):

@@ -987,11 +987,11 @@ def test_a_registered_toy_selector_works_end_to_end_without_editing_any_list(
 
     l1 = reg.select(QUERY, method="toy-l1", top=10)
     assert l1.better == "lower" and "re-ranked" in l1.cost
-    assert {r["expert"] for r in l1.results if r["score"] is None} == set(UNSCORED["sym"])  # no embedded task
-    assert sorted(r["expert"] for r in l1.results if r["score"] is not None) == ["late", "with-task"]  # on `good`
+    assert {r.expert for r in l1.results if r.score is None} == set(UNSCORED["sym"])  # no embedded task
+    assert sorted(r.expert for r in l1.results if r.score is not None) == ["late", "with-task"]  # on `good`
 
     last = reg.select(QUERY, method="toy-last", top=10)
-    assert [r["expert"] for r in last.results] == [e.name for e in reg.list_experts()][::-1]
+    assert [r.expert for r in last.results] == [e.name for e in reg.list_experts()][::-1]
     assert last.cost == "no computation" and last.better == "higher"
 
 
@@ -1039,3 +1039,29 @@ def test_the_old_spellings_give_the_same_answers(ranked_lab: Path) -> None:
     # select's --method stays the ranking method: no note, and not taken for the estimator
     res = runner.invoke(app, [*r, "select", "--data", QUERY, "--method", "sym", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["method"] == "sym" and "deprecated" not in res.stderr
+
+
+# ---- issue 13/14: affinity, policy and Taskonomy lookups through the catalog (h2): hostile names stay data
+# (These guard the queries that moved into registry/catalog/; the original code refused them the same way.)
+
+SQL_LOOKUPS = {
+    "winrate of an injected dictionary": ["winrate", "--target", "rgb2depth", "--dictionary",
+                                          "d'; DROP TABLE winrates; --"],
+    "winrate of an injected target": ["winrate", "--target", "x' OR '1'='1", "--dictionary", "taskonomy-1k"],
+    "affinity show of an injected name": ["affinity", "show", "x' OR '1'='1"],
+    "policy on an injected affinity set": ["policy", "--affinity", "x'); DELETE FROM policies; --", "--budget", "2"],
+    "add-target to a dictionary never built": ["taskonomy", "add-target", "t", "--dictionary", "builtin-tiny",
+                                               "--data", "builtin:digits?n=40"],
+}
+
+
+@pytest.mark.parametrize("case", list(SQL_LOOKUPS))
+def test_hostile_catalog_lookups_are_refused_cleanly(case: str, registry_root: Path) -> None:
+    Registry.open(registry_root).affinity("taskonomy-1k")  # stored: its published win rates too
+    before = snapshot(registry_root)
+    res = runner.invoke(app, ["-r", str(registry_root), *SQL_LOOKUPS[case]])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (case, res.output)
+    assert snapshot(registry_root) == before, case
+    if "winrate" in case:
+        assert "no win rates for" in lines[0], lines[0]

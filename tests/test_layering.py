@@ -4,11 +4,16 @@ Layers (docs/ARCHITECTURE.md): cli -> registry -> embedders / trainers / selecti
 import the registry or the CLI (at module level, inside functions or under TYPE_CHECKING alike), and the registry
 never imports the CLI. Modules of those layers stay at most ``MAX_LINES`` lines unless the first lines of their
 docstring say why (a line starting ``Size:`` or ``Reason:``).
+
+Inside the registry, SQL runs only in the catalog layer (registry/catalog/: no ``execute(`` elsewhere), and MLflow is
+reached only through registry/tracking.py, the one importer of ``mlflow`` and of registry/catalog/mlflow_store.py
+(the SQL on MLflow's own sqlite schema, the one importer of ``sqlite3``).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root is the package ``taskreg``
@@ -17,6 +22,12 @@ FORBIDDEN = {layer: ("taskreg.registry", "taskreg.cli") for layer in PURE} | {"r
 MAX_LINES = 500
 SIZE_LAYERS = ("registry", "embedders", "trainers", "selection", "data")
 SIZE_REASON_LINES = 10  # a ``Size:`` line must sit within the docstring's first lines
+# Modules that may import a name (the name or any submodule of it); every other package module must not.
+ONLY_IMPORTED_BY = {
+    "mlflow": ("registry/tracking.py",),
+    "taskreg.registry.catalog.mlflow_store": ("registry/tracking.py",),
+    "sqlite3": ("registry/catalog/mlflow_store.py",),
+}
 
 # Modules over MAX_LINES today without a written reason, each with why it is allowed for now. The test fails when an
 # entry is no longer needed (the module shrank, gained a ``Size:`` line, or is gone): delete it then, so the list only
@@ -132,3 +143,83 @@ def test_no_oversized_module_without_a_written_reason() -> None:
 def test_size_allowances_are_still_needed() -> None:
     stale = sorted(set(SIZE_ALLOWANCE) - set(oversized()))
     assert stale == [], f"remove from SIZE_ALLOWANCE in tests/test_layering.py (now short or explained): {stale}"
+
+
+# ---- issue 13: one home for SQL. Outside registry/catalog/ no module runs a statement or holds SQL text.
+SQL_CALLS = {"execute", "executemany"}
+SQL_TEXT = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|DELETE\s+FROM|UPDATE\s+\w+\s+SET|CREATE\s+(OR\s+REPLACE\s+)?"
+                      r"(TEMP\s+)?TABLE|DROP\s+TABLE)\b", re.DOTALL)
+# Modules that still hold SQL, each with why; the list only shrinks (the test below fails on a stale entry).
+SQL_ALLOWANCE: dict[str, str] = {}
+
+
+def sql_outside_catalog(files: list[Path], root: Path = ROOT) -> dict[str, list[int]]:
+    """``file -> lines`` of every ``.execute(...)`` call and SQL string outside registry/catalog/ (tests excluded)."""
+    found: dict[str, list[int]] = {}
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("registry/catalog/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            call = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in SQL_CALLS)
+            text = isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_TEXT.search(node.value)
+            if call or text:
+                found.setdefault(rel, []).append(node.lineno)
+    return found
+
+
+def test_sql_lives_in_the_catalog_only() -> None:
+    bad = {f: lines for f, lines in sql_outside_catalog(package_modules()).items() if f not in SQL_ALLOWANCE}
+    assert bad == {}, f"SQL outside registry/catalog/ (move it into a catalog function): {bad}"
+
+
+def test_sql_allowances_are_still_needed() -> None:
+    stale = sorted(set(SQL_ALLOWANCE) - set(sql_outside_catalog(package_modules())))
+    assert stale == [], f"remove from SQL_ALLOWANCE in tests/test_layering.py (no SQL left there): {stale}"
+
+
+def test_sql_check_catches_calls_and_statements(tmp_path: Path) -> None:
+    (tmp_path / "registry" / "catalog").mkdir(parents=True)
+    (tmp_path / "registry" / "catalog" / "ok.py").write_text('con.execute("SELECT 1 FROM t")\n')
+    (tmp_path / "registry" / "a.py").write_text('rows = con.execute(q).fetchall()\n')
+    (tmp_path / "registry" / "b.py").write_text('Q = (\n    "DELETE FROM winrates "\n    "WHERE x = ?")\n')
+    (tmp_path / "registry" / "c.py").write_text('"""Select a policy from the catalog."""\nx = "insert into"\n')
+    files = sorted((tmp_path / "registry").rglob("*.py"))
+    assert sql_outside_catalog(files, root=tmp_path) == {"registry/a.py": [1], "registry/b.py": [2]}
+
+
+def restricted_imports(files: list[Path], root: Path = ROOT) -> list[str]:
+    """``file:line imports module`` for every import of a name of ``ONLY_IMPORTED_BY`` by a module not listed."""
+    bad = []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        for line, name in imported_modules(path, root):
+            for restricted, allowed in ONLY_IMPORTED_BY.items():
+                if (name == restricted or name.startswith(restricted + ".")) and rel not in allowed:
+                    bad.append(f"{rel}:{line} imports {name}")
+    return bad
+
+
+def test_mlflow_is_reached_only_through_the_tracking_layer() -> None:
+    bad = restricted_imports(package_modules())
+    assert bad == [], "MLflow or its sqlite store reached outside registry/tracking.py:\n" + "\n".join(bad)
+
+
+def test_import_check_catches_its_forms(tmp_path: Path) -> None:
+    """The checker itself: each spelling of a restricted import is reported; the allowed importers are not."""
+    files = {
+        "registry/tracking.py": "import mlflow\nfrom taskreg.registry.catalog import mlflow_store\n",
+        "registry/catalog/mlflow_store.py": "import sqlite3\n",
+        "registry/core.py": "from taskreg.registry.catalog import mlflow_store\nimport mlflow.entities\n",
+        "registry/backup.py": "def f():\n    from .catalog.mlflow_store import copy_database\n",
+        "registry/recovery.py": "from mlflow.exceptions import MlflowException\nimport sqlite3\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    paths = [tmp_path / rel for rel in files]
+    found = restricted_imports(paths, root=tmp_path)
+    assert sorted({b.split(" imports ")[0] for b in found}) == [
+        "registry/backup.py:2", "registry/core.py:1", "registry/core.py:2", "registry/recovery.py:1",
+        "registry/recovery.py:2"]

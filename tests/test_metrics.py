@@ -106,3 +106,25 @@ def test_chance_is_mean_expert() -> None:
 def test_bad_inputs_raise_taskreg_error(call) -> None:
     with pytest.raises(TaskregError):
         call()
+
+
+def test_bootstrap_interval_of_a_mean() -> None:
+    from taskreg.selection.metrics import bootstrap
+
+    values = np.array([0.0, 1.0] * 50)
+    ci = bootstrap(lambda i: float(values[i].mean()), len(values), draws=4000, seed=1)
+    assert ci.value == 0.5
+    # the mean of 100 fair coin flips: standard error 0.05, so the 95% interval is about 0.5 +- 0.098
+    assert 0.39 < ci.low < 0.42 and 0.58 < ci.high < 0.61
+    same = bootstrap(lambda i: float(values[i].mean()), len(values), draws=4000, seed=1)
+    assert same == ci  # seeded
+    constant = bootstrap(lambda i: 0.25, 10)
+    assert (constant.value, constant.low, constant.high) == (0.25, 0.25, 0.25)
+    assert not ci.overlaps(bootstrap(lambda i: 2.0, 3)) and ci.overlaps(ci)
+
+
+def test_bootstrap_refuses_empty_input() -> None:
+    from taskreg.selection.metrics import bootstrap
+
+    with pytest.raises(TaskregError, match="n_tasks >= 1"):
+        bootstrap(lambda i: 0.0, 0)

@@ -3,6 +3,7 @@ probe → tasks → experts → expert×task results → Model2Vec → select, p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -16,6 +17,9 @@ from taskreg.cli import app
 from taskreg.embedders.model2vec import L2_GRID
 from taskreg.errors import TaskregError
 from taskreg.registry import Registry
+from taskreg.registry.expert_selection import RankedExpert, Selection, VerifiedExpert
+from taskreg.registry.experts import ExpertDetails
+from taskreg.registry.model2vec_fitting import Model2VecFit
 from taskreg.selection.selectors import get_selector, list_selectors
 from tests.conftest import snapshot
 
@@ -48,11 +52,11 @@ def built(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         reg.add_task(f"{task}-q", source, max_samples=150)
     done, skipped = reg.evaluate()
     assert (done, skipped) == (15, 0)
-    assert reg.fit_model2vec(epochs=50)["l2"] in L2_GRID  # the default: penalty chosen by cross-validation
+    assert reg.fit_model2vec(epochs=50).l2 in L2_GRID  # the default: penalty chosen by cross-validation
     # a weak fixed penalty, so the fit reproduces what it is fitted to predict (checked by the select test below)
     info = reg.fit_model2vec(epochs=200, l2=1e-3)
-    assert info["final_loss"] < info["initial_loss"]  # Model2Vec reduces its training loss
-    (root / "model2vec-run.txt").write_text(info["run_id"])
+    assert isinstance(info, Model2VecFit) and info.final_loss < info.initial_loss  # Model2Vec reduces its loss
+    (root / "model2vec-run.txt").write_text(info.run_id)
     return root
 
 
@@ -118,8 +122,44 @@ def test_select_baselines_and_verify(built: Path) -> None:
         assert len(out.results) == 3 and out.cost and out.better == get_selector(method).better
     out = reg.select(q, method="asym", top=1, verify=5)
     assert len(out.verified) == 3 and out.measured_winner is not None
-    errors = [v["test_error"] for v in out.verified]
+    errors = [v.test_error for v in out.verified]
     assert errors == sorted(errors)
+    # issue 13: the answer and its rows are frozen dataclasses; to_json() is the CLI's JSON shape
+    assert isinstance(out, Selection) and isinstance(out.results[0], RankedExpert)
+    assert all(isinstance(v, VerifiedExpert) for v in out.verified)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.results[0].score = 0.0  # type: ignore[misc]
+    payload = out.to_json()
+    assert list(payload) == ["query", "method", "better", "results", "seconds", "cost", "candidates_scored",
+                             "n_experts", "verified", "measured_winner"]
+    assert payload["results"] == [{"rank": 1, "expert": out.results[0].expert, "score": out.results[0].score,
+                                   "trained_on": out.results[0].trained_on,
+                                   "measured_error": out.results[0].measured_error, "basis": out.results[0].basis}]
+    assert out.results[0].basis == f"Task2Vec (montecarlo) of its training task {out.results[0].trained_on}"
+    assert payload["verified"] == [{"expert": v.expert, "test_error": v.test_error} for v in out.verified]
+
+
+def test_expert_show_is_a_frozen_record_with_the_same_json(built: Path) -> None:
+    """issue 13: ``show_expert`` returns a frozen dataclass; ``expert show --json`` keeps its keys and values."""
+    reg = Registry.open(built)
+    info = reg.show_expert("exp-mnist-low")
+    assert isinstance(info, ExpertDetails) and info.expert == reg.get_expert("exp-mnist-low")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.task_errors = ()  # type: ignore[misc]
+    errors = [e.test_error for e in info.task_errors]
+    assert len(errors) == 5 and errors == sorted(errors)  # every task measured, best first
+    res = runner.invoke(app, ["--registry", str(built), "expert", "show", "exp-mnist-low", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert list(out) == ["id", "name", "arch", "sha256", "weights", "trained_on", "origin", "n_train", "n_classes",
+                         "run_id", "model_version", "created_at", "task_errors", "model2vec"]
+    assert out["name"] == "exp-mnist-low" and out["trained_on"] == "mnist-low" and out["origin"] == "trained"
+    assert out["task_errors"] == [{"task": e.task, "test_error": e.test_error} for e in info.task_errors]
+    assert out["model2vec"] == [dataclasses.asdict(f) for f in info.model2vec]  # the form of each Model2Vec vector
+    assert [f.form for f in info.model2vec] == ["m_i = F_i + b_i"]  # trained on a task and measured
+    res = runner.invoke(app, ["--registry", str(built), "expert", "show", "exp-mnist-low"])
+    assert res.exit_code == 0 and "name: exp-mnist-low" in res.stdout
+    assert f"  task={info.task_errors[0].task}, test_error=" in res.stdout
 
 
 def test_task_commands(built: Path, tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from taskreg.cli import app
-from taskreg.registry import Registry
+from taskreg.registry import Registry, catalog
+from taskreg.registry.taskonomy_pipeline import AddTargetReport
 from taskreg.selection.ahp import winrate_matrix_from_losses
 from tests.conftest import snapshot
 
@@ -102,6 +103,7 @@ def test_add_target_extends_the_affinity_set(built: Path, tmp_path: Path) -> Non
     res = runner.invoke(app, ["--registry", r, "taskonomy", "add-target", "digits17", "--dictionary", "builtin-tiny",
                               "--data", "builtin:digits?classes=1,7&n=120", "--epochs", "3", "--max-order", "2"])
     assert res.exit_code == 0, res.output
+    assert "added target digits17 to builtin-tiny: " in res.output and "best first-order source " in res.output
     res = runner.invoke(app, ["--registry", r, "policy", "--affinity", "builtin-tiny", "--budget", "1",
                               "--targets", "digits17", "--json"])
     pol = json.loads(res.stdout)
@@ -109,7 +111,20 @@ def test_add_target_extends_the_affinity_set(built: Path, tmp_path: Path) -> Non
     aff = Registry.open(root).affinity("builtin-tiny")
     assert "digits17" in aff.targets
     assert sum(t.value for t in aff.options_for("digits17")) == pytest.approx(1.0)
-    assert Registry.open(root).check().ok
+    # the Python API answers with a typed report: first order only here (6 sources + scratch), one epoch each
+    rep = Registry.open(root).taskonomy_add_target("digits23", "builtin:digits?classes=2,3&n=80",
+                                                   dictionary="builtin-tiny", max_order=1, epochs=1)
+    assert isinstance(rep, AddTargetReport)
+    assert (rep.target, rep.dictionary, rep.jobs) == ("digits23", "builtin-tiny", rep.sources + 1)
+    reg = Registry.open(root)
+    with reg.read() as con:
+        first = [t for t in catalog.transfers_by_keys(con, "builtin-tiny", sorted(catalog.transfer_keys(
+            con, "builtin-tiny"))) if t.target == "digits23" and t.kind == "transfer"]
+    assert len(first) == rep.sources
+    best = min(first, key=lambda t: t.mean_loss)
+    assert (rep.best_first_order, rep.best_loss) == (best.sources, pytest.approx(best.mean_loss))
+    assert {"digits17", "digits23"} <= set(reg.affinity("builtin-tiny").targets)
+    assert reg.check().ok
 
 
 def test_bad_taskonomy_inputs(built: Path, tmp_path: Path) -> None:

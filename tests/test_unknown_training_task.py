@@ -72,7 +72,7 @@ def zoo_lab(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_the_third_party_expert_is_measured_best(zoo_lab: dict) -> None:
-    _, names, errors = Registry.open(zoo_lab["root"]).experts.results_matrix()
+    _, names, errors = Registry.open(zoo_lab["root"]).evaluator.results_matrix()
     best = names.index("third-party")
     assert np.isnan(errors[:, names.index("unmeasured")]).all()
     others = np.delete(errors[:, :3], best, axis=1)
@@ -152,7 +152,7 @@ def test_every_method_says_what_each_score_rests_on(zoo_lab: dict) -> None:
     for method in list_selectors():
         rows = reg.select(QUERY, method=method, top=10).results
         for r in rows:
-            assert (r["basis"] is None) == (r["score"] is None), (method, r)
+            assert (r.basis is None) == (r.score is None), (method, r)
 
 
 def test_refit_after_measuring_gives_the_skipped_expert_a_vector(zoo_lab: dict, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 
 from taskreg.errors import TaskregError
-from taskreg.registry.catalog.schema import connect
+from taskreg.registry.catalog.schema import ConfigValue, connect
 
 # What `taskreg sql` may run, by DuckDB's own parse of the statement: queries (SELECT, and SHOW, DESCRIBE,
 # SUMMARIZE, FROM-first, VALUES, which DuckDB parses as SELECT), EXPLAIN and PRAGMA (the pragmas that change
@@ -16,7 +16,7 @@ CONSOLE_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "PRAGMA"})
 # The console's DuckDB configuration: no file outside the catalog is read or written (COPY, EXPORT, ATTACH,
 # read_csv/read_text/glob/..., extensions), no extension is installed or loaded, and `lock_configuration`
 # (set last, see :func:`connect_console`) forbids any SET that would undo this.
-CONSOLE_CONFIG: dict[str, object] = {
+CONSOLE_CONFIG: dict[str, ConfigValue] = {
     "enable_external_access": False,
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
@@ -31,7 +31,8 @@ def connect_console(path: Path | str, spill_dir: Path | None) -> duckdb.DuckDBPy
     ``spill_dir``: a directory private to this query where DuckDB may spill a large sort or join (it must
     not exist yet; its parent must), or None to keep everything in memory.
     """
-    config = {**CONSOLE_CONFIG, "temp_directory": str(spill_dir) if spill_dir is not None else ""}
+    spill = str(spill_dir) if spill_dir is not None else ""
+    config: dict[str, ConfigValue] = {**CONSOLE_CONFIG, "temp_directory": spill}
     con = connect(path, read_only=True, config=config)
     con.execute("SET lock_configuration = true")
     return con

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import duckdb
 
+from taskreg.registry.catalog.rows import fetch_one
+
 
 def referenced_run_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Every MLflow run id a catalog row holds (task embeddings, experts, probes, transfers)."""
@@ -35,7 +37,7 @@ _DANGLING = {
 
 def dangling_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """What -> how many rows of that kind point at nothing (or hold non-finite vectors); all should be 0."""
-    return {what: int(con.execute(sql).fetchone()[0]) for what, sql in _DANGLING.items()}
+    return {what: int(fetch_one(con, sql)[0]) for what, sql in _DANGLING.items()}
 
 
 def run_references(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:

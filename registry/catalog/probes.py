@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
@@ -27,7 +28,7 @@ class ProbeRecord:
 PROBE_COLS = "name, arch, input_size, in_chans, mean, std, sha256, weights, origin, run_id"
 
 
-def _probe(*row: object) -> ProbeRecord:
+def _probe(*row: Any) -> ProbeRecord:  # one catalog row, in the order of PROBE_COLS
     r = list(row)
     r[4], r[5] = tuple(r[4]), tuple(r[5])
     return ProbeRecord(*r)

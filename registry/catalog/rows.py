@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import duckdb
 import numpy as np
 
 from taskreg.errors import TaskregError
+
+
+def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] = ()) -> tuple[Any, ...]:
+    """The row of a query that always returns one: an aggregate, or an ``INSERT ... RETURNING`` of one row."""
+    row = con.execute(sql, list(params)).fetchone()
+    if row is None:
+        raise RuntimeError(f"catalog query returned no row: {sql}")
+    return row
 
 
 def vectors_to_numpy(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] = ()) -> tuple[
@@ -21,6 +30,8 @@ def vectors_to_numpy(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[
     with warnings.catch_warnings():  # DuckDB notes the one extra copy; fine for catalog-sized results
         warnings.simplefilter("ignore", UserWarning)
         table = con.execute(sql, list(params)).to_arrow_table()
+    if table is None:  # only a statement without a result set (not a SELECT) gives none
+        raise RuntimeError(f"catalog query returned no result set: {sql}")
     ids = table.column(0).to_numpy().astype(np.int64)
     if table.num_rows == 0:
         return ids, np.zeros((0, 0), dtype=np.float32)

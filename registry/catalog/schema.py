@@ -21,6 +21,10 @@ from pathlib import Path
 import duckdb
 
 from taskreg.errors import TaskregError
+from taskreg.registry.catalog.rows import fetch_one
+
+#: a value of DuckDB's connection configuration (``duckdb.connect(config=...)``)
+ConfigValue = str | int | float | list[str]
 
 _MIGRATION_1 = """
 CREATE SEQUENCE IF NOT EXISTS task_id_seq START 1;
@@ -204,7 +208,7 @@ TABLES = (
 # --------------------------------------------------------------------------- connections
 
 def connect(path: Path | str, *, read_only: bool = False, wait: float = 30.0,
-            config: Mapping[str, object] | None = None) -> duckdb.DuckDBPyConnection:
+            config: Mapping[str, ConfigValue] | None = None) -> duckdb.DuckDBPyConnection:
     """Open the catalog, retrying while another process holds DuckDB's file lock (bounded wait)."""
     deadline = time.monotonic() + wait
     delay = 0.05
@@ -247,13 +251,10 @@ def fold_wal(path: Path) -> None:
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     """The catalog's schema version; 0 for an empty database."""
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
-    ).fetchone()[0]
+    exists = fetch_one(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'")[0]
     if not exists:
         return 0
-    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
-    return int(row[0] or 0)
+    return int(fetch_one(con, "SELECT max(version) FROM schema_version")[0] or 0)
 
 
 def migrate(con: duckdb.DuckDBPyConnection, *, target: int = SCHEMA_VERSION) -> list[int]:
@@ -294,4 +295,4 @@ def set_registry_id(con: duckdb.DuckDBPyConnection, value: str) -> None:
 
 def counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Row count of every table (for `taskreg status` and tests)."""
-    return {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES}
+    return {t: int(fetch_one(con, f"SELECT count(*) FROM {t}")[0]) for t in TABLES}

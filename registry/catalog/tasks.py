@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from taskreg.registry.catalog.rows import fetch_rows, vector_param
+from taskreg.registry.catalog.rows import fetch_one, fetch_rows, vector_param
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,11 @@ def insert_task(
     con: duckdb.DuckDBPyConnection, *, name: str, source: str, domain: str, n_samples: int,
     n_classes: int, fingerprint: str,
 ) -> int:
-    row = con.execute(
-        "INSERT INTO tasks (name, source, domain, n_samples, n_classes, fingerprint) "
+    row = fetch_one(
+        con, "INSERT INTO tasks (name, source, domain, n_samples, n_classes, fingerprint) "
         "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         [name, source, domain, n_samples, n_classes, fingerprint],
-    ).fetchone()
+    )
     return int(row[0])
 
 
@@ -96,7 +96,7 @@ class EmbeddingInfo:
 
 
 def count_tasks(con: duckdb.DuckDBPyConnection) -> int:
-    return int(con.execute("SELECT count(*) FROM tasks").fetchone()[0])
+    return int(fetch_one(con, "SELECT count(*) FROM tasks")[0])
 
 
 def task_exists(con: duckdb.DuckDBPyConnection, task_id: int) -> bool:
@@ -158,3 +158,16 @@ def task_vectors_by_id(con: duckdb.DuckDBPyConnection, probe: str, method: str,
         [probe, method, list(ids)],
     ).fetchall()
     return [(int(i), n, d, np.asarray(v, dtype=np.float32)) for i, n, d, v in rows]
+
+
+def task_name_by_fingerprint(con: duckdb.DuckDBPyConnection, fingerprint: str) -> str | None:
+    """The oldest registered task holding the data of ``fingerprint``, if any."""
+    row = con.execute("SELECT name FROM tasks WHERE fingerprint = ? ORDER BY id LIMIT 1", [fingerprint]).fetchone()
+    return str(row[0]) if row else None
+
+
+def embedded_task_names(con: duckdb.DuckDBPyConnection, probe: str, method: str) -> set[str]:
+    """The names of the tasks embedded with ``probe``/``method``."""
+    return {str(r[0]) for r in con.execute(
+        "SELECT t.name FROM task_embeddings e JOIN tasks t ON t.id = e.task_id WHERE e.probe = ? AND e.method = ?",
+        [probe, method]).fetchall()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 
-from taskreg.registry.catalog.rows import vectors_to_numpy
+from taskreg.registry.catalog.rows import fetch_one, vectors_to_numpy
 
 
 def bump_generation(con: duckdb.DuckDBPyConnection, kind: str) -> int:
@@ -14,7 +14,7 @@ def bump_generation(con: duckdb.DuckDBPyConnection, kind: str) -> int:
         "INSERT INTO index_state VALUES (?, 1) ON CONFLICT (kind) DO UPDATE SET generation = generation + 1",
         [kind],
     )
-    return int(con.execute("SELECT generation FROM index_state WHERE kind = ?", [kind]).fetchone()[0])
+    return int(fetch_one(con, "SELECT generation FROM index_state WHERE kind = ?", [kind])[0])
 
 
 def generation(con: duckdb.DuckDBPyConnection, kind: str) -> int:
@@ -45,5 +45,4 @@ def kind_count(con: duckdb.DuckDBPyConnection, kind: str) -> int:
     """Number of vectors of one vector kind."""
     family, probe, method = kind.split("/")
     table = "task_embeddings" if family == "task" else "model2vec"
-    row = con.execute(f"SELECT count(*) FROM {table} WHERE probe = ? AND method = ?", [probe, method]).fetchone()
-    return int(row[0])
+    return int(fetch_one(con, f"SELECT count(*) FROM {table} WHERE probe = ? AND method = ?", [probe, method])[0])

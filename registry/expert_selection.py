@@ -1,0 +1,336 @@
+"""Expert selection: ``select`` answers "which feature extractor for this dataset?".
+
+The query is embedded once with the probe, the Faiss index proposes candidates (cosine on normalised vectors, so the
+cost per query does not grow with the number of experts), and the candidates are re-ranked exactly by the chosen
+distance. The transferability baselines (LogME, LEEP, NCE, H-score) need a forward pass of every expert over the
+query data instead; their cost is reported with the answer. The ranking methods are the selector registry's
+(:func:`taskreg.selection.selectors.list_selectors`): a method's cost class and needs decide what is gathered for it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from taskreg import data as datasets
+from taskreg.errors import TaskregError
+from taskreg.progress import Progress
+from taskreg.registry import catalog, expert_basis
+from taskreg.registry.core import Core
+from taskreg.registry.expert_evaluation import ExpertEvaluator
+from taskreg.registry.experts import ExpertService
+from taskreg.registry.index import IndexManager, search
+from taskreg.registry.model2vec_fitting import Model2VecFitter
+from taskreg.registry.probes import ProbeService
+from taskreg.registry.tasks import TaskService
+
+if TYPE_CHECKING:
+    from taskreg.selection.selectors import Selector
+
+
+@dataclass(frozen=True)
+class RankedExpert:
+    """One row of a ranking: the expert's rank, its score (None, with the reason, when the method cannot score it)
+    and its measured test error on the query (when the query is a registered task or the expert was verified);
+    ``basis``: what a score rests on (a Model2Vec vector's form, the training task's Task2Vec, a forward pass, ...),
+    None for an unscored row — a ranking never mixes kinds silently."""
+
+    rank: int
+    expert: str
+    score: float | None
+    trained_on: str | None
+    measured_error: float | None
+    unscored_reason: str | None = None
+    basis: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rank": self.rank, "expert": self.expert, "score": self.score,
+                               "trained_on": self.trained_on, "measured_error": self.measured_error,
+                               "basis": self.basis}
+        if self.score is None:
+            out["unscored_reason"] = self.unscored_reason
+        return out
+
+
+@dataclass(frozen=True)
+class VerifiedExpert:
+    """One expert measured with the linear probe on the query (``--verify``); ``note`` says why it could not be."""
+
+    expert: str
+    test_error: float | None
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"expert": self.expert, "test_error": self.test_error}
+        if self.note is not None:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The answer of :meth:`SelectionService.select` (the CLI's JSON shape, plus diagnostics)."""
+
+    query: str
+    method: str
+    results: tuple[RankedExpert, ...]
+    seconds: float
+    cost: str
+    candidates_scored: int
+    n_experts: int
+    verified: tuple[VerifiedExpert, ...] = ()
+    measured_winner: str | None = None
+    better: str = "lower"  # "lower" or "higher": which way the method's score points
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"query": self.query, "method": self.method, "better": self.better,
+                               "results": [r.to_json() for r in self.results], "seconds": self.seconds,
+                               "cost": self.cost, "candidates_scored": self.candidates_scored,
+                               "n_experts": self.n_experts}
+        if self.verified:
+            out["verified"] = [v.to_json() for v in self.verified]
+            out["measured_winner"] = self.measured_winner
+        return out
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One expert in a ranking: its score, or None and the reason the method could not score it."""
+
+    expert: catalog.ExpertRecord
+    score: float | None
+    unscored_reason: str | None = None
+
+
+def nonfinite_note(what: str = "features") -> str:
+    """Why an expert whose ``what`` (features, outputs) on the query hold NaN or Inf is not scored or measured."""
+    return f"NaN or infinite {what} on the query (its weights are broken; `taskreg expert rm` removes it)"
+
+
+def candidate_floor_for(top: int) -> int:
+    """How many index hits to re-rank exactly: enough slack for the non-metric d_asym."""
+    return max(50, 4 * top)
+
+
+class SelectionService:
+    """``select`` on one registry: ranks its experts for a dataset by a registered ranking method."""
+
+    def __init__(self, core: Core, index_manager: IndexManager, probes: ProbeService, tasks: TaskService,
+                 experts: ExpertService, evaluator: ExpertEvaluator, model2vec: Model2VecFitter) -> None:
+        self.core = core
+        self.index_manager = index_manager
+        self.probes = probes
+        self.tasks = tasks
+        self.experts = experts
+        self.evaluator = evaluator
+        self.model2vec = model2vec
+
+    def select(
+        self, source: str, *, top: int = 5, method: str | None = None, verify: int = 0, probe: str | None = None,
+        embedding: str = "montecarlo", alpha: float = 0.15, max_samples: int | None = 1000, seed: int = 0,
+        device: str = "cpu", dataset: datasets.Dataset | None = None, progress: Progress = None,
+    ) -> Selection:
+        """Rank the registered experts for a dataset (see the module docstring)."""
+        from taskreg.selection.selectors import get_selector
+
+        t_start = time.perf_counter()
+        if top < 1:
+            raise TaskregError(f"--top must be at least 1, got {top}")
+        if verify < 0:
+            raise TaskregError(f"--verify must be >= 0, got {verify}")
+        experts = self.experts.list_experts()
+        if not experts:
+            raise TaskregError("no experts registered: `taskreg expert add` or `taskreg expert train` first")
+        prec = self.probes.resolve_probe(probe)
+        if method is None:
+            method = "model2vec" if self.model2vec.fitted(prec.name, embedding) else "asym"
+        selector = get_selector(method)  # an unknown method: one line listing the registered ones
+        if "model2vec" in selector.needs and not self.model2vec.fitted(prec.name, embedding):
+            raise TaskregError("Model2Vec is not fitted for this probe: run `taskreg model2vec fit`")
+        ds = dataset if dataset is not None else datasets.load(source)
+        by_id = {e.id: e for e in experts}
+
+        # the method's cost class and needs decide what is gathered for its scorer, never its name
+        if selector.cost == "index":
+            ranked, scored, cost = self._rank_by_index(ds, selector, prec.name, embedding, alpha, max_samples, seed,
+                                                       device, by_id, top)
+        elif selector.cost == "forward":
+            ranked, scored, cost = self._rank_by_forward(ds, selector, experts, device, progress)
+        else:
+            ranked, scored, cost = self._rank_without_query(selector, experts, seed), 0, "no computation"
+        # an expert the method cannot score comes last, with its reason instead of a number (never NaN)
+        ranked = [r for r in ranked if r.score is not None] + [r for r in ranked if r.score is None]
+
+        verified, winner = self._verify([r.expert for r in ranked[:verify]], ds, device) if verify else ((), None)
+        with self.core.read() as con:  # measured on the query when it is a registered task, else when verified
+            measured = catalog.measured_errors_by_fingerprint(con, ds.fingerprint())
+            # what each score rests on (a ranking may mix kinds: never silently)
+            bases = expert_basis.score_bases(con, selector, prec.name, embedding,
+                                             [r.expert for r in ranked[:top] if r.score is not None])
+        verified_errors = {v.expert: v.test_error for v in verified}
+        results = tuple(
+            RankedExpert(rank=i + 1, expert=r.expert.name, score=r.score, trained_on=r.expert.trained_on,
+                         measured_error=measured.get(r.expert.id, verified_errors.get(r.expert.name)),
+                         unscored_reason=r.unscored_reason if r.score is None else None,
+                         basis=bases.get(r.expert.id))
+            for i, r in enumerate(ranked[:top]))
+        return Selection(query=source, method=method, results=results, seconds=time.perf_counter() - t_start,
+                         cost=cost, candidates_scored=scored, n_experts=len(experts), verified=verified,
+                         measured_winner=winner, better=selector.better)
+
+    def _verify(self, cands: list[catalog.ExpertRecord], ds: datasets.Dataset,
+                device: str) -> tuple[tuple[VerifiedExpert, ...], str | None]:
+        """Measure the top candidates with the linear probe on the query: (the measurements, the measured winner).
+
+        An expert whose features on the query are not finite cannot be measured: it is listed last with
+        ``test_error`` None and a note, and cannot be the measured winner.
+        """
+        from taskreg.selection import select as sel
+        from taskreg.trainers.experts import LinearProbeProtocol
+
+        feats: dict[str, np.ndarray] = {}
+        broken: list[str] = []
+        for e in cands:
+            rec, model, spec = self.experts.load_expert(e.name)
+            f = self.evaluator.expert_features(rec, model, spec, ds, device=device)
+            if np.isfinite(f).all():
+                feats[e.name] = f
+            else:
+                broken.append(e.name)
+        verified: list[VerifiedExpert] = []
+        winner = None
+        if feats:
+            best, measures = sel.verify_topk(lambda name, _x: feats[name], list(feats), ds.x, ds.y,
+                                             LinearProbeProtocol())
+            verified = [VerifiedExpert(str(m.candidate), m.result.test_error) for m in measures]
+            winner = str(best)
+        verified += [VerifiedExpert(n, None, nonfinite_note()) for n in broken]
+        return tuple(verified), winner
+
+    def _rank_by_index(self, ds: datasets.Dataset, selector: Selector, probe: str, embedding: str, alpha: float,
+                       max_samples: int | None, seed: int, device: str, by_id: dict[int, catalog.ExpertRecord],
+                       top: int) -> tuple[list[Scored], int, str]:
+        """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last, unscored."""
+        from taskreg.selection.select import rerank
+
+        _, emb, dom = self.tasks.embed_dataset(ds, probe=probe, method=embedding, max_samples=max_samples, seed=seed,
+                                         device=device)
+        query = dom if "domain" in selector.needs else emb.vector
+        vec_method = "domain" if "domain" in selector.needs else embedding
+        t0 = self.probes.trivial(probe, embedding) if "trivial" in selector.needs else None
+        vectors = "model2vec" if "model2vec" in selector.needs else "task"  # the experts' own vectors, or their tasks'
+        n_experts = len(by_id)
+        want = max(candidate_floor_for(top), top)
+        while True:
+            pairs = self._candidates(vectors, probe, vec_method, query, want, by_id)
+            if len({e.id for e, _ in pairs}) >= min(top, n_experts) or want >= 4 * n_experts + 64:
+                break
+            want *= 4
+        ranked: list[Scored] = []
+        if pairs:
+            cands = np.stack([v for _, v in pairs])
+            order = rerank(query, cands, selector.name, t0=t0, alpha=alpha)
+            seen: set[int] = set()
+            for r in order:
+                e = pairs[r.index][0]
+                if e.id not in seen:
+                    seen.add(e.id)
+                    ranked.append(Scored(e, r.score))
+        ranked_ids = {x.expert.id for x in ranked}
+        rest = [e for e in by_id.values() if e.id not in ranked_ids]
+        if rest:
+            reasons = self._unscored_reasons(vectors, probe, vec_method, rest, want)
+            ranked += [Scored(e, None, reasons[e.id]) for e in rest]
+        cost = f"1 probe pass over {min(ds.n, max_samples or ds.n)} images; {len(pairs)} candidates re-ranked"
+        return ranked, len(pairs), cost
+
+    def _unscored_reasons(self, method: str, probe: str, vec_method: str, experts: list[catalog.ExpertRecord],
+                          want: int) -> dict[int, str]:
+        """Why each of ``experts`` got no distance from an index method (expert id -> one-line reason)."""
+        with self.core.read() as con:
+            return expert_basis.unscored_reasons(con, method, probe, vec_method, experts, want)
+
+    def _candidates(self, method: str, probe: str, vec_method: str, query: np.ndarray, want: int,
+                    by_id: dict[int, catalog.ExpertRecord]) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:
+        """(expert, vector) pairs for the index's top ``want`` hits."""
+        if method == "model2vec":
+            index = self.index_manager.get(self.index_manager.kind("model2vec", probe, vec_method))
+            if index is None:
+                return []
+            ids, _ = search(index, query, want)
+            with self.core.read() as con:
+                found, vectors = catalog.model2vec_vectors(con, probe, vec_method, ids.tolist())
+            return [(by_id[int(i)], v) for i, v in zip(found, vectors, strict=True) if int(i) in by_id]
+        # Task2Vec / domain: the index holds task vectors; an expert is represented by its training task.
+        index = self.index_manager.get(self.index_manager.kind("task", probe, vec_method))
+        if index is None:
+            return []
+        ids, _ = search(index, query, want)
+        with self.core.read() as con:
+            found, vectors = catalog.expert_task_vectors(con, probe, vec_method, ids.tolist())
+        return [(by_id[int(i)], v) for i, v in zip(found, vectors, strict=True) if int(i) in by_id]
+
+    def _rank_by_forward(self, ds: datasets.Dataset, selector: Selector, experts: list[catalog.ExpertRecord],
+                         device: str, progress: Progress) -> tuple[list[Scored], int, str]:
+        """Methods that run every expert over the query (transferability scores), one expert at a time.
+
+        An expert whose features (or outputs) on the query are not finite is not scored: it comes last
+        with the reason, so one broken expert does not stop the ranking of the others."""
+        from taskreg.selection import select as sel
+        from taskreg.selection.selectors import SelectorInput
+        from taskreg.trainers.experts import expert_logits
+
+        features = "features" in selector.needs  # else the head's logits
+        scores: list[float] = []
+        scored: list[catalog.ExpertRecord] = []
+        unscored: list[Scored] = []
+        t0 = time.perf_counter()
+        for i, e in enumerate(experts):
+            rec, model, spec = self.experts.load_expert(e.name)
+            if features:
+                values = self.evaluator.expert_features(rec, model, spec, ds, device=device)
+            else:
+                values = expert_logits(model, spec, ds.x, device=device)
+            if not np.isfinite(values).all():
+                unscored.append(Scored(e, None, nonfinite_note("features" if features else "outputs")))
+            else:
+                score = np.asarray(selector.score(SelectorInput(n=1, outputs=(values,), y=ds.y)),
+                                   dtype=np.float64).reshape(-1)[0]
+                if np.isfinite(score):
+                    scores.append(float(score))
+                    scored.append(e)
+                else:
+                    unscored.append(Scored(e, None, f"{selector.name} is not finite on the query ({score})"))
+            if progress:
+                progress(i + 1, len(experts))
+        ranked = sel.rank_by_scores(scores, higher_is_better=selector.higher_is_better)
+        cost = f"a forward pass of all {len(experts)} experts over {ds.n} images ({time.perf_counter() - t0:.1f} s)"
+        return [Scored(scored[r.index], r.score) for r in ranked] + unscored, len(experts), cost
+
+    def _rank_without_query(self, selector: Selector, experts: list[catalog.ExpertRecord], seed: int) -> list[Scored]:
+        """Methods that compute nothing on the query: from the experts' training-set sizes ("sizes": classes x
+        samples, from the expert or its registered training task; experts of unknown size come last, unscored)
+        or from nothing at all (chance)."""
+        from taskreg.selection import select as sel
+        from taskreg.selection.selectors import SelectorInput
+
+        sizes: dict[int, tuple[int, int]] = {}  # expert position -> (classes, samples), where known
+        if "sizes" in selector.needs:
+            tasks = {t.name: t for t in self.tasks.list_tasks()}
+            for i, e in enumerate(experts):
+                task = tasks.get(e.trained_on or "")
+                if e.n_classes and e.n_train:
+                    sizes[i] = (e.n_classes, e.n_train)
+                elif task is not None:
+                    sizes[i] = (task.n_classes, task.n_samples)
+        known = list(sizes) if "sizes" in selector.needs else list(range(len(experts)))
+        ranked: list[Scored] = []
+        if known:
+            inputs = SelectorInput(n=len(known), sizes=[sizes[i] for i in known if i in sizes], seed=seed)
+            ranked = [Scored(experts[known[r.index]], r.score)
+                      for r in sel.rank(selector, selector.score(inputs), len(known))]
+        return ranked + [Scored(e, None, "training-set size unknown (no training task recorded)")
+                         for i, e in enumerate(experts) if i not in known]
