@@ -13,6 +13,7 @@ import functools
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -468,7 +469,9 @@ def expert_rm(name: str, registry: RegistryOpt = None) -> None:
 
 def _print_record(info: dict[str, Any]) -> None:
     for key, value in info.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and not value:
+            typer.echo(f"{key}: none")
+        elif isinstance(value, list):
             typer.echo(f"{key}:")
             for item in value:
                 typer.echo("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in item.items()))
@@ -726,6 +729,10 @@ def expert_eval(
                + (f"; {len(notes)} expert(s) not measurable (see the notes)" if notes else ""))
 
 
+FORM_MEANING = {"F_i + b_i": "training task + measured errors", "b_i": "no training task: measured errors only",
+                "F_i": "training task only: no measured error"}
+
+
 @model2vec_app.command("fit", context_settings=renamed_estimator("--method"))
 @handle_errors
 def model2vec_fit(
@@ -745,6 +752,10 @@ def model2vec_fit(
     info = reg.fit_model2vec(probe=probe, method=estimator, alpha=alpha, epochs=epochs, seed=seed, l2=penalty)
     typer.echo(f"Model2Vec fitted on {info.tasks} tasks x {info.experts} experts (l2 {info.l2:g}): "
                f"loss {info.initial_loss:.4f} -> {info.final_loss:.4f}; MLflow run {info.run_id}")
+    forms = Counter(info.forms.values())
+    typer.echo("vectors: " + ", ".join(f"{n} m_i = {form} ({FORM_MEANING.get(form, '')})" for form, n in forms.items()))
+    for name, reason in info.skipped.items():
+        typer.echo(f"skipped {name}: {reason}; it has no vector (`select --method model2vec` lists it unscored)")
 
 
 @app.command(context_settings=renamed_estimator("--embedding"), epilog=selector_epilog())
@@ -766,9 +777,13 @@ def select(
     if as_json:
         print_json(out.to_json())
         return
-    print_table(f"best experts for {data} ({out.method}: {out.better} score is better)",
-                ["rank", "expert", "score", "trained_on", "measured error"],
-                [(r.rank, r.expert, r.score, r.trained_on, r.measured_error) for r in out.results])
+    columns = ["rank", "expert", "score", "trained_on", "measured error"]
+    rows = [[r.rank, r.expert, r.score, r.trained_on, r.measured_error] for r in out.results]
+    if out.method == "model2vec":  # its vectors have two forms: say which one each score rests on
+        columns.append("vector")
+        for row, r in zip(rows, out.results, strict=True):
+            row.append(r.basis.split(":", 1)[0].removeprefix("Model2Vec ") if r.basis else None)
+    print_table(f"best experts for {data} ({out.method}: {out.better} score is better)", columns, rows)
     for r in out.results:
         if r.score is None:
             typer.echo(f"note: {r.expert} is not scored by {out.method}: {r.unscored_reason}")

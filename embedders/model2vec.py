@@ -17,14 +17,38 @@ Implementation notes
 * m_i is parameterised as ``exp(theta_i)`` so it stays strictly positive (d_sym needs m >= 0). It is
   initialised at F_i (entries clamped to >= 1e-6 of the mean scale) or, when F_i is unknown (all
   zeros), at the mean task vector, which is also the anchor of the ``l2`` penalty on log(m / anchor).
-* Full-batch Adam, deterministic for a given seed.
-* ``l2="auto"`` (default) picks the penalty by cross-validation over the training tasks: for each
-  value of ``L2_GRID``, fits on all folds but one and scores the held-out tasks by the regret of the
-  expert ranked first (its error minus the best measured error); the value with the lowest mean
-  regret wins (ties: the stronger penalty), then the final fit uses every task. Why: a free bias
-  per expert can memorise which expert won each training task. On the selection benchmark
-  (64 tasks, 17 experts) the old fixed l2 = 1e-3 gave a chosen error 204% above the oracle's, against
-  132% at 0.1 and 120% at 10 (benchmarks/RESULTS.md).
+
+Experts whose training data you do not have
+--------------------------------------------
+A third-party checkpoint (an ImageNet network from the zoo, a colleague's weights) has no registered
+training task, so F_i is unknown (a zero row of ``expert_base``): its vector is ``m_i = b_i``, placed by
+its measured errors on the registered tasks alone. Each expert's ``basis`` in the result says which form
+it has: ``F_i + b_i`` (training task and measured errors), ``b_i`` (measured errors only) or ``F_i``
+(training task, no measured error on the tasks used: b_i stays 0, the same place as asymmetric Task2Vec).
+
+The anchor of such an expert (its starting point and the target of the ``l2`` penalty) is the mean of
+the task vectors used in the fit. Why that point (numbers from ``benchmarks/model2vec_anchor_check.py``:
+12 binary digit tasks, a random-init cifar_resnet8 probe, leave one task out):
+
+* it has no preference among the tasks: it is symmetric in them (any one registered task would claim
+  F_i = that task), and its d_sym to each task varies little (0.21-0.28, against 0.28-0.48 between
+  the tasks themselves);
+* it lies inside the cone of the task vectors, where every known F_j lies, so d_sym and the complexity
+  term of d_asym compare it with the other experts on one scale (d_sym to t0: 0.50, the tasks'
+  0.52-0.61, so its complexity bonus alpha * d_sym(m, t0) is within 0.02 of theirs);
+* the alternatives did worse or no better: a zero vector has no log (and d_sym 1 to every task); t0
+  means "learnt nothing", the largest complexity penalty, the opposite of a generic ImageNet expert;
+  a flat vector, or one interpolated towards it so that it sits at the typical task-to-task distance,
+  missed the unknown-F expert that is best on a group of tasks (mean regret of the top pick 0.11-0.25
+  and 0.06-0.25 over the l2 grid, against 0.06-0.13 for the mean); the geometric mean ties the mean on
+  regret but put the always-worst expert first more often (up to 3 of 12 held-out tasks, the mean 1).
+
+The price: the mean averages out each task's noise, so it is closer to every task than the tasks are
+to each other, and an unknown-F expert starts as a generalist ranked first nearly everywhere; its
+measured errors are what move it (an expert measured worst on every task still came first on 1 of the
+12 held-out tasks for l2 >= 0.1). Hence an expert with unknown F_i and no measured error on any task
+used gets no vector at all (``skipped``, with the reason ``NO_EVIDENCE``): the anchor would rank it
+first on no evidence. ``rank`` puts skipped experts last.
 """
 
 from __future__ import annotations
@@ -38,20 +62,28 @@ from taskreg.embedders.distances import d_asym_many
 from taskreg.embedders.probes import to_device
 from taskreg.errors import TaskregError
 
-__all__ = ["Model2Vec", "check_l2", "fit_model2vec", "rank"]
+__all__ = ["BASIS_BIAS", "BASIS_TASK", "BASIS_TASK_AND_BIAS", "NO_EVIDENCE", "Model2Vec", "basis_of", "check_l2",
+           "fit_model2vec", "rank"]
 
 _REL_EPS = 1e-6
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 CV_FOLDS = 4
+BASIS_TASK_AND_BIAS = "F_i + b_i"  # the training task's embedding plus a bias fitted on measured errors
+BASIS_BIAS = "b_i"  # no training task (F_i unknown): placed by its measured errors alone
+BASIS_TASK = "F_i"  # training task known, no measured error on the tasks used: b_i = 0
+NO_EVIDENCE = ("no training task (F_i unknown) and no measured test error on any task used: nothing places it "
+               "(measure it with `taskreg expert eval`)")
 
 
 @dataclass
 class Model2Vec:
     """Fitted expert embeddings.
 
-    vectors : (E, D) float32, m_i = F_i + b_i (strictly positive).
-    biases : (E, D) float32, b_i = m_i - F_i.
+    vectors : (E, D) float32, m_i = F_i + b_i (strictly positive); a row of NaN for a skipped expert.
+    biases : (E, D) float32, b_i = m_i - F_i (NaN where skipped).
     loss_history : cross-entropy (data term) per epoch.
+    basis : per expert, BASIS_TASK_AND_BIAS, BASIS_BIAS or BASIS_TASK; None where skipped.
+    skipped : expert index -> why it has no vector (see the module docstring).
     """
 
     vectors: np.ndarray
@@ -62,6 +94,13 @@ class Model2Vec:
     n_tasks_used: int = 0
     l2: float = 0.0
     cv_regret: dict[float, float] = field(default_factory=dict)  # mean held-out regret per l2 (l2="auto")
+    basis: list[str | None] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def fitted(self) -> np.ndarray:
+        """(E,) bool: the experts that have a vector."""
+        return np.array([i not in self.skipped for i in range(self.vectors.shape[0])], dtype=bool)
 
 
 def check_l2(l2: object) -> float | str:
@@ -121,7 +160,9 @@ def fit_model2vec(
 
     Returns
     -------
-    Model2Vec. Raises TaskregError on bad shapes/values or if no task has two measured experts.
+    Model2Vec (its ``basis`` says each expert's form; an expert with F_i unknown and no measured error
+    on the tasks used is in ``skipped``, with a NaN row). Raises TaskregError on bad shapes/values or if
+    no task has two measured experts.
     """
     tv = _check("task_vectors", task_vectors, 2)
     eb = _check("expert_base", expert_base, 2)
@@ -156,6 +197,13 @@ def fit_model2vec(
     fit = _fit(tv[keep], eb, err[keep], t0v, scale=scale, alpha=alpha, epochs=epochs, lr=lr, l2=float(l2), seed=seed,
                device=device)
     fit.n_tasks_used, fit.l2, fit.cv_regret = int(keep.sum()), float(l2), cv_regret
+    known, evidence = eb.sum(1) > 0, measured[keep].any(0)
+    fit.basis = [BASIS_TASK_AND_BIAS if k and m else BASIS_TASK if k else BASIS_BIAS if m else None
+                 for k, m in zip(known, evidence, strict=True)]
+    fit.skipped = {i: NO_EVIDENCE for i, b in enumerate(fit.basis) if b is None}
+    for i in fit.skipped:  # no vector rather than the anchor, which would rank it first everywhere
+        fit.vectors[i] = np.nan
+        fit.biases[i] = np.nan
     return fit
 
 
@@ -236,7 +284,24 @@ def _fit(tv: np.ndarray, eb: np.ndarray, err: np.ndarray, t0v: np.ndarray, *, sc
 
 
 def rank(query: np.ndarray, model2vec: Model2Vec, t0: np.ndarray, alpha: float | None = None) -> np.ndarray:
-    """Expert indices, best first, by ascending d_asym(query, m_j). query, t0 : (D,). Returns (E,) int64."""
+    """Expert indices, best first, by ascending d_asym(query, m_j); skipped experts (no vector) last, in index
+    order. query, t0 : (D,). Returns (E,) int64."""
     a = model2vec.alpha if alpha is None else alpha
-    scores = d_asym_many(query, model2vec.vectors, t0, a)
+    fitted = model2vec.fitted
+    scores = np.full(fitted.shape[0], np.inf)
+    if fitted.any():
+        scores[fitted] = d_asym_many(query, model2vec.vectors[fitted], t0, a)
     return np.argsort(scores, kind="stable").astype(np.int64)
+
+
+def basis_of(vector: np.ndarray, bias: np.ndarray) -> str:
+    """The form of a stored Model2Vec vector, from the vector and its bias alone (F_i = vector - bias):
+    BASIS_BIAS when F_i was unknown (zero: the bias is the vector), BASIS_TASK when the bias is zero
+    (no measured error moved it; only clamping noise), else BASIS_TASK_AND_BIAS."""
+    m = np.asarray(vector, dtype=np.float64)
+    b = np.asarray(bias, dtype=np.float64)
+    if np.array_equal(m, b):
+        return BASIS_BIAS
+    if np.abs(b).max(initial=0.0) <= 1e-5 * np.abs(m).max(initial=0.0):
+        return BASIS_TASK
+    return BASIS_TASK_AND_BIAS

@@ -18,7 +18,7 @@ import numpy as np
 from taskreg import data as datasets
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
-from taskreg.registry import catalog
+from taskreg.registry import catalog, expert_basis
 from taskreg.registry.core import Core
 from taskreg.registry.expert_evaluation import ExpertEvaluator
 from taskreg.registry.experts import ExpertService
@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class RankedExpert:
     """One row of a ranking: the expert's rank, its score (None, with the reason, when the method cannot score it)
-    and its measured test error on the query (when the query is a registered task or the expert was verified)."""
+    and its measured test error on the query (when the query is a registered task or the expert was verified);
+    ``basis``: what a score rests on (a Model2Vec vector's form, the training task's Task2Vec, a forward pass, ...),
+    None for an unscored row — a ranking never mixes kinds silently."""
 
     rank: int
     expert: str
@@ -42,10 +44,12 @@ class RankedExpert:
     trained_on: str | None
     measured_error: float | None
     unscored_reason: str | None = None
+    basis: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"rank": self.rank, "expert": self.expert, "score": self.score,
-                               "trained_on": self.trained_on, "measured_error": self.measured_error}
+                               "trained_on": self.trained_on, "measured_error": self.measured_error,
+                               "basis": self.basis}
         if self.score is None:
             out["unscored_reason"] = self.unscored_reason
         return out
@@ -163,11 +167,15 @@ class SelectionService:
         verified, winner = self._verify([r.expert for r in ranked[:verify]], ds, device) if verify else ((), None)
         with self.core.read() as con:  # measured on the query when it is a registered task, else when verified
             measured = catalog.measured_errors_by_fingerprint(con, ds.fingerprint())
+            # what each score rests on (a ranking may mix kinds: never silently)
+            bases = expert_basis.score_bases(con, selector, prec.name, embedding,
+                                             [r.expert for r in ranked[:top] if r.score is not None])
         verified_errors = {v.expert: v.test_error for v in verified}
         results = tuple(
             RankedExpert(rank=i + 1, expert=r.expert.name, score=r.score, trained_on=r.expert.trained_on,
                          measured_error=measured.get(r.expert.id, verified_errors.get(r.expert.name)),
-                         unscored_reason=r.unscored_reason if r.score is None else None)
+                         unscored_reason=r.unscored_reason if r.score is None else None,
+                         basis=bases.get(r.expert.id))
             for i, r in enumerate(ranked[:top]))
         return Selection(query=source, method=method, results=results, seconds=time.perf_counter() - t_start,
                          cost=cost, candidates_scored=scored, n_experts=len(experts), verified=verified,
@@ -243,23 +251,7 @@ class SelectionService:
                           want: int) -> dict[int, str]:
         """Why each of ``experts`` got no distance from an index method (expert id -> one-line reason)."""
         with self.core.read() as con:
-            if method == "model2vec":
-                fitted = catalog.model2vec_expert_ids(con, probe, vec_method)
-            else:
-                embedded = catalog.embedded_task_names(con, probe, vec_method)
-        out: dict[int, str] = {}
-        for e in experts:
-            if method == "model2vec":
-                out[e.id] = ("no Model2Vec vector (registered after `taskreg model2vec fit`: run it again)"
-                             if e.id not in fitted else f"not among the {want} nearest index candidates")
-            elif e.trained_on is None:
-                out[e.id] = ("no training task to embed (a Taskonomy task network)" if e.origin == "task_network"
-                             else "no training task to embed (registered without --trained-on)")
-            elif e.trained_on not in embedded:
-                out[e.id] = f"its training task {e.trained_on} has no {vec_method} embedding with probe {probe}"
-            else:
-                out[e.id] = f"its training task is not among the {want} nearest index candidates"
-        return out
+            return expert_basis.unscored_reasons(con, method, probe, vec_method, experts, want)
 
     def _candidates(self, method: str, probe: str, vec_method: str, query: np.ndarray, want: int,
                     by_id: dict[int, catalog.ExpertRecord]) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from taskreg import data as datasets
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
-from taskreg.registry import catalog
+from taskreg.registry import catalog, expert_basis
 from taskreg.registry.core import Core
 from taskreg.registry.damage import clear_stray_model, refuse_lost_model
 from taskreg.registry.index import IndexManager
@@ -34,14 +34,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ExpertDetails:
-    """What ``expert show`` shows: the expert's record and its measured test errors, best first."""
+    """What ``expert show`` shows: the expert's record, its measured test errors (best first) and the form of
+    each of its Model2Vec vectors (``m_i = F_i + b_i``, ``b_i`` or ``F_i``, by probe and estimator)."""
 
     expert: catalog.ExpertRecord
     task_errors: tuple[catalog.ExpertTaskError, ...]
+    model2vec: tuple[expert_basis.Model2VecForm, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """The record's fields, then ``task_errors`` as a list of ``{"task", "test_error"}``."""
-        return {**asdict(self.expert), "task_errors": [asdict(e) for e in self.task_errors]}
+        """The record's fields, then ``task_errors`` as a list of ``{"task", "test_error"}`` and ``model2vec`` as a
+        list of ``{"probe", "estimator", "form", "basis"}``."""
+        return {**asdict(self.expert), "task_errors": [asdict(e) for e in self.task_errors],
+                "model2vec": [asdict(f) for f in self.model2vec]}
 
 
 class ExpertService:
@@ -68,7 +72,8 @@ class ExpertService:
     def show_expert(self, name: str) -> ExpertDetails:
         rec = self.get_expert(name)
         with self.core.read() as con:
-            return ExpertDetails(rec, tuple(catalog.expert_task_errors(con, rec.id)))
+            return ExpertDetails(rec, tuple(catalog.expert_task_errors(con, rec.id)),
+                                 tuple(expert_basis.model2vec_forms(con, rec)))
 
     def remove_expert(self, name: str) -> None:
         rec = self.get_expert(name)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from taskreg.errors import TaskregError
-from taskreg.registry import catalog
+from taskreg.registry import catalog, expert_basis
 from taskreg.registry.core import Core
 from taskreg.registry.expert_evaluation import ExpertEvaluator
 from taskreg.registry.experts import ExpertService
@@ -27,7 +27,9 @@ from taskreg.registry.tasks import TaskService
 
 @dataclass(frozen=True)
 class Model2VecFit:
-    """What one ``model2vec fit`` did: the tasks and experts it was fitted on, its loss, penalty and MLflow run."""
+    """What one ``model2vec fit`` did: the tasks and experts it was fitted on, its loss, penalty and MLflow run;
+    ``forms``: expert name -> the form of its vector (``F_i + b_i``, ``b_i`` or ``F_i``); ``skipped``: expert name ->
+    why it got no vector (F_i unknown and nothing measured)."""
 
     tasks: int
     experts: int
@@ -35,6 +37,8 @@ class Model2VecFit:
     final_loss: float
     l2: float
     run_id: str
+    forms: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class Model2VecFitter:
@@ -78,6 +82,10 @@ class Model2VecFitter:
         fit = fit_model2vec(task_vecs, base, errors[keep], t0=t0, alpha=alpha, epochs=epochs, seed=seed, l2=l2)
         kind = self.index_manager.kind("model2vec", prec.name, method)
         initial_loss, final_loss = float(fit.loss_history[0]), float(fit.loss_history[-1])
+        forms = {e.name: b for e, b in zip(exp_recs, fit.basis, strict=True) if b is not None}
+        skipped = {exp_recs[j].name: expert_basis.skipped_reason(exp_recs[j], prec.name, method)
+                   for j in fit.skipped}  # F_i unknown and nothing measured: no vector
+        ok = fit.fitted
         # The fit is logged like every other record (pending run, catalog commit, commit tag): its settings,
         # losses and the fitted vectors/biases by expert name, so a fit can be compared with earlier ones.
         params = {"probe": prec.name, "estimator": method, "alpha": alpha, "epochs": epochs, "seed": seed,
@@ -87,17 +95,18 @@ class Model2VecFitter:
             self.core.tracker.log_metrics(run.run_id, {"initial_loss": initial_loss, "final_loss": final_loss})
             with tempfile.TemporaryDirectory() as tmp:
                 local = Path(tmp) / "model2vec.npz"
-                np.savez(local, experts=np.array([e.name for e in exp_recs]), vectors=fit.vectors,
-                         biases=fit.biases, loss_history=np.asarray(fit.loss_history))
+                np.savez(local, experts=np.array([e.name for e in exp_recs])[ok], vectors=fit.vectors[ok],
+                         biases=fit.biases[ok], basis=np.array([b for b in fit.basis if b is not None], dtype=str),
+                         loss_history=np.asarray(fit.loss_history))
                 self.core.tracker.log_artifact(run.run_id, local)
             with self.core.write() as con:  # experts removed since the results were read are skipped
-                catalog.replace_model2vec(con, prec.name, method, [e.id for e in exp_recs], fit.vectors, fit.biases,
-                                          final_loss)
+                kept = [e.id for e, k in zip(exp_recs, ok, strict=True) if k]  # skipped experts get no row
+                catalog.replace_model2vec(con, prec.name, method, kept, fit.vectors[ok], fit.biases[ok], final_loss)
                 catalog.bump_generation(con, kind)
         self.core.tracker.commit(run.run_id)
         self.index_manager.rebuild(kind)
         return Model2VecFit(tasks=len(keep), experts=len(exp_recs), initial_loss=initial_loss, final_loss=final_loss,
-                            l2=fit.l2, run_id=run.run_id)
+                            l2=fit.l2, run_id=run.run_id, forms=forms, skipped=skipped)
 
     def fitted(self, probe: str, method: str) -> bool:
         """Whether Model2Vec has vectors for ``probe``/``method``."""

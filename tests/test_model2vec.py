@@ -89,3 +89,69 @@ def test_auto_l2_is_chosen_by_held_out_regret(example) -> None:
     assert np.array_equal(fixed.vectors, m2v.vectors) and fixed.cv_regret == {}
     few = fit_model2vec(tv[:3], tv, errors[:3], t0=tv.mean(0), epochs=50, seed=0)  # too few tasks to split
     assert few.cv_regret == {} and few.l2 == max(L2_GRID)
+
+
+# ---- issue 14 item 3: experts whose training data you do not have (F_i unknown: m_i = b_i)
+
+def two_clusters() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tasks of two clusters in an 8-D Task2Vec-like space (4 train + 1 held out each), t0, the experts' base
+    rows and their errors on the training tasks. Experts: 0 trained on a task of A (best on A), 1 trained on
+    a task of B (second on B), 2 F unknown and best on B, 3 F unknown and worst everywhere, 4 F unknown and
+    never measured."""
+    rng = np.random.default_rng(0)
+    a = np.array([4.0, 3.0, 4.0, 3.0, 0.5, 0.4, 0.6, 0.5])
+    ta, tb = a * rng.uniform(0.7, 1.4, (5, 8)), a[::-1] * rng.uniform(0.7, 1.4, (5, 8))
+    tv = np.vstack([ta[:4], tb[:4]])
+    base = np.zeros((5, 8))
+    base[0], base[1] = ta[0], tb[0]
+    errors = np.full((8, 5), np.nan)
+    errors[:4, :4] = [0.10, 0.30, 0.40, 0.45]
+    errors[4:, :4] = [0.40, 0.20, 0.10, 0.45]
+    return tv, ta[4], tb[4], np.ones(8), base, errors
+
+
+@pytest.mark.parametrize("l2", ["auto", 1e-2, 0.1, 1.0])
+def test_an_expert_without_training_task_is_placed_by_its_measured_errors(l2: float | str) -> None:
+    from taskreg.embedders.model2vec import BASIS_BIAS, BASIS_TASK_AND_BIAS, NO_EVIDENCE
+
+    tv, held_a, held_b, t0, base, errors = two_clusters()
+    m2v = fit_model2vec(tv, base, errors, t0=t0, l2=l2, seed=0)
+    assert m2v.basis == [BASIS_TASK_AND_BIAS, BASIS_TASK_AND_BIAS, BASIS_BIAS, BASIS_BIAS, None]
+    assert int(rank(held_b, m2v, t0)[0]) == 2  # the unknown-F expert best on B is first for a new task of B
+    assert int(rank(held_a, m2v, t0)[0]) == 0  # ... and not for a task of A
+    for q in (held_a, held_b, *tv):  # the generalist anchor does not put the always-worst expert first
+        assert int(rank(q, m2v, t0)[0]) != 3
+    # never measured, no training task: no vector (rather than the anchor), a reason, ranked last
+    assert m2v.skipped == {4: NO_EVIDENCE} and "no measured test error" in NO_EVIDENCE
+    assert np.isnan(m2v.vectors[4]).all() and np.isnan(m2v.biases[4]).all()
+    assert m2v.fitted.tolist() == [True, True, True, True, False]
+    assert np.isfinite(m2v.vectors[:4]).all() and (m2v.vectors[:4] > 0).all()
+    assert int(rank(held_a, m2v, t0)[-1]) == 4 and int(rank(held_b, m2v, t0)[-1]) == 4
+
+
+def test_the_anchor_of_an_unknown_training_task_is_the_mean_of_the_tasks_used() -> None:
+    from taskreg.embedders.model2vec import BASIS_TASK, basis_of
+
+    tv, _, _, t0, base, errors = two_clusters()
+    errors[0, 1:] = np.nan  # task 0 has one measured expert: not used, so not in the mean
+    base[4] = tv[5]  # known F, never measured: it stays at F_i (b_i = 0), like asymmetric Task2Vec
+    m2v = fit_model2vec(tv, base, errors, t0=t0, epochs=1, lr=1e-9, l2=0.0, seed=0)  # (a step of 1e-9: the start)
+    assert m2v.n_tasks_used == 7 and m2v.skipped == {}
+    for i in (2, 3):
+        assert np.allclose(m2v.vectors[i], tv[1:].mean(0), rtol=1e-5)
+        assert np.array_equal(m2v.biases[i], m2v.vectors[i])  # m_i = b_i
+    assert m2v.basis[4] == BASIS_TASK and np.allclose(m2v.vectors[4], tv[5], rtol=1e-5)
+    full = fit_model2vec(tv, base, errors, t0=t0, l2=0.1, seed=0)
+    # the form can be told from a stored vector and its bias alone (what `expert show` reads)
+    assert [basis_of(full.vectors[i], full.biases[i]) for i in range(5)] == full.basis
+
+
+def test_with_every_unknown_expert_unmeasured_the_fit_still_refuses_or_skips_clearly() -> None:
+    tv, _, _, t0, base, errors = two_clusters()
+    errors[:, 2:] = np.nan  # only the two experts with a training task are measured
+    m2v = fit_model2vec(tv, base, errors, t0=t0, l2=0.1, seed=0)
+    assert sorted(m2v.skipped) == [2, 3, 4] and m2v.basis[2:] == [None, None, None]
+    assert rank(tv[0], m2v, t0).tolist()[2:] == [2, 3, 4]
+    errors[:, 1] = np.nan  # one measured expert per task: nothing ranks experts against each other
+    with pytest.raises(TaskregError, match="nothing to fit"):
+        fit_model2vec(tv, base, errors, t0=t0)

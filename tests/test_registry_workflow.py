@@ -108,7 +108,10 @@ def test_expert_of_the_query_source_ranks_first(built: Path, task: str, method: 
     else:  # Model2Vec was fitted on the measured results (this query included): it ranks the measured best first
         best = min(out["results"], key=lambda r: r["measured_error"])["measured_error"]
         assert out["results"][0]["measured_error"] == best
-    assert set(out["results"][0]) == {"rank", "expert", "score", "trained_on", "measured_error"}
+    assert set(out["results"][0]) == {"rank", "expert", "score", "trained_on", "measured_error", "basis"}
+    form = ("Model2Vec m_i = F_i + b_i: Task2Vec of its training task" if method == "model2vec"
+            else "Task2Vec (montecarlo) of its training task")
+    assert all(r["basis"].startswith(form) for r in out["results"])  # what each score rests on
 
 
 def test_select_baselines_and_verify(built: Path) -> None:
@@ -131,7 +134,8 @@ def test_select_baselines_and_verify(built: Path) -> None:
                              "n_experts", "verified", "measured_winner"]
     assert payload["results"] == [{"rank": 1, "expert": out.results[0].expert, "score": out.results[0].score,
                                    "trained_on": out.results[0].trained_on,
-                                   "measured_error": out.results[0].measured_error}]
+                                   "measured_error": out.results[0].measured_error, "basis": out.results[0].basis}]
+    assert out.results[0].basis == f"Task2Vec (montecarlo) of its training task {out.results[0].trained_on}"
     assert payload["verified"] == [{"expert": v.expert, "test_error": v.test_error} for v in out.verified]
 
 
@@ -148,9 +152,11 @@ def test_expert_show_is_a_frozen_record_with_the_same_json(built: Path) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert list(out) == ["id", "name", "arch", "sha256", "weights", "trained_on", "origin", "n_train", "n_classes",
-                         "run_id", "model_version", "created_at", "task_errors"]
+                         "run_id", "model_version", "created_at", "task_errors", "model2vec"]
     assert out["name"] == "exp-mnist-low" and out["trained_on"] == "mnist-low" and out["origin"] == "trained"
     assert out["task_errors"] == [{"task": e.task, "test_error": e.test_error} for e in info.task_errors]
+    assert out["model2vec"] == [dataclasses.asdict(f) for f in info.model2vec]  # the form of each Model2Vec vector
+    assert [f.form for f in info.model2vec] == ["m_i = F_i + b_i"]  # trained on a task and measured
     res = runner.invoke(app, ["--registry", str(built), "expert", "show", "exp-mnist-low"])
     assert res.exit_code == 0 and "name: exp-mnist-low" in res.stdout
     assert f"  task={info.task_errors[0].task}, test_error=" in res.stdout

@@ -43,6 +43,7 @@ from taskreg.registry.catalog.experts import (
     insert_expert_task_result,
     list_experts,
     measured_errors_by_fingerprint,
+    measured_expert_ids,
 )
 from taskreg.registry.catalog.integrity import (
     dangling_counts,
@@ -55,7 +56,9 @@ from taskreg.registry.catalog.model2vec import (
     model2vec_count,
     model2vec_expert_ids,
     model2vec_kinds_of_expert,
+    model2vec_rows,
     model2vec_vectors,
+    model2vec_with_bias,
     replace_model2vec,
 )
 from taskreg.registry.catalog.policies import PolicyRecord, insert_policy, list_policies
@@ -134,8 +137,8 @@ __all__ = [
     "insert_expert_task_result",
     "insert_trivial_embedding", "kind_count", "kind_vectors", "kinds", "list_experts", "list_probes",
     "list_tasks", "migrate", "referenced_run_ids", "registry_id", "run_references", "schema_version",
-    "measured_errors_by_fingerprint", "model2vec_count", "model2vec_expert_ids", "model2vec_kinds_of_expert",
-    "model2vec_vectors", "replace_model2vec",
+    "measured_errors_by_fingerprint", "measured_expert_ids", "model2vec_count", "model2vec_expert_ids",
+    "model2vec_kinds_of_expert", "model2vec_rows", "model2vec_vectors", "model2vec_with_bias", "replace_model2vec",
     "set_created_at", "set_registry_id", "task_embedding_infos", "task_exists", "task_results",
     "task_name_by_fingerprint",
     "task_run_ids", "task_vector_kinds", "task_vectors", "task_vectors_by_id", "transaction",

@@ -133,3 +133,10 @@ def measured_errors_by_fingerprint(con: duckdb.DuckDBPyConnection, fingerprint: 
     rows = con.execute("SELECT r.expert_id, r.test_error FROM expert_task_results r JOIN tasks t ON t.id = r.task_id "
                        "WHERE t.fingerprint = ?", [fingerprint]).fetchall()
     return {int(e): float(err) for e, err in rows}
+
+
+def measured_expert_ids(con: duckdb.DuckDBPyConnection, probe: str, method: str) -> set[int]:
+    """Experts with a measured test error on at least one task embedded with ``probe``/``method``."""
+    rows = con.execute("SELECT DISTINCT r.expert_id FROM expert_task_results r JOIN task_embeddings e "
+                       "ON e.task_id = r.task_id WHERE e.probe = ? AND e.method = ?", [probe, method]).fetchall()
+    return {int(r[0]) for r in rows}

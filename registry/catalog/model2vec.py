@@ -17,10 +17,29 @@ def model2vec_count(con: duckdb.DuckDBPyConnection, probe: str, method: str) -> 
     return int(row[0]) if row else 0
 
 
-def model2vec_expert_ids(con: duckdb.DuckDBPyConnection, probe: str, method: str) -> set[int]:
-    """The experts with a Model2Vec vector fitted for ``probe``/``method``."""
-    return {int(r[0]) for r in con.execute("SELECT expert_id FROM model2vec WHERE probe = ? AND method = ?",
-                                           [probe, method]).fetchall()}
+def model2vec_expert_ids(con: duckdb.DuckDBPyConnection, probe: str, method: str | None = None) -> set[int]:
+    """The experts with a Model2Vec vector fitted for ``probe``/``method`` (any estimator when ``method`` is None)."""
+    if method is None:
+        rows = con.execute("SELECT DISTINCT expert_id FROM model2vec WHERE probe = ?", [probe]).fetchall()
+    else:
+        rows = con.execute("SELECT expert_id FROM model2vec WHERE probe = ? AND method = ?", [probe, method]).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def model2vec_rows(con: duckdb.DuckDBPyConnection, expert_id: int) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(probe, estimator, vector, bias) of every Model2Vec vector of one expert, by probe and estimator."""
+    rows = con.execute("SELECT probe, method, vector, bias FROM model2vec WHERE expert_id = ? ORDER BY probe, method",
+                       [expert_id]).fetchall()
+    return [(str(p), str(m), np.asarray(v, dtype=np.float32), np.asarray(b, dtype=np.float32)) for p, m, v, b in rows]
+
+
+def model2vec_with_bias(con: duckdb.DuckDBPyConnection, probe: str, method: str,
+                        expert_ids: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """expert id -> (vector, bias) for those of ``expert_ids`` fitted with ``probe``/``method``."""
+    rows = con.execute("SELECT expert_id, vector, bias FROM model2vec WHERE probe = ? AND method = ? AND "
+                       "expert_id IN (SELECT unnest(?::INTEGER[]))", [probe, method, [int(i) for i in expert_ids]]
+                       ).fetchall()
+    return {int(i): (np.asarray(v, dtype=np.float32), np.asarray(b, dtype=np.float32)) for i, v, b in rows}
 
 
 def model2vec_kinds_of_expert(con: duckdb.DuckDBPyConnection, expert_id: int) -> list[str]:
