@@ -147,3 +147,27 @@ def test_bad_inputs_are_one_line_errors(lite, change: dict, message: str) -> Non
     with pytest.raises(TaskregError, match=message) as info:
         finetune_last_blocks(model, _spec("efficientnet_lite0"), x, y, **args)
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------- through the registry and the CLI
+def test_expert_train_with_train_blocks_trains_only_the_last_blocks(registry_template, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from taskreg.cli import app
+    from taskreg.registry import Registry
+    from tests.procs import make_probe_registry
+
+    root = make_probe_registry(registry_template, tmp_path / "reg")
+    args = ["expert", "train", "e1", "--data", "builtin:digits?classes=1,2&n=40", "--epochs", "2", "--max-samples", "9"]
+    res = CliRunner().invoke(app, ["-r", str(root), *args, "--train-blocks", "1"])
+    assert res.exit_code == 0, res.output
+    reg = Registry.open(root)
+    _, probe, _ = reg.probes.load_probe(None)
+    rec, expert, _ = reg.load_expert("e1")
+    p, e = probe.state_dict(), expert.state_dict()
+    frozen = [k for k in e if not k.startswith(("layer3.", "fc."))]  # cifar_resnet8: 3 blocks, the last is layer3.0
+    assert frozen and all(torch.equal(e[k], p[k]) for k in frozen)
+    assert not torch.equal(e["layer3.0.conv1.weight"], p["layer3.0.conv1.weight"])
+    assert expert.fc.out_features == 2
+    run = reg.tracker.run_data(rec.run_id)
+    assert run.params["train_blocks"] == "1" and run.metrics["trained_params"] < sum(v.numel() for v in p.values())
