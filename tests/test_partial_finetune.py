@@ -10,7 +10,13 @@ import torch
 
 from taskreg.embedders.probes import ProbeSpec, adapt_inputs, create_model, default_spec
 from taskreg.errors import TaskregError
-from taskreg.trainers.partial_finetune import FinetuneCost, finetune_last_blocks, network_parts, split_network
+from taskreg.trainers.partial_finetune import (
+    FinetuneCost,
+    finetune_last_blocks,
+    network_parts,
+    recalibrate_batchnorm,
+    split_network,
+)
 
 SIZE = 32
 
@@ -109,6 +115,31 @@ def test_deterministic_with_trained_blocks(colours) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["layer3.0.conv2.weight"], model.state_dict()["layer3.0.conv2.weight"])
     assert torch.equal(a["layer2.0.conv2.weight"], model.state_dict()["layer2.0.conv2.weight"])
+
+
+def test_recalibrate_batchnorm_gives_the_exact_statistics() -> None:
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4, momentum=0.01))
+    batches = [torch.randn(8, 3, 5, 5) * 3 + 2 for _ in range(4)]
+    weights = {k: v.clone() for k, v in module.state_dict().items() if "running" not in k and "num_batches" not in k}
+    recalibrate_batchnorm(module, batches)
+    bn = module[1]
+    with torch.no_grad():
+        h = module[0](torch.cat(batches))  # equal batch sizes: the mean of the batch means is the overall mean
+    assert torch.allclose(bn.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+    per_batch_var = torch.stack([module[0](b).var(dim=(0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    assert torch.allclose(bn.running_var, per_batch_var.detach(), atol=1e-4)
+    assert bn.momentum == 0.01 and not module.training
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_recalibration_changes_only_the_suffix_statistics(colours) -> None:
+    x, y = colours
+    model = create_model("cifar_resnet8", num_classes=10)
+    a, b = (finetune_last_blocks(model, _spec("cifar_resnet8"), x, y, train_blocks=1, epochs=2, batch_size=5,
+                                 recalibrate_bn=recal)[0].state_dict() for recal in (True, False))
+    differ = {k for k in a if not torch.equal(a[k], b[k])}
+    assert differ and all(k.startswith("layer3.") and ("running" in k or "num_batches" in k) for k in differ)
 
 
 def test_progress_reaches_its_total(colours) -> None:
