@@ -692,6 +692,9 @@ def expert_train(
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 8,
     max_samples: Annotated[int, typer.Option(help="Images for the Task2Vec embedding of the training task "
                                                   "(class-balanced subsample; training uses all).")] = 1000,
+    train_blocks: Annotated[int | None, typer.Option(help="Train only the last N blocks, the head and a new "
+                                                     "classifier, on cached activations of the frozen rest "
+                                                     "(0: a new linear head only). Default: every layer.")] = None,
     probe: ProbeOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", registry: RegistryOpt = None,
 ) -> None:
     """Fine-tune an expert on a dataset and register it (MLflow registered model + catalog)."""
@@ -701,7 +704,8 @@ def expert_train(
     tasks_before = reg.count_tasks()
     with progress_bar(f"training expert {name}") as bar:
         rec = reg.train_expert(name, data, from_probe=from_probe, probe=probe, arch=arch, task_name=task,
-                               epochs=epochs, seed=seed, device=device, progress=bar, max_samples=max_samples)
+                               epochs=epochs, seed=seed, device=device, progress=bar, max_samples=max_samples,
+                               train_blocks=train_blocks)
     if reg.count_tasks() > tasks_before:
         typer.echo(f"registered task {rec.trained_on} for the expert's training data"
                    + ("" if task else " (named after the expert; --task NAME chooses another name)"))

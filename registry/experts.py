@@ -126,13 +126,15 @@ class ExpertService:
         self, name: str, source: str, *, from_probe: bool = True, probe: str | None = None,
         arch: str = "cifar_resnet20", task_name: str | None = None, epochs: int = 8, seed: int = 0,
         device: str = "cpu", progress: Progress = None, embed_progress: Progress = None,
-        max_samples: int | None = 1000,
+        max_samples: int | None = 1000, train_blocks: int | None = None,
     ) -> catalog.ExpertRecord:
         """Fine-tune an expert on a dataset (from the probe's weights or from scratch) and register it.
 
         The training data becomes the expert's ``trained_on`` task (named ``task_name``, default the
         expert's name), embedded with the probe if it is not registered yet (on a class-balanced
         subsample of ``max_samples`` images; the expert itself trains on all of them).
+        ``train_blocks`` set: only the network's last ``train_blocks`` blocks, its head and a new ``fc`` train, on
+        activations of the frozen rest computed once (``trainers.partial_finetune``; 0 = a new linear head only).
         """
         from taskreg.embedders.probes import create_model, default_spec
         from taskreg.embedders.weight_checks import check_network
@@ -149,8 +151,17 @@ class ExpertService:
         else:
             base, spec = create_model(arch, num_classes=ds.n_classes), default_spec(arch)
         t0 = time.perf_counter()
-        model = finetune_expert(base, spec, ds.x, ds.y, epochs=epochs, seed=seed, device=device, progress=progress)
-        metrics = {"train_seconds": time.perf_counter() - t0}
+        metrics: dict[str, float] = {}
+        if train_blocks is None:
+            model = finetune_expert(base, spec, ds.x, ds.y, epochs=epochs, seed=seed, device=device,
+                                    progress=progress)
+        else:
+            from taskreg.trainers.partial_finetune import finetune_last_blocks
+
+            model, cost = finetune_last_blocks(base, spec, ds.x, ds.y, train_blocks=train_blocks, epochs=epochs,
+                                               seed=seed, device=device, progress=progress)
+            metrics = {"cache_seconds": cost.seconds_cache, "trained_params": cost.n_params_trained}
+        metrics["train_seconds"] = time.perf_counter() - t0
         label = f"expert {name}: the fine-tuned network"
         check_network(model, default_spec(arch), label)  # a diverged training registers nothing, not even its task
         if not self._task_exists(task):
@@ -158,6 +169,8 @@ class ExpertService:
                                 dataset=ds, max_samples=max_samples)
         params = {"source": ds.source, "from_probe": from_probe, "epochs": epochs, "seed": seed,
                   "n_train": ds.n, "n_classes": ds.n_classes}
+        if train_blocks is not None:
+            params["train_blocks"] = train_blocks
         return self.register_expert(name, model, arch, task, "trained", params, metrics, n_train=ds.n,
                                      n_classes=ds.n_classes, label=label)
 

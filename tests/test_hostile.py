@@ -1065,3 +1065,18 @@ def test_hostile_catalog_lookups_are_refused_cleanly(case: str, registry_root: P
     assert snapshot(registry_root) == before, case
     if "winrate" in case:
         assert "no win rates for" in lines[0], lines[0]
+
+
+# ---- issue 13/14: bounded-cost fine-tuning (expert train --train-blocks): out of range refused, registry unchanged
+@pytest.mark.parametrize(("blocks", "message"), [("4", "train_blocks must lie in 0..3"),
+                                                 ("-1", "train_blocks must lie in 0..3")])
+def test_expert_train_refuses_train_blocks_out_of_range(registry_template: Path, tmp_path: Path, blocks: str,
+                                                        message: str) -> None:
+    root = make_probe_registry(registry_template, tmp_path / "reg")
+    before = snapshot(root)
+    res = runner.invoke(app, ["-r", str(root), "expert", "train", "e1", "--data", "builtin:digits?classes=1,2&n=40",
+                              "--epochs", "1", "--train-blocks", blocks])
+    assert res.exit_code == 2, res.output
+    assert [ln for ln in res.output.splitlines() if ln.strip()] == [f"error: {message} for this CifarResNet "
+                                                                    f"(3 blocks), got {blocks}"]
+    assert snapshot(root) == before

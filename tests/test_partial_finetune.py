@@ -10,7 +10,13 @@ import torch
 
 from taskreg.embedders.probes import ProbeSpec, adapt_inputs, create_model, default_spec
 from taskreg.errors import TaskregError
-from taskreg.trainers.partial_finetune import FinetuneCost, finetune_last_blocks, network_parts, split_network
+from taskreg.trainers.partial_finetune import (
+    FinetuneCost,
+    finetune_last_blocks,
+    network_parts,
+    recalibrate_batchnorm,
+    split_network,
+)
 
 SIZE = 32
 
@@ -111,6 +117,31 @@ def test_deterministic_with_trained_blocks(colours) -> None:
     assert torch.equal(a["layer2.0.conv2.weight"], model.state_dict()["layer2.0.conv2.weight"])
 
 
+def test_recalibrate_batchnorm_gives_the_exact_statistics() -> None:
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4, momentum=0.01))
+    batches = [torch.randn(8, 3, 5, 5) * 3 + 2 for _ in range(4)]
+    weights = {k: v.clone() for k, v in module.state_dict().items() if "running" not in k and "num_batches" not in k}
+    recalibrate_batchnorm(module, batches)
+    bn = module[1]
+    with torch.no_grad():
+        h = module[0](torch.cat(batches))  # equal batch sizes: the mean of the batch means is the overall mean
+    assert torch.allclose(bn.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+    per_batch_var = torch.stack([module[0](b).var(dim=(0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    assert torch.allclose(bn.running_var, per_batch_var.detach(), atol=1e-4)
+    assert bn.momentum == 0.01 and not module.training
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_recalibration_changes_only_the_suffix_statistics(colours) -> None:
+    x, y = colours
+    model = create_model("cifar_resnet8", num_classes=10)
+    a, b = (finetune_last_blocks(model, _spec("cifar_resnet8"), x, y, train_blocks=1, epochs=2, batch_size=5,
+                                 recalibrate_bn=recal)[0].state_dict() for recal in (True, False))
+    differ = {k for k in a if not torch.equal(a[k], b[k])}
+    assert differ and all(k.startswith("layer3.") and ("running" in k or "num_batches" in k) for k in differ)
+
+
 def test_progress_reaches_its_total(colours) -> None:
     x, y = colours
     calls: list[tuple[int, int]] = []
@@ -147,3 +178,27 @@ def test_bad_inputs_are_one_line_errors(lite, change: dict, message: str) -> Non
     with pytest.raises(TaskregError, match=message) as info:
         finetune_last_blocks(model, _spec("efficientnet_lite0"), x, y, **args)
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------- through the registry and the CLI
+def test_expert_train_with_train_blocks_trains_only_the_last_blocks(registry_template, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from taskreg.cli import app
+    from taskreg.registry import Registry
+    from tests.procs import make_probe_registry
+
+    root = make_probe_registry(registry_template, tmp_path / "reg")
+    args = ["expert", "train", "e1", "--data", "builtin:digits?classes=1,2&n=40", "--epochs", "2", "--max-samples", "9"]
+    res = CliRunner().invoke(app, ["-r", str(root), *args, "--train-blocks", "1"])
+    assert res.exit_code == 0, res.output
+    reg = Registry.open(root)
+    _, probe, _ = reg.probes.load_probe(None)
+    rec, expert, _ = reg.load_expert("e1")
+    p, e = probe.state_dict(), expert.state_dict()
+    frozen = [k for k in e if not k.startswith(("layer3.", "fc."))]  # cifar_resnet8: 3 blocks, the last is layer3.0
+    assert frozen and all(torch.equal(e[k], p[k]) for k in frozen)
+    assert not torch.equal(e["layer3.0.conv1.weight"], p["layer3.0.conv1.weight"])
+    assert expert.fc.out_features == 2
+    run = reg.tracker.run_data(rec.run_id)
+    assert run.params["train_blocks"] == "1" and run.metrics["trained_params"] < sum(v.numel() for v in p.values())
