@@ -305,7 +305,7 @@ def index_rankings(query: np.ndarray, candidates: np.ndarray, method: str, t0: n
 
 
 def model2vec_kfold(task_vecs: np.ndarray, base: np.ndarray, errors: np.ndarray, t0: np.ndarray, *, folds: int,
-                    alpha: float, seed: int, l2: float | str = "auto") -> list[list[int]]:
+                    alpha: float, seed: int, l2: float | str = "auto", epochs: int = 300) -> list[list[int]]:
     """Rank each library task with a Model2Vec fitted on the other folds only. task_vecs (T, D), base (E, D)."""
     n = len(task_vecs)
     order = np.random.default_rng(seed).permutation(n)
@@ -313,7 +313,7 @@ def model2vec_kfold(task_vecs: np.ndarray, base: np.ndarray, errors: np.ndarray,
     for f in range(folds):
         held = order[f::folds]
         train = np.setdiff1d(np.arange(n), held)
-        fit = fit_model2vec(task_vecs[train], base, errors[train], t0=t0, alpha=alpha, seed=seed, l2=l2)
+        fit = fit_model2vec(task_vecs[train], base, errors[train], t0=t0, alpha=alpha, seed=seed, l2=l2, epochs=epochs)
         for t in held:
             rankings[t] = model2vec_rank(task_vecs[t], fit, t0).tolist()
     return rankings
