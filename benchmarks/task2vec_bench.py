@@ -108,7 +108,7 @@ def speed_probe(args: argparse.Namespace) -> tuple[torch.nn.Module, ProbeSpec, s
     torch.manual_seed(0)
     model = create_model(args.arch, num_classes=10)
     if args.zoo_weights:
-        from taskreg.embedders.probes import load_weights
+        from taskreg.embedders.weight_files import load_weights
         from taskreg.embedders.zoo import load_zoo_state_dict
 
         load_weights(model, load_zoo_state_dict(args.arch))  # ImageNet body, fresh 10-class head

@@ -138,9 +138,9 @@ def load_zoo_state_dict(name: str) -> dict[str, torch.Tensor]:
     """The verified ImageNet ``state_dict`` of zoo model ``name``, with this project's key names.
 
     Ready for ``create_model(name, num_classes=1000).load_state_dict(sd, strict=True)`` or, with another head,
-    :func:`taskreg.embedders.probes.load_weights` (which skips ``fc.*``).
+    :func:`taskreg.embedders.weight_files.load_weights` (which skips ``fc.*``).
     """
     from taskreg.embedders.efficientnet_lite import rename_wheel_keys
-    from taskreg.embedders.probes import load_state_dict_file
+    from taskreg.embedders.weight_files import load_state_dict_file
 
     return rename_wheel_keys(load_state_dict_file(zoo_weights(name).path))

@@ -95,7 +95,8 @@ class ExpertService:
 
     # ------------------------------------------------------------------ registration
     def load_expert(self, name: str) -> tuple[catalog.ExpertRecord, nn.Module, ProbeSpec]:
-        from taskreg.embedders.probes import create_model, default_spec, load_state_dict_file, load_weights
+        from taskreg.embedders.probes import create_model, default_spec
+        from taskreg.embedders.weight_files import load_state_dict_file, load_weights
 
         rec = self.get_expert(name)
         path = self.core.root / rec.weights
@@ -108,7 +109,8 @@ class ExpertService:
 
     def add_expert(self, name: str, *, arch: str, weights: Path, trained_on: str | None = None) -> catalog.ExpertRecord:
         """Register a user's feature extractor from a weight file (read with ``weights_only=True``)."""
-        from taskreg.embedders.probes import create_model, load_state_dict_file, load_weights
+        from taskreg.embedders.probes import create_model
+        from taskreg.embedders.weight_files import load_state_dict_file, load_weights
 
         check_name(name, "expert name")
         self.refuse_existing_expert(name)

@@ -48,7 +48,8 @@ class ProbeService:
         return by_name.get("default", probes[0])
 
     def load_probe(self, name: str | None = None) -> tuple[catalog.ProbeRecord, nn.Module, ProbeSpec]:
-        from taskreg.embedders.probes import ProbeSpec, create_model, load_state_dict_file, load_weights
+        from taskreg.embedders.probes import ProbeSpec, create_model
+        from taskreg.embedders.weight_files import load_state_dict_file, load_weights
 
         rec = self.resolve_probe(name)
         path = self.core.root / rec.weights
@@ -93,7 +94,8 @@ class ProbeService:
     def add_probe(self, name: str, *, arch: str, weights: Path, input_size: int | None = None,
                   device: str = "cpu") -> catalog.ProbeRecord:
         """Register a user's probe from a weight file (loaded with ``weights_only=True``)."""
-        from taskreg.embedders.probes import ProbeSpec, create_model, default_spec, load_state_dict_file, load_weights
+        from taskreg.embedders.probes import ProbeSpec, create_model, default_spec
+        from taskreg.embedders.weight_files import load_state_dict_file, load_weights
 
         check_name(name, "probe name")
         self._refuse_existing_probe(name)

@@ -148,8 +148,9 @@ class Recovery:
 
     def _recover_probes(self, runs: list[RunData], report: RecoveryReport,
                         device: str) -> list[tuple[str, catalog.ProbeRecord, dict[str, np.ndarray]]]:
-        from taskreg.embedders.probes import ProbeSpec, create_model, default_spec, load_state_dict_file, load_weights
+        from taskreg.embedders.probes import ProbeSpec, create_model, default_spec
         from taskreg.embedders.task2vec import fisher_layout, trivial_embedding
+        from taskreg.embedders.weight_files import load_state_dict_file, load_weights
 
         out = []
         for name, run in self._newest(runs, "probe-", "probe", report).items():

@@ -157,7 +157,7 @@ class TaskonomyPipeline:
 
     def _task_network(self, dictionary: str, task: str, key: str) -> TaskModel:
         """Reload a stored task network (encoder + decoder) from its MLflow artifact."""
-        from taskreg.embedders.probes import load_state_dict_file
+        from taskreg.embedders.weight_files import load_state_dict_file
         from taskreg.trainers.networks import Encoder, TaskModel, make_decoder, rep_shape_for
 
         with self.core.read() as con:

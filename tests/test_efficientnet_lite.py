@@ -15,9 +15,10 @@ from skimage import data as skdata
 
 from taskreg.embedders import zoo
 from taskreg.embedders.efficientnet_lite import LITE_VARIANTS, round_filters
-from taskreg.embedders.probes import adapt_inputs, create_model, default_spec, list_models, load_weights
+from taskreg.embedders.probes import adapt_inputs, create_model, default_spec, list_models
 from taskreg.embedders.task2vec import embed, fisher_layout
 from taskreg.embedders.task2vec_kernels import feature_convs, montecarlo_fisher
+from taskreg.embedders.weight_files import load_weights
 from taskreg.errors import TaskregError
 
 # (arch, wheel package, state_dict entries, parameters with 1000 classes, pretrained resolution)

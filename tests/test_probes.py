@@ -11,17 +11,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from taskreg.embedders.probes import (
-    ProbeSpec,
-    adapt_inputs,
-    create_model,
-    default_spec,
-    list_models,
-    load_state_dict_file,
-    load_weights,
-    train_probe,
-    weights_sha256,
-)
+from taskreg.embedders.probes import ProbeSpec, adapt_inputs, create_model, default_spec, list_models, train_probe
+from taskreg.embedders.weight_files import load_state_dict_file, load_weights, weights_sha256
 from taskreg.errors import TaskregError
 
 
