@@ -472,12 +472,18 @@ def per_domain(console: Console, tasks: Sequence[TaskRecord], errors: np.ndarray
     return "\n".join(lines)
 
 
+def method_colour(method: str) -> str:
+    """Bar colour of a method in the benchmarks' charts: red for Task2Vec/Model2Vec, grey for the baselines."""
+    if method in ("asym", "model2vec"):
+        return "tab:red"
+    return "tab:grey" if method in ("generic", "chance") else "tab:blue"
+
+
 def plot(rows: Sequence[Row], path: Path, title: str) -> None:
     plt = pyplot()
     shown = [r for r in rows if r.method != "oracle"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = ["tab:red" if r.method in ("asym", "model2vec") else "tab:grey" if r.method in ("generic", "chance")
-               else "tab:blue" for r in shown]
+    colours = [method_colour(r.method) for r in shown]
     for ax, key, label in ((axes[0], "rel_increase", "mean relative error increase over the oracle (Table 1)"),
                            (axes[1], "ratio_of_means", "mean error / oracle mean error - 1")):
         values = [100 * getattr(r, key) for r in shown]

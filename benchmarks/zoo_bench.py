@@ -53,7 +53,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from selection_bench import index_rankings, model2vec_kfold  # noqa: E402
+from selection_bench import index_rankings, method_colour, model2vec_kfold  # noqa: E402
 
 from taskreg import data  # noqa: E402
 from taskreg.embedders.efficientnet_lite import LITE_MEAN, LITE_STD  # noqa: E402
@@ -341,8 +341,7 @@ def plot(rows: Sequence[Row], path: Path, title: str) -> None:
     plt = pyplot()
     shown = [r for r in rows if r.method != "oracle"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = ["tab:red" if r.method in ("asym", "model2vec") else "tab:grey" if r.method in ("generic", "chance")
-               else "tab:blue" for r in shown]
+    colours = [method_colour(r.method) for r in shown]
     for ax, key, label in ((axes[0], "ratio_of_means", "mean error / oracle mean error - 1 [%]"),
                            (axes[1], "top1", "top-1: the best expert ranked first [%]")):
         ivs = [getattr(r, key) for r in shown]

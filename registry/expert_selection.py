@@ -256,21 +256,16 @@ class SelectionService:
     def _candidates(self, method: str, probe: str, vec_method: str, query: np.ndarray, want: int,
                     by_id: dict[int, catalog.ExpertRecord]) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:
         """(expert, vector) pairs for the index's top ``want`` hits."""
-        if method == "model2vec":
-            index = self.index_manager.get(self.index_manager.kind("model2vec", probe, vec_method))
-            if index is None:
-                return []
-            ids, _ = search(index, query, want)
-            with self.core.read() as con:
-                found, vectors = catalog.model2vec_vectors(con, probe, vec_method, ids.tolist())
-            return [(by_id[int(i)], v) for i, v in zip(found, vectors, strict=True) if int(i) in by_id]
-        # Task2Vec / domain: the index holds task vectors; an expert is represented by its training task.
-        index = self.index_manager.get(self.index_manager.kind("task", probe, vec_method))
+        # Model2Vec: the index holds expert vectors. Task2Vec / domain: it holds task vectors, and an expert is
+        # represented by its training task.
+        family, fetch = (("model2vec", catalog.model2vec_vectors) if method == "model2vec"
+                         else ("task", catalog.expert_task_vectors))
+        index = self.index_manager.get(self.index_manager.kind(family, probe, vec_method))
         if index is None:
             return []
         ids, _ = search(index, query, want)
         with self.core.read() as con:
-            found, vectors = catalog.expert_task_vectors(con, probe, vec_method, ids.tolist())
+            found, vectors = fetch(con, probe, vec_method, ids.tolist())
         return [(by_id[int(i)], v) for i, v in zip(found, vectors, strict=True) if int(i) in by_id]
 
     def _rank_by_forward(self, ds: datasets.Dataset, selector: Selector, experts: list[catalog.ExpertRecord],
