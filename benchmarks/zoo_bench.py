@@ -312,6 +312,32 @@ def score_rows(rankings: dict[str, list[list[int]]], errors: np.ndarray, seconds
     return rows
 
 
+def per_domain(console: Console, tasks: Sequence[Task], names: Sequence[str], errors: np.ndarray,
+               rankings: dict[str, list[list[int]]]) -> str:
+    """Per query domain: mean error of the best expert of each family and of each method's pick (Markdown)."""
+    families = {"ImageNet": [j for j, n in enumerate(names) if n.startswith("imagenet-")],
+                "Lite0 fine-tuned": [j for j, n in enumerate(names) if n.startswith("ft-")],
+                "small": [j for j, n in enumerate(names) if n.startswith("small-")]}
+    methods = ["model2vec", "asym", "logme", "generic"]
+    head = ["query domain", "tasks", "oracle", *(f"best {f}" for f in families), *methods, "own-domain experts"]
+    table = Table(title="Mean test error [%] per query domain: best of each expert family and each method's pick",
+                  title_justify="left")
+    for h in head:
+        table.add_column(h, justify="left" if h == "query domain" else "right")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for dom in dict.fromkeys(t.domain for t in tasks):
+        rows = [i for i, t in enumerate(tasks) if t.domain == dom]
+        own = [names.index(n) for n in (f"ft-{dom}", f"small-{dom}") if n in names]
+        cells = [dom, str(len(rows)), f"{100 * errors[rows].min(1).mean():.1f}"]
+        cells += [f"{100 * errors[np.ix_(rows, js)].min(1).mean():.1f}" for js in families.values()]
+        cells += [f"{100 * np.mean([errors[i, rankings[m][i][0]] for i in rows]):.1f}" for m in methods]
+        cells.append(f"{100 * errors[np.ix_(rows, own)].min(1).mean():.1f}" if own else "-")
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    console.print(table)
+    return "\n".join(lines)
+
+
 def fmt(iv: metrics.Interval, pct: bool = True, signed: bool = True) -> str:
     if pct:
         s = "+" if signed else ""
@@ -517,8 +543,10 @@ def main() -> None:
     for method in ("asym", "sym"):
         ranked = index_rankings(tv, base[known], method, t0, ALPHA)
         rankings[method] = [[int(known[j]) for j in r] + list(range(n_generic)) for r in ranked]
-    rankings["model2vec"] = model2vec_kfold(tv, base, errors, t0, folds=cfg.folds, alpha=ALPHA, seed=cfg.seed,
-                                            l2=cfg.l2, epochs=cfg.m2v_epochs)
+    m2v_key = f"model2vec-l2_{cfg.l2}-e{cfg.m2v_epochs}-f{cfg.folds}-{len(tasks)}x{len(names)}"
+    rankings["model2vec"] = cached(cfg.cache / f"{m2v_key}.npz", lambda: {"r": np.array(model2vec_kfold(
+        tv, base, errors, t0, folds=cfg.folds, alpha=ALPHA, seed=cfg.seed, l2=cfg.l2, epochs=cfg.m2v_epochs))})[
+        "r"].tolist()
     lm = np.array([[logme(feats[name, task.domain][task.idx], labels[task.domain][task.idx]) for name in names]
                    for task in tasks])
     rankings["logme"] = [np.argsort(-r, kind="stable").tolist() for r in lm]
@@ -556,6 +584,8 @@ def main() -> None:
                   f"median {100 * np.median(spread):.1f} points; generic (Lite2) is best on "
                   f"{int((errors[:, 0] <= errors.min(1) + 1e-12).sum())}/{len(tasks)} tasks")
     console.print("tasks won by: " + ", ".join(f"{names[j]} {int(w)}" for j, w in enumerate(winners) if w))
+    domain_md = per_domain(console, tasks, names, errors, rankings)
+    print("\n" + domain_md + "\n")
     for name, cost in sorted(ft_cost.items()):
         console.print(f"  fine-tune {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in cost.items()))
     console.print("features, ms per image: " + ", ".join(f"{n} {s:.2f}" for n, s in feat_seconds.items()))
@@ -568,7 +598,7 @@ def main() -> None:
                       "domains": [d.name for d in cfg.domains]},
            "experts": names, "tasks": [t.name for t in tasks], "errors": errors.tolist(),
            "rows": [asdict(r) for r in rows], "finetune_cost": ft_cost, "feature_ms_per_image": feat_seconds,
-           "task2vec_seconds": t2v_seconds, "stages": stage, "markdown": md}
+           "task2vec_seconds": t2v_seconds, "stages": stage, "markdown": md, "per_domain": domain_md}
     (cfg.cache / "zoo_bench.json").write_text(json.dumps(out, indent=1))
     console.print(f"wrote {cfg.plot} and {cfg.cache / 'zoo_bench.json'}")
 
