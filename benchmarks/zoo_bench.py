@@ -395,7 +395,7 @@ def parse_args() -> Config:
     p.add_argument("--tasks-per-domain", type=int, default=None)
     p.add_argument("--train-blocks", type=int, default=2)
     p.add_argument("--ft-epochs", type=int, default=None)
-    p.add_argument("--small-epochs", type=int, default=15, help="epochs of the small experts (from scratch)")
+    p.add_argument("--small-epochs", type=int, default=5, help="epochs of the small experts (from scratch)")
     p.add_argument("--m2v-epochs", type=int, default=150, help="Adam steps of each Model2Vec fit")
     p.add_argument("--max-samples", type=int, default=300, help="images per Task2Vec embedding")
     p.add_argument("--folds", type=int, default=5)
