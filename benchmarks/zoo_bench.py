@@ -7,7 +7,7 @@ arrays through the pure layers (embedders/, trainers/, selection/), the same fun
 every expensive result (fine-tuned weights, features, Task2Vec vectors, error matrix) cached as ``.npz``/``.pt``
 in ``--cache`` (default ``./zoo-bench-cache``; put it outside the repository), so a rerun redoes only the analysis.
 
-1. Domains: built-in image sets and their shifted versions (``data.selectors`` transforms), e.g. mnist5k,
+1. Domains: built-in image sets and their shifted versions (``data.source_selectors`` transforms), e.g. mnist5k,
    mnist5k+invert, animals+blur, digits+noise, patches+rot90. Every base set is split once, stratified 50/50
    (seeded), into an *expert side* (the experts' training data) and a *library side* (the query tasks), each
    capped at ``SIDE_CAP`` images; a transform keeps the split, so no library image was ever seen by an expert.

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from taskreg.data import selectors
+from taskreg.data import source_selectors
 from taskreg.data.dataset import Dataset, DatasetSummary, SourceSpec
 from taskreg.data.sources import KINDS, list_builtins
 from taskreg.data.validation import fail
@@ -26,7 +26,7 @@ def parse_source(source: str) -> SourceSpec:
     if not source.strip():
         raise TaskregError("dataset source is empty; give PATH.npz, an image folder or builtin:NAME")
     base, _, query = source.strip().partition("?")
-    chosen = selectors.parse_selectors(source, query)
+    chosen = source_selectors.parse_selectors(source, query)
     lowered = base.lower()
     for kind, entry in KINDS.items():
         if entry.scheme and lowered.startswith(entry.scheme + ":"):
@@ -58,7 +58,7 @@ def load(source: str) -> Dataset:
     """
     spec = parse_source(source)
     raw = KINDS[spec.kind].load(source, spec.location)
-    x, y, names, domain = selectors.apply(source, raw, spec)
+    x, y, names, domain = source_selectors.apply(source, raw, spec)
     return Dataset(x, y, names, canonical_source(source), domain, list(raw.notes))
 
 

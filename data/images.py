@@ -61,7 +61,7 @@ def resize_image(image: np.ndarray, shape: tuple[int, int], *, kernel: str = "la
         'area' / 'nearest': Pillow's box filter (each output pixel the mean of the input area it covers;
         exact block means for integer factors) / nearest neighbour on a real-valued image, channel by
         channel in float32; return float32. The ``lowres`` transform downsamples with 'area' and
-        upsamples with 'nearest' (``taskreg.data.selectors``).
+        upsamples with 'nearest' (``taskreg.data.source_selectors``).
     """
     if kernel == "lanczos":
         from PIL import Image

@@ -12,7 +12,7 @@ from PIL import Image
 
 from taskreg.data import Dataset, canonical_source, describe, list_builtins, load, parse_source
 from taskreg.data import validation as D  # the limits that the size tests lower
-from taskreg.data.selectors import LUMA, apply_transform, colour_pairs, lowres_shape
+from taskreg.data.source_selectors import LUMA, apply_transform, colour_pairs, lowres_shape
 from taskreg.data.sources import digits as builtin_digits
 from taskreg.data.sources import patches as builtin_patches
 from taskreg.errors import TaskregError
