@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -169,54 +169,49 @@ def finetune_expert(
 
 
 # ------------------------------------------------------------------------------------------ features
-@torch.no_grad()
-def extract_features(
+def _forward_in_batches(
+    head: Callable[[torch.Tensor], torch.Tensor],
     model: nn.Module,
     spec: ProbeSpec,
     x: np.ndarray,
-    *,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
+    batch_size: int,
+    device: str | torch.device,
 ) -> np.ndarray:
+    """``head(xb)`` of ``model`` (moved to ``device``, eval mode) over ``x`` in batches: (N, ...) float32 on the CPU."""
+    _check_images(x)
+    _check_positive(batch_size=batch_size)
+    device = to_device(device)
+    model.to(device).eval()
+    chunks = [head(xb).float().cpu().numpy() for xb in _batches(x, spec, batch_size, device)]
+    return np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, spec: ProbeSpec, x: np.ndarray, *, batch_size: int = 256,
+                     device: str | torch.device = "cpu") -> np.ndarray:
     """Frozen penultimate features ``model.features(x)``: (N, C, H, W) in [0, 1] -> (N, D) float32.
 
     The model is moved to ``device`` and put in eval mode (BatchNorm uses running statistics);
     gradients are off.
     """
-    _check_images(x)
-    _check_positive(batch_size=batch_size)
-    device = to_device(device)
-    model.to(device).eval()
-    chunks = [
-        model.features(xb).flatten(1).float().cpu().numpy()  # type: ignore[operator]
-        for xb in _batches(x, spec, batch_size, device)
-    ]
-    return np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
+    def features(xb: torch.Tensor) -> torch.Tensor:
+        return model.features(xb).flatten(1)  # type: ignore[operator]
+
+    return _forward_in_batches(features, model, spec, x, batch_size, device)
 
 
 @torch.no_grad()
-def expert_logits(
-    model: nn.Module,
-    spec: ProbeSpec,
-    x: np.ndarray,
-    *,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-) -> np.ndarray:
+def expert_logits(model: nn.Module, spec: ProbeSpec, x: np.ndarray, *, batch_size: int = 256,
+                  device: str | torch.device = "cpu") -> np.ndarray:
     """The expert's own head on new data: (N, C, H, W) -> logits (N, K_source) float32.
 
     These are the source-label predictions LEEP and NCE need (softmax them for LEEP, argmax for NCE;
     see :mod:`taskreg.selection.transferability`).
     """
-    _check_images(x)
-    _check_positive(batch_size=batch_size)
-    device = to_device(device)
-    model.to(device).eval()
-    chunks = [
-        model.fc(model.features(xb).flatten(1)).float().cpu().numpy()  # type: ignore[operator]
-        for xb in _batches(x, spec, batch_size, device)
-    ]
-    return np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
+    def logits(xb: torch.Tensor) -> torch.Tensor:
+        return model.fc(model.features(xb).flatten(1))  # type: ignore[operator]
+
+    return _forward_in_batches(logits, model, spec, x, batch_size, device)
 
 
 # -------------------------------------------------------------------------------------- linear probe
