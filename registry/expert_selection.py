@@ -19,13 +19,9 @@ from taskreg import data as datasets
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
 from taskreg.registry import catalog, expert_basis
-from taskreg.registry.core import Core
-from taskreg.registry.expert_evaluation import ExpertEvaluator
-from taskreg.registry.experts import ExpertService
-from taskreg.registry.index import IndexManager, search
+from taskreg.registry.expert_side import ExpertSide
+from taskreg.registry.index import search
 from taskreg.registry.model2vec_fitting import Model2VecFitter
-from taskreg.registry.probes import ProbeService
-from taskreg.registry.tasks import TaskService
 
 if TYPE_CHECKING:
     from taskreg.selection.selectors import Selector
@@ -118,14 +114,8 @@ def candidate_floor_for(top: int) -> int:
 class SelectionService:
     """``select`` on one registry: ranks its experts for a dataset by a registered ranking method."""
 
-    def __init__(self, core: Core, index_manager: IndexManager, probes: ProbeService, tasks: TaskService,
-                 experts: ExpertService, evaluator: ExpertEvaluator, model2vec: Model2VecFitter) -> None:
-        self.core = core
-        self.index_manager = index_manager
-        self.probes = probes
-        self.tasks = tasks
-        self.experts = experts
-        self.evaluator = evaluator
+    def __init__(self, side: ExpertSide, model2vec: Model2VecFitter) -> None:
+        self.side = side
         self.model2vec = model2vec
 
     def select(
@@ -141,10 +131,10 @@ class SelectionService:
             raise TaskregError(f"--top must be at least 1, got {top}")
         if verify < 0:
             raise TaskregError(f"--verify must be >= 0, got {verify}")
-        experts = self.experts.list_experts()
+        experts = self.side.experts.list_experts()
         if not experts:
             raise TaskregError("no experts registered: `taskreg expert add` or `taskreg expert train` first")
-        prec = self.probes.resolve_probe(probe)
+        prec = self.side.probes.resolve_probe(probe)
         if method is None:
             method = "model2vec" if self.model2vec.fitted(prec.name, embedding) else "asym"
         selector = get_selector(method)  # an unknown method: one line listing the registered ones
@@ -165,7 +155,7 @@ class SelectionService:
         ranked = [r for r in ranked if r.score is not None] + [r for r in ranked if r.score is None]
 
         verified, winner = self._verify([r.expert for r in ranked[:verify]], ds, device) if verify else ((), None)
-        with self.core.read() as con:  # measured on the query when it is a registered task, else when verified
+        with self.side.core.read() as con:  # measured on the query when it is a registered task, else when verified
             measured = catalog.measured_errors_by_fingerprint(con, ds.fingerprint())
             # what each score rests on (a ranking may mix kinds: never silently)
             bases = expert_basis.score_bases(con, selector, prec.name, embedding,
@@ -194,8 +184,8 @@ class SelectionService:
         feats: dict[str, np.ndarray] = {}
         broken: list[str] = []
         for e in cands:
-            rec, model, spec = self.experts.load_expert(e.name)
-            f = self.evaluator.expert_features(rec, model, spec, ds, device=device)
+            rec, model, spec = self.side.experts.load_expert(e.name)
+            f = self.side.evaluator.expert_features(rec, model, spec, ds, device=device)
             if np.isfinite(f).all():
                 feats[e.name] = f
             else:
@@ -216,11 +206,11 @@ class SelectionService:
         """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last, unscored."""
         from taskreg.selection.select import rerank
 
-        _, emb, dom = self.tasks.embed_dataset(ds, probe=probe, method=embedding, max_samples=max_samples, seed=seed,
-                                         device=device)
+        _, emb, dom = self.side.tasks.embed_dataset(ds, probe=probe, method=embedding, max_samples=max_samples,
+                                                    seed=seed, device=device)
         query = dom if "domain" in selector.needs else emb.vector
         vec_method = "domain" if "domain" in selector.needs else embedding
-        t0 = self.probes.trivial(probe, embedding) if "trivial" in selector.needs else None
+        t0 = self.side.probes.trivial(probe, embedding) if "trivial" in selector.needs else None
         vectors = "model2vec" if "model2vec" in selector.needs else "task"  # the experts' own vectors, or their tasks'
         n_experts = len(by_id)
         want = max(candidate_floor_for(top), top)
@@ -250,7 +240,7 @@ class SelectionService:
     def _unscored_reasons(self, method: str, probe: str, vec_method: str, experts: list[catalog.ExpertRecord],
                           want: int) -> dict[int, str]:
         """Why each of ``experts`` got no distance from an index method (expert id -> one-line reason)."""
-        with self.core.read() as con:
+        with self.side.core.read() as con:
             return expert_basis.unscored_reasons(con, method, probe, vec_method, experts, want)
 
     def _candidates(self, method: str, probe: str, vec_method: str, query: np.ndarray, want: int,
@@ -260,11 +250,11 @@ class SelectionService:
         # represented by its training task.
         family, fetch = (("model2vec", catalog.model2vec_vectors) if method == "model2vec"
                          else ("task", catalog.expert_task_vectors))
-        index = self.index_manager.get(self.index_manager.kind(family, probe, vec_method))
+        index = self.side.index_manager.get(self.side.index_manager.kind(family, probe, vec_method))
         if index is None:
             return []
         ids, _ = search(index, query, want)
-        with self.core.read() as con:
+        with self.side.core.read() as con:
             found, vectors = fetch(con, probe, vec_method, ids.tolist())
         return [(by_id[int(i)], v) for i, v in zip(found, vectors, strict=True) if int(i) in by_id]
 
@@ -284,9 +274,9 @@ class SelectionService:
         unscored: list[Scored] = []
         t0 = time.perf_counter()
         for i, e in enumerate(experts):
-            rec, model, spec = self.experts.load_expert(e.name)
+            rec, model, spec = self.side.experts.load_expert(e.name)
             if features:
-                values = self.evaluator.expert_features(rec, model, spec, ds, device=device)
+                values = self.side.evaluator.expert_features(rec, model, spec, ds, device=device)
             else:
                 values = expert_logits(model, spec, ds.x, device=device)
             if not np.isfinite(values).all():
@@ -314,7 +304,7 @@ class SelectionService:
 
         sizes: dict[int, tuple[int, int]] = {}  # expert position -> (classes, samples), where known
         if "sizes" in selector.needs:
-            tasks = {t.name: t for t in self.tasks.list_tasks()}
+            tasks = {t.name: t for t in self.side.tasks.list_tasks()}
             for i, e in enumerate(experts):
                 task = tasks.get(e.trained_on or "")
                 if e.n_classes and e.n_train:

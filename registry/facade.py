@@ -9,19 +9,19 @@
      ├─ tasks         TaskService(core, index_manager, probes)                               (tasks.py)
      ├─ experts       ExpertService(core, index_manager, probes, tasks): records, adding     (experts.py)
      ├─ evaluator     ExpertEvaluator(core, experts, tasks): features, results               (expert_evaluation.py)
-     ├─ model2vec     Model2VecFitter(core, index_manager, probes, tasks, experts,           (model2vec_fitting.py)
-     │                evaluator): fit Model2Vec
-     ├─ selection     SelectionService(core, index_manager, probes, tasks, experts,          (expert_selection.py)
-     │                evaluator, model2vec): select
+     ├─ model2vec     Model2VecFitter(expert_side): fit Model2Vec                             (model2vec_fitting.py)
+     ├─ selection     SelectionService(expert_side, model2vec): select                       (expert_selection.py)
      ├─ policies      PolicyService(core): affinity sets, win rates, policies                (policies.py)
      ├─ taskonomy     TaskonomyPipeline(core, experts)                                       (taskonomy_pipeline.py)
      ├─ maintenance   Maintenance(core, index_manager): check, check --fix                   (maintenance.py)
      ├─ zoo           ZooService(probes, experts): packaged pretrained models                (zoo.py)
      └─ recovery      Recovery(core, index_manager): recover                                 (recovery.py)
 
-Each service receives its collaborators in its constructor and declares its state there; no service
-inherits from another. The facade's methods (``reg.add_task(...)``, ``reg.select(...)``, ...) are
-one-line delegations to the services; opening, creating and restoring a registry live here.
+``expert_side`` is an :class:`~taskreg.registry.expert_side.ExpertSide` (core, index_manager, probes, tasks,
+experts, evaluator), built once here for the two services that share those collaborators. Each service receives its
+collaborators in its constructor and declares its state there; no service inherits from another. The facade's
+methods (``reg.add_task(...)``, ``reg.select(...)``, ...) are one-line delegations to the services; opening, creating
+and restoring a registry live here.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from taskreg.registry.core import Core, default_root
 from taskreg.registry.damage import RECOVERY, Unaccounted, missing_catalog, unaccounted
 from taskreg.registry.expert_evaluation import ExpertEvaluator
 from taskreg.registry.expert_selection import SelectionService
+from taskreg.registry.expert_side import ExpertSide
 from taskreg.registry.experts import ExpertService
 from taskreg.registry.index import IndexManager
 from taskreg.registry.maintenance import Maintenance
@@ -73,10 +74,9 @@ class Registry:
         self.tasks = TaskService(self.core, self.index_manager, self.probes)
         self.experts = ExpertService(self.core, self.index_manager, self.probes, self.tasks)
         self.evaluator = ExpertEvaluator(self.core, self.experts, self.tasks)
-        self.model2vec = Model2VecFitter(self.core, self.index_manager, self.probes, self.tasks, self.experts,
-                                         self.evaluator)
-        self.selection = SelectionService(self.core, self.index_manager, self.probes, self.tasks, self.experts,
-                                          self.evaluator, self.model2vec)
+        expert_side = ExpertSide(self.core, self.index_manager, self.probes, self.tasks, self.experts, self.evaluator)
+        self.model2vec = Model2VecFitter(expert_side)
+        self.selection = SelectionService(expert_side, self.model2vec)
         self.policies = PolicyService(self.core)
         self.taskonomy = TaskonomyPipeline(self.core, self.experts)
         self.maintenance = Maintenance(self.core, self.index_manager)

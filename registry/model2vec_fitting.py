@@ -16,13 +16,8 @@ import numpy as np
 
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog, expert_basis
-from taskreg.registry.core import Core
-from taskreg.registry.expert_evaluation import ExpertEvaluator
-from taskreg.registry.experts import ExpertService
-from taskreg.registry.index import IndexManager
-from taskreg.registry.probes import ProbeService
+from taskreg.registry.expert_side import ExpertSide
 from taskreg.registry.runs import pending_run
-from taskreg.registry.tasks import TaskService
 
 
 @dataclass(frozen=True)
@@ -44,14 +39,8 @@ class Model2VecFit:
 class Model2VecFitter:
     """Fits Model2Vec on one registry and answers whether it is fitted."""
 
-    def __init__(self, core: Core, index_manager: IndexManager, probes: ProbeService, tasks: TaskService,
-                 experts: ExpertService, evaluator: ExpertEvaluator) -> None:
-        self.core = core
-        self.index_manager = index_manager
-        self.probes = probes
-        self.tasks = tasks
-        self.experts = experts
-        self.evaluator = evaluator
+    def __init__(self, side: ExpertSide) -> None:
+        self.side = side
 
     def fit(self, *, probe: str | None = None, method: str = "montecarlo", alpha: float = 0.15, epochs: int = 300,
             seed: int = 0, exclude_tasks: Sequence[str] = (), l2: float | str = "auto") -> Model2VecFit:
@@ -61,26 +50,26 @@ class Model2VecFitter:
         from taskreg.embedders.model2vec import check_l2, fit_model2vec
 
         l2 = check_l2(l2)  # before any other check: a bad argument is named as such
-        prec = self.probes.resolve_probe(probe)
-        names, experts, errors = self.evaluator.results_matrix()
+        prec = self.side.probes.resolve_probe(probe)
+        names, experts, errors = self.side.evaluator.results_matrix()
         if len(experts) < 2:
             raise TaskregError(f"Model2Vec ranks experts against each other: it needs at least 2 experts, "
                                f"found {len(experts)} (`taskreg expert add` / `expert train`)")
         keep = [i for i, n in enumerate(names) if n not in set(exclude_tasks) and np.sum(~np.isnan(errors[i])) >= 2]
-        with self.core.read() as con:
+        with self.side.core.read() as con:
             embedded = catalog.embedded_task_names(con, prec.name, method)
         keep = [i for i in keep if names[i] in embedded]
         if not keep:
             raise TaskregError("no task has both an embedding and results for at least 2 experts: run `expert eval`")
-        _, task_vecs = self.tasks.task_vectors(prec.name, method, [names[i] for i in keep])
-        exp_recs = self.experts.list_experts()
+        _, task_vecs = self.side.tasks.task_vectors(prec.name, method, [names[i] for i in keep])
+        exp_recs = self.side.experts.list_experts()
         base = np.zeros((len(exp_recs), task_vecs.shape[1]), dtype=np.float32)
         for j, e in enumerate(exp_recs):
             if e.trained_on and e.trained_on in embedded:
-                base[j] = self.tasks.task_vectors(prec.name, method, [e.trained_on])[1][0]
-        t0 = self.probes.trivial(prec.name, method)
+                base[j] = self.side.tasks.task_vectors(prec.name, method, [e.trained_on])[1][0]
+        t0 = self.side.probes.trivial(prec.name, method)
         fit = fit_model2vec(task_vecs, base, errors[keep], t0=t0, alpha=alpha, epochs=epochs, seed=seed, l2=l2)
-        kind = self.index_manager.kind("model2vec", prec.name, method)
+        kind = self.side.index_manager.kind("model2vec", prec.name, method)
         initial_loss, final_loss = float(fit.loss_history[0]), float(fit.loss_history[-1])
         forms = {e.name: b for e, b in zip(exp_recs, fit.basis, strict=True) if b is not None}
         skipped = {exp_recs[j].name: expert_basis.skipped_reason(exp_recs[j], prec.name, method)
@@ -90,25 +79,25 @@ class Model2VecFitter:
         # losses and the fitted vectors/biases by expert name, so a fit can be compared with earlier ones.
         params = {"probe": prec.name, "estimator": method, "alpha": alpha, "epochs": epochs, "seed": seed,
                   "l2_requested": l2, "l2": fit.l2, "tasks": len(keep), "experts": len(exp_recs)}
-        with pending_run(self.core, "model2vec", f"model2vec-{prec.name}-{method}", params,
+        with pending_run(self.side.core, "model2vec", f"model2vec-{prec.name}-{method}", params,
                          {"taskreg.kind": "model2vec_fit"}) as run:
-            self.core.tracker.log_metrics(run.run_id, {"initial_loss": initial_loss, "final_loss": final_loss})
+            self.side.core.tracker.log_metrics(run.run_id, {"initial_loss": initial_loss, "final_loss": final_loss})
             with tempfile.TemporaryDirectory() as tmp:
                 local = Path(tmp) / "model2vec.npz"
                 np.savez(local, experts=np.array([e.name for e in exp_recs])[ok], vectors=fit.vectors[ok],
                          biases=fit.biases[ok], basis=np.array([b for b in fit.basis if b is not None], dtype=str),
                          loss_history=np.asarray(fit.loss_history))
-                self.core.tracker.log_artifact(run.run_id, local)
-            with self.core.write() as con:  # experts removed since the results were read are skipped
+                self.side.core.tracker.log_artifact(run.run_id, local)
+            with self.side.core.write() as con:  # experts removed since the results were read are skipped
                 kept = [e.id for e, k in zip(exp_recs, ok, strict=True) if k]  # skipped experts get no row
                 catalog.replace_model2vec(con, prec.name, method, kept, fit.vectors[ok], fit.biases[ok], final_loss)
                 catalog.bump_generation(con, kind)
-        self.core.tracker.commit(run.run_id)
-        self.index_manager.rebuild(kind)
+        self.side.core.tracker.commit(run.run_id)
+        self.side.index_manager.rebuild(kind)
         return Model2VecFit(tasks=len(keep), experts=len(exp_recs), initial_loss=initial_loss, final_loss=final_loss,
                             l2=fit.l2, run_id=run.run_id, forms=forms, skipped=skipped)
 
     def fitted(self, probe: str, method: str) -> bool:
         """Whether Model2Vec has vectors for ``probe``/``method``."""
-        with self.core.read() as con:
+        with self.side.core.read() as con:
             return catalog.model2vec_count(con, probe, method) > 0
