@@ -48,6 +48,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import pulp
@@ -55,7 +56,25 @@ import pulp
 from taskreg.errors import TaskregError
 from taskreg.selection.affinity_sets import PIXELS, SELF, AffinitySet, Transfer
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is Python 3.11+; annotations are not evaluated at run time
+
 _EPS = 1e-9
+
+
+class PolicyOptions(TypedDict, total=False):
+    """The keyword options every policy search takes (:func:`solve_policy`, :func:`minimum_budget`,
+    :func:`enumerate_policies`, :func:`random_feasible_policies`); see :func:`solve_policy` for their meaning.
+
+    Defaults: ``max_order`` None (all orders in the table), ``targets`` None (every target that is not source-only),
+    ``source_only`` None (``aff.source_only``), ``cost`` None (1 per task), ``free_source_only`` False.
+    """
+
+    max_order: int | None
+    targets: Sequence[str] | None
+    source_only: Sequence[str] | None
+    cost: Mapping[str, float] | None
+    free_source_only: bool
 
 
 @dataclass(frozen=True)
@@ -147,13 +166,13 @@ def _check_weights(values: Mapping[str, float] | None, what: str, known: Sequenc
 def _build_problem(
     aff: AffinitySet,
     budget: float,
-    max_order: int | None,
-    targets: Sequence[str] | None,
-    source_only: Sequence[str] | None,
-    importance: Mapping[str, float] | None,
-    cost: Mapping[str, float] | None,
-    pin_supervised: bool = True,
     *,
+    importance: Mapping[str, float] | None = None,
+    pin_supervised: bool = True,
+    max_order: int | None = None,
+    targets: Sequence[str] | None = None,
+    source_only: Sequence[str] | None = None,
+    cost: Mapping[str, float] | None = None,
     free_source_only: bool = False,
 ) -> _Problem:
     """Validate the inputs of a policy search and list every target's usable options."""
@@ -274,19 +293,9 @@ def _solver(time_limit: float | None) -> pulp.LpSolver:
     return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=0.0)
 
 
-def minimum_budget(
-    aff: AffinitySet,
-    *,
-    max_order: int | None = None,
-    targets: Sequence[str] | None = None,
-    source_only: Sequence[str] | None = None,
-    cost: Mapping[str, float] | None = None,
-    free_source_only: bool = False,
-    time_limit: float | None = None,
-) -> float:
+def minimum_budget(aff: AffinitySet, *, time_limit: float | None = None, **options: Unpack[PolicyOptions]) -> float:
     """The smallest budget with a feasible policy (a weighted set-cover BIP, solved exactly by CBC)."""
-    prob = _build_problem(aff, math.inf, max_order, targets, source_only, None, cost,
-                          free_source_only=free_source_only)
+    prob = _build_problem(aff, math.inf, **options)
     model, _, z = _pulp_model(prob, maximise_value=False)
     model.solve(_solver(time_limit))
     if model.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
@@ -298,14 +307,10 @@ def solve_policy(
     aff: AffinitySet,
     budget: float,
     *,
-    max_order: int | None = None,
-    targets: Sequence[str] | None = None,
-    source_only: Sequence[str] | None = None,
     importance: Mapping[str, float] | None = None,
-    cost: Mapping[str, float] | None = None,
-    free_source_only: bool = False,
     time_limit: float | None = None,
     pin_supervised: bool = True,
+    **options: Unpack[PolicyOptions],
 ) -> Policy:
     """The optimal transfer policy for ``budget`` (see the module docstring for the model).
 
@@ -320,8 +325,7 @@ def solve_policy(
     time_limit : seconds for CBC; if reached with a feasible solution the status says so.
     Raises TaskregError for bad arguments and for an infeasible budget (naming the minimum budget).
     """
-    prob = _build_problem(aff, budget, max_order, targets, source_only, importance, cost, pin_supervised,
-                          free_source_only=free_source_only)
+    prob = _build_problem(aff, budget, importance=importance, pin_supervised=pin_supervised, **options)
     if time_limit is not None and (not math.isfinite(time_limit) or time_limit <= 0):
         raise TaskregError(f"time_limit must be a positive number of seconds, got {time_limit}")
     model, x, _ = _pulp_model(prob, maximise_value=True)
@@ -334,8 +338,8 @@ def solve_policy(
         status = "time limit (feasible)"
     else:
         if model.status == pulp.LpStatusInfeasible:
-            need = minimum_budget(aff, max_order=prob.max_order, targets=prob.targets,
-                                  source_only=prob.source_only, cost=cost, free_source_only=free_source_only)
+            need = minimum_budget(aff, max_order=prob.max_order, targets=prob.targets, source_only=prob.source_only,
+                                  cost=options.get("cost"), free_source_only=options.get("free_source_only", False))
             raise TaskregError(
                 f"budget {budget:g} is infeasible for '{aff.name}' (max order {prob.max_order}): "
                 f"covering all {len(prob.targets)} targets needs a budget of at least {need:g}"
@@ -355,14 +359,10 @@ def enumerate_policies(
     aff: AffinitySet,
     budget: float,
     *,
-    max_order: int | None = None,
-    targets: Sequence[str] | None = None,
-    source_only: Sequence[str] | None = None,
     importance: Mapping[str, float] | None = None,
-    cost: Mapping[str, float] | None = None,
-    free_source_only: bool = False,
     max_nodes: int = 16,
     pin_supervised: bool = True,
+    **options: Unpack[PolicyOptions],
 ) -> list[Policy]:
     """Brute force: every affordable set of trained tasks, each target taking its best available option.
 
@@ -371,8 +371,7 @@ def enumerate_policies(
     first one has the BIP optimum). Only for small instances: raises TaskregError if more than
     ``max_nodes`` tasks have a positive cost.
     """
-    prob = _build_problem(aff, budget, max_order, targets, source_only, importance, cost, pin_supervised,
-                          free_source_only=free_source_only)
+    prob = _build_problem(aff, budget, importance=importance, pin_supervised=pin_supervised, **options)
     free = {v for v in prob.nodes if prob.cost[v] <= 0}
     paid = [v for v in prob.nodes if prob.cost[v] > 0]
     if len(paid) > max_nodes:
@@ -411,12 +410,8 @@ def random_feasible_policies(
     n: int,
     rng: np.random.Generator,
     *,
-    max_order: int | None = None,
-    targets: Sequence[str] | None = None,
-    source_only: Sequence[str] | None = None,
-    cost: Mapping[str, float] | None = None,
-    free_source_only: bool = False,
     max_tries: int = 100,
+    **options: Unpack[PolicyOptions],
 ) -> list[Policy]:
     """``n`` policies with random connectivity at the same budget (baseline of the paper's Fig. 11 test).
 
@@ -428,8 +423,7 @@ def random_feasible_policies(
     """
     if int(n) != n or n < 0:
         raise TaskregError(f"n must be an integer >= 0, got {n}")
-    prob = _build_problem(aff, budget, max_order, targets, source_only, None, cost,
-                          free_source_only=free_source_only)
+    prob = _build_problem(aff, budget, **options)
     free = {v for v in prob.nodes if prob.cost[v] <= 0}
     paid = [v for v in prob.nodes if prob.cost[v] > 0]
     self_opt = {t: next((o for o in prob.options[t] if o.transfer.is_self), None) for t in prob.targets}
@@ -469,17 +463,11 @@ def random_feasible_policy(
     budget: float,
     rng: np.random.Generator,
     *,
-    max_order: int | None = None,
-    targets: Sequence[str] | None = None,
-    source_only: Sequence[str] | None = None,
-    cost: Mapping[str, float] | None = None,
-    free_source_only: bool = False,
     max_tries: int = 100,
+    **options: Unpack[PolicyOptions],
 ) -> Policy:
     """One random feasible policy; see :func:`random_feasible_policies`."""
-    return random_feasible_policies(aff, budget, 1, rng, max_order=max_order, targets=targets,
-                                    source_only=source_only, cost=cost, free_source_only=free_source_only,
-                                    max_tries=max_tries)[0]
+    return random_feasible_policies(aff, budget, 1, rng, max_tries=max_tries, **options)[0]
 
 
 def evaluate_policy(policy: Policy, table: AffinitySet) -> dict[str, float]:
