@@ -41,7 +41,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ from taskreg.trainers.networks import (
     rep_shape_for,
 )
 from taskreg.trainers.taskonomy_dictionary import Dictionary, DictionaryRef, TaskSpec
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is Python 3.11+; annotations are not evaluated at run time
 
 #: defaults chosen so the built-in pipeline runs in minutes on 2 CPU cores (see the report/README)
 SELF_EPOCHS = 10
@@ -148,15 +151,6 @@ def _device(device: str | torch.device) -> torch.device:
         raise TaskregError(f"invalid device {device!r}: {exc}") from exc
 
 
-def _check_hparams(epochs: int, batch_size: int, lr: float) -> None:
-    if epochs < 1:
-        raise TaskregError(f"epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        raise TaskregError(f"batch_size must be >= 1, got {batch_size}")
-    if not lr > 0:
-        raise TaskregError(f"lr must be > 0, got {lr}")
-
-
 def _target_task(dictionary: Dictionary, target: str) -> TaskSpec:
     spec = dictionary.task(target)
     if spec.source_only:
@@ -220,45 +214,100 @@ def _per_image_losses(
     return losses
 
 
+class TrainOptions(TypedDict, total=False):
+    """The training options of :func:`train_task_network`, :func:`train_transfer` and :func:`train_scratch`.
+
+    epochs (default :data:`SELF_EPOCHS` for a task network, :data:`TRANSFER_EPOCHS` otherwise), batch_size
+    (:data:`BATCH_SIZE`), lr (:data:`LR`), seed (0: torch's global seed and the batch order), device ("cpu"),
+    progress (None; else called with (epochs done, epochs)).
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    device: str | torch.device
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class _Training:
+    """One training run of a network: its checked options and start time; :meth:`fit_and_test` trains and tests."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    device: torch.device
+    progress: Progress
+    t0: float
+
+    @classmethod
+    def start(
+        cls, default_epochs: int, *, epochs: int | None = None, batch_size: int = BATCH_SIZE, lr: float = LR,
+        seed: int = 0, device: str | torch.device = "cpu", progress: Progress = None,
+    ) -> _Training:
+        """Check the options (``epochs`` None: ``default_epochs``), start the clock and seed torch."""
+        epochs = default_epochs if epochs is None else epochs
+        if epochs < 1:
+            raise TaskregError(f"epochs must be >= 1, got {epochs}")
+        if batch_size < 1:
+            raise TaskregError(f"batch_size must be >= 1, got {batch_size}")
+        if not lr > 0:
+            raise TaskregError(f"lr must be > 0, got {lr}")
+        run = cls(epochs, batch_size, lr, seed, _device(device), progress, time.perf_counter())
+        torch.manual_seed(seed)
+        return run
+
+    @property
+    def seconds(self) -> float:
+        """Wall-clock seconds since :meth:`start`."""
+        return time.perf_counter() - self.t0
+
+    def fit_and_test(
+        self, model: nn.Module, task: TaskSpec, train: tuple[torch.Tensor, torch.Tensor],
+        test: tuple[torch.Tensor, torch.Tensor],
+    ) -> np.ndarray:
+        """Train ``model`` on ``train`` (x, y) with :func:`_fit`; its per-image losses on ``test`` (x, y)."""
+        _fit(model, *train, task, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+             device=self.device, progress=self.progress)
+        return _per_image_losses(model, *test, task, self.batch_size, self.device)
+
+    def result(
+        self, model: nn.Module, task: TaskSpec, train: tuple[torch.Tensor, torch.Tensor],
+        test: tuple[torch.Tensor, torch.Tensor], *, sources: tuple[str, ...], target: str, kind: str,
+    ) -> TransferResult:
+        """:meth:`fit_and_test`, as the :class:`TransferResult` of ``sources -> target`` (order = len(sources))."""
+        losses = self.fit_and_test(model, task, train, test)
+        return TransferResult(sources=sources, target=target, order=len(sources), per_image_loss=losses,
+                              mean_loss=float(losses.mean()), seconds=self.seconds, train_size=len(train[0]),
+                              kind=kind)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Step I: task-specific networks
 # ----------------------------------------------------------------------------------------------------
 
 
-def train_task_network(
-    dictionary: Dictionary,
-    task: str,
-    *,
-    epochs: int = SELF_EPOCHS,
-    batch_size: int = BATCH_SIZE,
-    lr: float = LR,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: Progress = None,
-) -> TaskNetwork:
+def train_task_network(dictionary: Dictionary, task: str, **options: Unpack[TrainOptions]) -> TaskNetwork:
     """Train the fully supervised network of ``task`` on the whole training split.
 
     The network reads ``dictionary.input_of(task)`` (N, 3, H, W) and predicts the task's target.
     Returns a :class:`TaskNetwork` in eval mode with the per-image test losses (N_test,).
-    The 'random' source (kind 'none') is not trained: use :func:`source_encoder`.
+    The 'random' source (kind 'none') is not trained: use :func:`source_encoder`. options: :class:`TrainOptions`.
     """
     spec = dictionary.task(task)
     if not spec.trainable:
         raise TaskregError(f"task {task!r} is a random projection; it has no network to train")
-    _check_hparams(epochs, batch_size, lr)
-    dev = _device(device)
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)
+    run = _Training.start(SELF_EPOCHS, **options)
     encoder = Encoder()
     decoder = make_decoder(spec, rep_shape_for(dictionary.image_shape[1:]))
     model = TaskModel(encoder, decoder)
     x = torch.from_numpy(dictionary.input_of(task))
     y = _target_tensor(spec, dictionary.target_of(task))
     tr, te = torch.from_numpy(dictionary.train_idx), torch.from_numpy(dictionary.test_idx)
-    _fit(model, x[tr], y[tr], spec, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
-         progress=progress)
-    losses = _per_image_losses(model, x[te], y[te], spec, batch_size, dev)
-    net = TaskNetwork(task, encoder, decoder, losses, time.perf_counter() - t0, len(tr))
+    losses = run.fit_and_test(model, spec, (x[tr], y[tr]), (x[te], y[te]))
+    net = TaskNetwork(task, encoder, decoder, losses, run.seconds, len(tr))
     net.cpu().eval()
     return net
 
@@ -371,12 +420,7 @@ def train_transfer(
     *,
     sources: Sequence[str] | None = None,
     train_fraction: float = TRAIN_FRACTION,
-    epochs: int = TRANSFER_EPOCHS,
-    batch_size: int = BATCH_SIZE,
-    lr: float = LR,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: Progress = None,
+    **options: Unpack[TrainOptions],
 ) -> TransferResult:
     """Train a transfer function (readout + fresh decoder) from frozen source features to ``target``.
 
@@ -385,17 +429,15 @@ def train_transfer(
     sources : names of the sources (for the result; defaults to 's0', 's1', ...)
     Each source's features are standardised per channel with training-subset statistics, then
     concatenated along channels (higher-order transfers). Trained on
-    :func:`transfer_train_indices`, evaluated on the test split.
+    :func:`transfer_train_indices`, evaluated on the test split. options: :class:`TrainOptions`.
     """
     spec = _target_task(dictionary, target)
-    _check_hparams(epochs, batch_size, lr)
+    run = _Training.start(TRANSFER_EPOCHS, **options)
     if len(source_features) < 1:
         raise TaskregError("train_transfer needs at least one source feature array")
     names = tuple(sources) if sources is not None else tuple(f"s{i}" for i in range(len(source_features)))
     if len(names) != len(source_features):
         raise TaskregError(f"got {len(names)} source names for {len(source_features)} feature arrays")
-    dev = _device(device)
-    t0 = time.perf_counter()
     tr_parts, te_parts = [], []
     for name, feats in zip(names, source_features, strict=True):
         tr_f, te_f = _align_features(feats, dictionary, train_fraction, f"source {name!r}")
@@ -415,60 +457,25 @@ def train_transfer(
     y_tr = _target_tensor(spec, y_all[train_rows])
     y_te = _target_tensor(spec, y_all[dictionary.test_idx])
 
-    torch.manual_seed(seed)
     model = TransferModel(Readout(len(names), rep_channels=rep_c), make_decoder(spec, (rep_c, h, w)))
-    _fit(model, x_tr, y_tr, spec, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
-         progress=progress)
-    losses = _per_image_losses(model, x_te, y_te, spec, batch_size, dev)
-    return TransferResult(
-        sources=names,
-        target=target,
-        order=len(names),
-        per_image_loss=losses,
-        mean_loss=float(losses.mean()),
-        seconds=time.perf_counter() - t0,
-        train_size=len(train_rows),
-        kind="transfer",
-    )
+    return run.result(model, spec, (x_tr, y_tr), (x_te, y_te), sources=names, target=target, kind="transfer")
 
 
 def train_scratch(
-    dictionary: Dictionary,
-    target: str,
-    *,
-    train_fraction: float = TRAIN_FRACTION,
-    epochs: int = TRANSFER_EPOCHS,
-    batch_size: int = BATCH_SIZE,
-    lr: float = LR,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: Progress = None,
+    dictionary: Dictionary, target: str, *, train_fraction: float = TRAIN_FRACTION, **options: Unpack[TrainOptions]
 ) -> TransferResult:
-    """Baseline: encoder + decoder trained from pixels on the transfers' little training subset."""
+    """Baseline: encoder + decoder trained from pixels on the transfers' little training subset.
+
+    options: :class:`TrainOptions`."""
     spec = _target_task(dictionary, target)
-    _check_hparams(epochs, batch_size, lr)
-    dev = _device(device)
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)
+    run = _Training.start(TRANSFER_EPOCHS, **options)
     model = TaskModel(Encoder(), make_decoder(spec, rep_shape_for(dictionary.image_shape[1:])))
     rows = transfer_train_indices(dictionary, train_fraction)
     x = dictionary.input_of(target)
     y = dictionary.target_of(target)
     x_tr, y_tr = torch.from_numpy(x[rows]), _target_tensor(spec, y[rows])
     x_te, y_te = torch.from_numpy(x[dictionary.test_idx]), _target_tensor(spec, y[dictionary.test_idx])
-    _fit(model, x_tr, y_tr, spec, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
-         progress=progress)
-    losses = _per_image_losses(model, x_te, y_te, spec, batch_size, dev)
-    return TransferResult(
-        sources=(),
-        target=target,
-        order=0,
-        per_image_loss=losses,
-        mean_loss=float(losses.mean()),
-        seconds=time.perf_counter() - t0,
-        train_size=len(rows),
-        kind="scratch",
-    )
+    return run.result(model, spec, (x_tr, y_tr), (x_te, y_te), sources=(), target=target, kind="scratch")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -597,7 +604,7 @@ def run_job(job: TransferJob) -> TaskNetwork | TransferResult:
     Top-level and picklable, for executors. Features are memory-mapped from ``job.feature_paths``.
     """
     d = job.dictionary.load()
-    common: dict[str, Any] = {"epochs": job.epochs, "batch_size": job.batch_size, "lr": job.lr, "seed": job.seed}
+    common: TrainOptions = {"epochs": job.epochs, "batch_size": job.batch_size, "lr": job.lr, "seed": job.seed}
     if job.kind == "self":
         return train_task_network(d, job.target, **common)
     if job.kind == "scratch":
@@ -690,6 +697,7 @@ def plan_higher_order(
 __all__ = [
     "TaskNetwork",
     "TransferJob",
+    "TrainOptions",
     "TransferResult",
     "beam_candidates",
     "encode",
