@@ -226,13 +226,14 @@ def finetuned_expert(cfg: Config, dom: Domain, x: np.ndarray, y: np.ndarray) -> 
     return tuned.eval(), cost_d
 
 
-def shared_prefix_features(model: torch.nn.Module, prefix_cache: dict[str, torch.Tensor], key: str, x: np.ndarray,
+def shared_prefix_features(model: torch.nn.Module, models: dict[str, torch.nn.Module],
+                           prefix_cache: dict[str, torch.Tensor], key: str, x: np.ndarray,
                            cfg: Config) -> np.ndarray:
     """Penultimate features of a Lite0 expert tuned in its last ``cfg.train_blocks`` blocks only: the frozen ImageNet
     prefix's activations of ``x`` are computed once per ``key`` (domain) and shared by every such expert."""
     cut = len(network_parts(model).blocks) - cfg.train_blocks
     if key not in prefix_cache:
-        parts = network_parts(imagenet_model("efficientnet_lite0"))
+        parts = network_parts(models["imagenet-lite0"])  # the ImageNet weights every ft- expert started from
         prefix = torch.nn.Sequential(parts.stem, *parts.blocks[:cut]).to(cfg.device).eval()
         spec = spec_for("efficientnet_lite0", cfg.size)
         with torch.no_grad():
@@ -469,7 +470,7 @@ def main() -> None:
                 def compute(name: str = name, dom: Domain = dom, x: np.ndarray = ds.x[lib]) -> dict[str, np.ndarray]:
                     s = time.perf_counter()
                     if name.startswith("ft-"):  # the ImageNet Lite0 prefix is shared: run only the tuned blocks
-                        f = shared_prefix_features(models[name], prefix_cache, dom.name, x, cfg)
+                        f = shared_prefix_features(models[name], models, prefix_cache, dom.name, x, cfg)
                     else:
                         f = extract_features(models[name], specs[name], x, device=cfg.device)
                     return {"f": f, "seconds": np.array(time.perf_counter() - s)}
