@@ -112,13 +112,51 @@ def check_l2(l2: object) -> float | str:
     raise TaskregError(f"l2 must be a number >= 0 or 'auto', got {l2!r}")
 
 
+class _DSym(torch.autograd.Function):
+    """d_sym between every task row and every expert row, with the gradient for the experts only.
+
+    Forward: tasks a (T, D) > 0 (constant), experts b (E, D) > 0 -> (T, E). With r = a / (a + b), d_sym's
+    normalised vectors are r and 1 - r, so with P = sum r(1 - r), A = sum r^2, B = sum (1 - r)^2 it is
+    1 - P / sqrt(A B). Since dr/db = -r / (a + b), the gradient is written out:
+    dd/db = -cos * (1/P + 1/B - 2 r (1/P + 1/(2A) + 1/(2B))) * (-r / (a + b)), summed over tasks. Both passes
+    loop over experts, so no (T, E, D) tensor or autograd graph of one is held: the generic autograd version
+    spent 2.4 s a step on 80 tasks x 23 experts x 21k filters, almost all of it allocating those tensors.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n_t, n_e = a.shape[0], b.shape[0]
+        p, aa, bb = (a.new_empty(n_t, n_e) for _ in range(3))
+        for e in range(n_e):
+            r = a / (a + b[e])
+            r2 = (r * r).sum(1)
+            p[:, e] = r.sum(1) - r2
+            aa[:, e] = r2
+            bb[:, e] = (1.0 - r).square_().sum(1)
+        p, aa, bb = p.clamp_min(1e-30), aa.clamp_min(1e-30), bb.clamp_min(1e-30)
+        cos = p / (aa * bb).sqrt()
+        ctx.save_for_backward(a, b, p, aa, bb, cos)
+        return 1.0 - cos
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        a, b, p, aa, bb, cos = ctx.saved_tensors  # type: ignore[attr-defined]
+        g = grad * cos  # (T, E): -grad * -cos, the sign of dd = -dcos and of dr/db = -r/s
+        c1 = g * (1.0 / p + 1.0 / bb)
+        c2 = -2.0 * g * (1.0 / p + 0.5 / aa + 0.5 / bb)
+        out = torch.empty_like(b)
+        for e in range(b.shape[0]):
+            s = a + b[e]
+            r = a / s
+            out[e] = ((c1[:, e, None] + c2[:, e, None] * r) * r / s).sum(0)
+        return None, out
+
+
 def _d_sym_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Differentiable d_sym between rows: a (T, D), b (E, D), both > 0 -> (T, E)."""
-    s = a[:, None, :] + b[None, :, :]
-    u = a[:, None, :] / s
-    v = b[None, :, :] / s
-    cos = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1)).clamp_min(1e-30)
-    return 1.0 - cos
+    """Differentiable (in b) d_sym between rows: a (T, D), b (E, D), both > 0 -> (T, E)."""
+    out = _DSym.apply(a, b)
+    assert isinstance(out, torch.Tensor)
+    return out
 
 
 def _check(name: str, arr: np.ndarray, ndim: int, *, allow_nan: bool = False) -> np.ndarray:

@@ -155,3 +155,17 @@ def test_with_every_unknown_expert_unmeasured_the_fit_still_refuses_or_skips_cle
     errors[:, 1] = np.nan  # one measured expert per task: nothing ranks experts against each other
     with pytest.raises(TaskregError, match="nothing to fit"):
         fit_model2vec(tv, base, errors, t0=t0)
+
+
+def test_the_hand_written_d_sym_gradient_matches_autograd_of_the_formula() -> None:
+    """_d_sym_t's forward equals d_sym written with broadcast tensors, and its backward passes gradcheck."""
+    from taskreg.embedders.distances import d_sym
+    from taskreg.embedders.model2vec import _d_sym_t
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(5, 9, dtype=torch.float64, generator=gen) + 1e-3
+    b = (torch.rand(4, 9, dtype=torch.float64, generator=gen) + 1e-3).requires_grad_(True)
+    got = _d_sym_t(a, b).detach().numpy()
+    want = np.array([[d_sym(ai, bi) for bi in b.detach().numpy()] for ai in a.numpy()])
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda m: _d_sym_t(a, m), (b,))
