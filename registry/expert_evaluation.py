@@ -18,6 +18,7 @@ from taskreg import data as datasets
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
 from taskreg.registry import catalog
+from taskreg.registry.array_cache import load_array, save_array
 from taskreg.registry.core import Core
 from taskreg.registry.experts import ExpertService
 from taskreg.registry.tasks import TaskService
@@ -39,23 +40,16 @@ class ExpertEvaluator:
 
     def expert_features(self, rec: catalog.ExpertRecord, model: nn.Module, spec: ProbeSpec, ds: datasets.Dataset,
                         *, device: str = "cpu") -> np.ndarray:
-        """Frozen features of an expert on a dataset, computed once and cached in ``cache/features``."""
+        """Frozen features of an expert on a dataset, computed once and cached in ``cache/features`` (keyed by the
+        weights' digest, the input size they run at and the dataset's fingerprint)."""
         from taskreg.trainers.experts import extract_features
 
-        path = self.core.cache_dir / "features" / f"{rec.sha256[:16]}-{ds.fingerprint()[:16]}.npy"
-        if path.exists():
-            try:
-                feats: np.ndarray = np.load(path, allow_pickle=False)
-                if feats.shape[0] == ds.n:
-                    return feats
-            except (OSError, ValueError):
-                pass
+        path = self.core.cache_dir / "features" / f"{rec.sha256[:16]}-{spec.input_size}px-{ds.fingerprint()[:16]}.npy"
+        cached = load_array(path, rows=ds.n)
+        if cached is not None:
+            return cached
         feats = extract_features(model, spec, ds.x, device=device)
-        if not self.core.read_only:  # a registry this user cannot write still answers, without the cache
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, feats)
-            tmp.replace(path)
+        save_array(self.core, path, feats)
         return feats
 
     def evaluate(

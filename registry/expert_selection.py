@@ -266,7 +266,7 @@ class SelectionService:
         with the reason, so one broken expert does not stop the ranking of the others."""
         from taskreg.selection import select as sel
         from taskreg.selection.selectors import SelectorInput
-        from taskreg.trainers.experts import expert_logits
+        from taskreg.trainers.experts import head_logits
 
         features = "features" in selector.needs  # else the head's logits
         scores: list[float] = []
@@ -275,10 +275,9 @@ class SelectionService:
         t0 = time.perf_counter()
         for i, e in enumerate(experts):
             rec, model, spec = self.side.experts.load_expert(e.name)
-            if features:
-                values = self.side.evaluator.expert_features(rec, model, spec, ds, device=device)
-            else:
-                values = expert_logits(model, spec, ds.x, device=device)
+            values = self.side.evaluator.expert_features(rec, model, spec, ds, device=device)  # cached per query
+            if not features:  # the head's logits: fc(features), so every score shares one forward pass
+                values = head_logits(model, values)
             if not np.isfinite(values).all():
                 unscored.append(Scored(e, None, nonfinite_note("features" if features else "outputs")))
             else:

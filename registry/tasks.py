@@ -18,6 +18,7 @@ from taskreg import data as datasets
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
 from taskreg.registry import catalog
+from taskreg.registry.array_cache import load_arrays, save_arrays
 from taskreg.registry.core import Core
 from taskreg.registry.index import IndexManager, search
 from taskreg.registry.names import check_name
@@ -92,16 +93,27 @@ class TaskService:
                       progress: Progress = None) -> tuple[catalog.ProbeRecord, TaskEmbedding, np.ndarray]:
         """Embed a dataset with a registered probe: (probe record, Task2Vec embedding, domain embedding).
 
+        Cached in ``cache/task2vec`` by probe weights, input size, dataset fingerprint, method, sample size, seed
+        and device type, so ranking one query with several methods (or registering a dataset after querying with
+        it) embeds it once.
+
         The domain embedding (mean probe features) comes from the Task2Vec features pass, on the same
         class-balanced subsample of ``max_samples`` images: no second pass over the data.
         """
+        from taskreg.embedders.probes import to_device
         from taskreg.embedders.task2vec import embed
 
         if method not in METHODS:
             raise TaskregError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         rec, model, spec = self.probes.load_probe(probe)
-        emb = embed(model, spec, ds.x, ds.y, method=method, max_samples=max_samples, seed=seed, device=device,
-                    progress=progress)
+        dev = to_device(device).type  # a GPU's result may differ from the CPU's in the last bits
+        path = self.core.cache_dir / "task2vec" / (f"{rec.sha256[:16]}-{rec.input_size}px-{ds.fingerprint()[:16]}-"
+                                                   f"{method}-{max_samples}-{seed}-{dev}.npz")
+        emb = _embedding_from_arrays(load_arrays(path))
+        if emb is None:
+            emb = embed(model, spec, ds.x, ds.y, method=method, max_samples=max_samples, seed=seed, device=device,
+                        progress=progress)
+            save_arrays(self.core, path, _embedding_arrays(emb))
         assert emb.mean_features is not None
         return rec, emb, emb.mean_features
 
@@ -248,3 +260,34 @@ class TaskService:
         if ds.fingerprint() != rec.fingerprint:
             raise TaskregError(f"task {rec.name}: the data at {rec.source} changed since it was registered")
         return ds
+
+
+_EMBEDDING_SCALARS = ("method", "arch", "n_samples", "n_classes", "seed", "head_train_accuracy", "head_train_loss",
+                      "seconds")
+
+
+def _embedding_arrays(emb: TaskEmbedding) -> dict[str, np.ndarray]:
+    """A TaskEmbedding as plain arrays for the cache (no pickled objects)."""
+    assert emb.mean_features is not None
+    out = {"vector": emb.vector, "mean_features": emb.mean_features,
+           "layout_names": np.array([n for n, _ in emb.layout], dtype=np.str_),
+           "layout_sizes": np.array([k for _, k in emb.layout], dtype=np.int64)}
+    out.update({k: np.array(getattr(emb, k)) for k in _EMBEDDING_SCALARS})
+    return out
+
+
+def _embedding_from_arrays(arrays: dict[str, np.ndarray] | None) -> TaskEmbedding | None:
+    """The TaskEmbedding cached by :func:`_embedding_arrays`; None for a miss or a file of another shape."""
+    from taskreg.embedders.task2vec import TaskEmbedding
+
+    want = {"vector", "mean_features", "layout_names", "layout_sizes", *_EMBEDDING_SCALARS}
+    if arrays is None or set(arrays) != want:
+        return None
+    a = arrays
+    return TaskEmbedding(
+        vector=a["vector"], method=str(a["method"]), arch=str(a["arch"]), n_samples=int(a["n_samples"]),
+        n_classes=int(a["n_classes"]), seed=int(a["seed"]),
+        layout=[(str(n), int(k)) for n, k in zip(a["layout_names"], a["layout_sizes"], strict=True)],
+        head_train_accuracy=float(a["head_train_accuracy"]), head_train_loss=float(a["head_train_loss"]),
+        seconds=float(a["seconds"]), mean_features=a["mean_features"],
+    )

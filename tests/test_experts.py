@@ -14,6 +14,7 @@ from taskreg.trainers.experts import (
     expert_logits,
     extract_features,
     finetune_expert,
+    head_logits,
     linear_probe_error,
     stratified_split,
 )
@@ -104,9 +105,8 @@ def test_finetune_expert_trains_a_copy_with_a_new_head(digits) -> None:
     assert np.isfinite(feats).all()
     logits = expert_logits(expert, spec, x[:50], batch_size=16)
     assert logits.shape == (50, 4) and logits.dtype == np.float32
-    # the head on top of the extracted features gives the same logits
-    with torch.no_grad():
-        np.testing.assert_allclose(expert.fc(torch.from_numpy(feats)).numpy(), logits, rtol=1e-4, atol=1e-4)
+    # the head on top of the extracted features gives the same logits (what select's LEEP/NCE use)
+    np.testing.assert_allclose(head_logits(expert, feats), logits, rtol=1e-4, atol=1e-4)
 
 
 def test_finetuning_improves_the_linear_probe(digits) -> None:

@@ -139,6 +139,37 @@ def test_select_baselines_and_verify(built: Path) -> None:
     assert payload["verified"] == [{"expert": v.expert, "test_error": v.test_error} for v in out.verified]
 
 
+def test_a_query_is_embedded_once_and_every_forward_score_shares_one_pass_per_expert(
+        built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranking one query with every method embeds it once and runs each expert over it once (issue 15's cache):
+    the second round of methods computes nothing, and answers exactly as the first; a damaged entry is a miss."""
+    import taskreg.embedders.task2vec as t2v
+    import taskreg.trainers.experts as texp
+
+    root = tmp_path / "reg"
+    shutil.copytree(built, root)
+    reg = Registry.open(root)
+    q = "builtin:mnist5k?classes=5,6&n=120&split=test"  # not seen by the fixture
+    calls = {"embed": 0, "features": 0}
+    real_embed, real_features = t2v.embed, texp.extract_features
+
+    def counting(name: str, fn):  # noqa: ANN001, ANN202
+        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(t2v, "embed", counting("embed", real_embed))
+    monkeypatch.setattr(texp, "extract_features", counting("features", real_features))
+    first = {m: reg.select(q, method=m, top=3).to_json()["results"] for m in ("asym", "sym", "leep", "nce", "logme")}
+    assert calls == {"embed": 1, "features": 3}  # 1 query embedding, 1 pass of each of the 3 experts
+    again = {m: reg.select(q, method=m, top=3).to_json()["results"] for m in first}
+    assert calls == {"embed": 1, "features": 3} and again == first
+    for f in (root / "cache" / "task2vec").iterdir():
+        f.write_bytes(b"not an npz")  # damaged: recomputed, same answer
+    assert reg.select(q, method="asym", top=3).to_json()["results"] == first["asym"] and calls["embed"] == 2
+
+
 def test_expert_show_is_a_frozen_record_with_the_same_json(built: Path) -> None:
     """issue 13: ``show_expert`` returns a frozen dataclass; ``expert show --json`` keeps its keys and values."""
     reg = Registry.open(built)

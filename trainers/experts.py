@@ -214,6 +214,21 @@ def expert_logits(model: nn.Module, spec: ProbeSpec, x: np.ndarray, *, batch_siz
     return _forward_in_batches(logits, model, spec, x, batch_size, device)
 
 
+@torch.no_grad()
+def head_logits(model: nn.Module, features: np.ndarray) -> np.ndarray:
+    """The expert's own head on features it computed (``extract_features``): (N, D) -> (N, K_source) float32.
+
+    Equal to :func:`expert_logits` on the images (the head is ``fc(features(x).flatten(1))``), without a second
+    pass of the network; runs on the CPU (one matrix product).
+    """
+    head = model.fc
+    if not isinstance(head, nn.Module):
+        raise TaskregError(f"{type(model).__name__}.fc is not a module")
+    fc = copy.deepcopy(head).cpu().eval()  # a copy: moving the expert's own head would move the expert
+    feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    return fc(feats).numpy().astype(np.float32, copy=False)
+
+
 # -------------------------------------------------------------------------------------- linear probe
 @dataclass(frozen=True)
 class LinearProbeProtocol:

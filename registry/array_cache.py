@@ -1,0 +1,60 @@
+"""The registry's derived-array cache (``<registry>/cache``): results recomputable from the catalog and the data.
+
+Files are named by content (weight digests, dataset fingerprints, parameters), so an entry can never answer for
+other inputs; a damaged or truncated file reads as a miss and is recomputed. Writes are atomic (temporary file,
+then rename) and skipped on a registry this user cannot write, which still answers, only without the cache.
+Everything is read with ``allow_pickle=False``: a cache file cannot run code.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from taskreg.registry.core import Core
+
+__all__ = ["load_array", "load_arrays", "save_array", "save_arrays"]
+
+
+def load_array(path: Path, *, rows: int | None = None) -> np.ndarray | None:
+    """The ``.npy`` array at ``path``, or None if absent, unreadable or (``rows`` given) of another length."""
+    if not path.exists():
+        return None
+    try:
+        arr: np.ndarray = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return arr if rows is None or arr.shape[0] == rows else None
+
+
+def save_array(core: Core, path: Path, arr: np.ndarray) -> None:
+    """Store ``arr`` at ``path`` (``.npy``) atomically, unless the registry is read-only."""
+    if core.read_only:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of the ``.npz`` at ``path``, or None if absent or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def save_arrays(core: Core, path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Store named arrays at ``path`` (``.npz``) atomically, unless the registry is read-only."""
+    if core.read_only:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    tmp.replace(path)
