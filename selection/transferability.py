@@ -109,15 +109,17 @@ def logme_fit(
 def _spectrum(f: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Eigenvalues s (r,) of F^T F and a map t (N, K) -> U^T t (r, K), U the left singular vectors.
 
-    N <= D: thin SVD of F. N > D: eigen-decomposition of the D x D Gram matrix (much cheaper than the
-    SVD for N >> D), with ``U^T t = diag(1/sigma) V^T F^T t``; directions with (numerically) zero
+    N <= D: eigen-decomposition of the N x N Gram matrix F F^T, whose eigenvectors are U (the thin SVD
+    computes V^T as well, which LogME never uses: 5-8x the time at N = 800, D = 1,280). N > D: of the D x D
+    Gram matrix F^T F, with ``U^T t = diag(1/sigma) V^T F^T t``; directions with (numerically) zero
     eigenvalue get s = 0 and z = 0, which is what the SVD form gives for them after the fact
     (they fall into the part of t that F cannot fit).
     """
     n, d = f.shape
     if n <= d:
-        u, sigma, _ = np.linalg.svd(f, full_matrices=False)
-        return sigma**2, lambda t: u.T @ t
+        s, u = np.linalg.eigh(f @ f.T)
+        s = np.clip(s, 0.0, None)
+        return s, lambda t: u.T @ t
     s, v = np.linalg.eigh(f.T @ f)
     s = np.clip(s, 0.0, None)
     keep = s > 1e-12 * max(float(s.max()), 1e-300)
