@@ -444,8 +444,9 @@ def expert_list(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([asdict(e) for e in experts])
     else:
-        print_table(f"{len(experts)} expert(s)", ["id", "name", "arch", "trained_on", "origin", "version"],
-                    [(e.id, e.name, e.arch, e.trained_on, e.origin, e.model_version) for e in experts])
+        print_table(f"{len(experts)} expert(s)", ["id", "name", "arch", "input", "trained_on", "origin", "version"],
+                    [(e.id, e.name, e.arch, e.input_size or "default", e.trained_on, e.origin, e.model_version)
+                     for e in experts])
 
 
 @expert_app.command("show")
@@ -456,7 +457,7 @@ def expert_show(name: str, registry: RegistryOpt = None, as_json: JsonOpt = Fals
     if as_json:
         print_json(info)
     else:
-        _print_record(info)
+        _print_record({**info, "input_size": info["input_size"] or "the arch's default"})
 
 
 @expert_app.command("rm")
@@ -570,7 +571,8 @@ def zoo_add(
     name: Annotated[str, typer.Argument(help="Zoo model (see `taskreg zoo list`).")],
     role: Annotated[str, typer.Option("--as", help="Register it as a probe, an expert or both.")] = "both",
     as_name: Annotated[str | None, typer.Option("--name", help="Registered name (default: the zoo name).")] = None,
-    input_size: Annotated[int | None, typer.Option(help="Probe input resolution (default: the model's).")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Input resolution of the probe and the expert, 16..1024 "
+                                                   "(default: the model's).")] = None,
     device: DeviceOpt = "cpu",
     registry: RegistryOpt = None,
 ) -> None:
@@ -578,8 +580,8 @@ def zoo_add(
     reg = open_registry(registry, "zoo add")
     added = reg.add_zoo_model(name, role=role, name=as_name, input_size=input_size, device=device)
     if added.expert is not None:
-        typer.echo(f"registered expert {added.expert.name} ({added.expert.arch}, model version "
-                   f"{added.expert.model_version})")
+        typer.echo(f"registered expert {added.expert.name} ({added.expert.arch}, {added.expert.input_size} px, "
+                   f"model version {added.expert.model_version})")
     if added.probe is not None:
         typer.echo(f"registered probe {added.probe.name} ({added.probe.arch}, {added.probe.input_size} px, "
                    f"sha256 {added.probe.sha256[:12]})")
@@ -672,11 +674,14 @@ def expert_add(
     arch: Annotated[str, typer.Option(help="Architecture of the weights (see `taskreg probe archs`).")],
     weights: Annotated[Path, typer.Option(help="state_dict file (read with weights_only=True).")],
     trained_on: Annotated[str | None, typer.Option(help="Registered task the expert was trained on.")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Input resolution the weights were trained at, 16..1024 "
+                                                   "(default: the arch's).")] = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Register a user's feature extractor."""
-    rec = open_registry(registry, "expert add").add_expert(name, arch=arch, weights=weights, trained_on=trained_on)
-    typer.echo(f"registered expert {rec.name} ({rec.arch}, model version {rec.model_version})")
+    rec = open_registry(registry, "expert add").add_expert(name, arch=arch, weights=weights, trained_on=trained_on,
+                                                          input_size=input_size)
+    typer.echo(f"registered expert {rec.name} ({rec.arch}, {rec.input_size} px, model version {rec.model_version})")
 
 
 @expert_app.command("train")
@@ -711,7 +716,8 @@ def expert_train(
                    + ("" if task else " (named after the expert; --task NAME chooses another name)"))
     else:
         typer.echo(f"training data already registered as task {rec.trained_on}")
-    typer.echo(f"registered expert {rec.name} trained on {rec.trained_on} (model version {rec.model_version})")
+    typer.echo(f"registered expert {rec.name} trained on {rec.trained_on} at {rec.input_size} px "
+               f"(model version {rec.model_version})")
 
 
 @expert_app.command("eval")

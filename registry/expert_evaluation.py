@@ -40,11 +40,14 @@ class ExpertEvaluator:
 
     def expert_features(self, rec: catalog.ExpertRecord, model: nn.Module, spec: ProbeSpec, ds: datasets.Dataset,
                         *, device: str = "cpu") -> np.ndarray:
-        """Frozen features of an expert on a dataset, computed once and cached in ``cache/features`` (keyed by the
-        weights' digest, the input size they run at and the dataset's fingerprint)."""
+        """Frozen features of an expert on a dataset at ``spec``'s resolution, computed once and cached in
+        ``cache/features`` by weights, data and resolution (features at the arch's default resolution keep the
+        name they had before experts recorded theirs, so those caches stay valid)."""
+        from taskreg.embedders.probes import default_spec
         from taskreg.trainers.experts import extract_features
 
-        path = self.core.cache_dir / "features" / f"{rec.sha256[:16]}-{spec.input_size}px-{ds.fingerprint()[:16]}.npy"
+        size = "" if spec == default_spec(rec.arch) else f"-{spec.input_size}px"
+        path = self.core.cache_dir / "features" / f"{rec.sha256[:16]}-{ds.fingerprint()[:16]}{size}.npy"
         cached = load_array(path, rows=ds.n)
         if cached is not None:
             return cached

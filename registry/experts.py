@@ -9,7 +9,7 @@ expert x task results), :mod:`taskreg.registry.model2vec_fitting` (Model2Vec on 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,26 @@ if TYPE_CHECKING:
     from torch import nn
 
     from taskreg.embedders.probes import ProbeSpec
+
+
+#: the input sizes (pixels) an expert (or a zoo probe) may be registered at
+INPUT_SIZES = range(16, 1025)
+
+
+def check_input_size(input_size: int | None) -> None:
+    """Refuse (one line) an input size outside :data:`INPUT_SIZES`; None (the arch's default) passes."""
+    if input_size is not None and int(input_size) not in INPUT_SIZES:
+        raise TaskregError(f"--input-size must lie in {INPUT_SIZES.start}..{INPUT_SIZES.stop - 1} pixels, "
+                           f"got {input_size}")
+
+
+def expert_spec(arch: str, input_size: int | None) -> ProbeSpec:
+    """How an expert's images are fed to it: its arch's channels and normalisation at ``input_size`` pixels
+    (None: the arch's default resolution, the only one an expert registered before schema version 4 knew)."""
+    from taskreg.embedders.probes import default_spec
+
+    spec = default_spec(arch)
+    return spec if input_size is None else replace(spec, input_size=int(input_size))
 
 
 @dataclass(frozen=True)
@@ -95,7 +115,9 @@ class ExpertService:
 
     # ------------------------------------------------------------------ registration
     def load_expert(self, name: str) -> tuple[catalog.ExpertRecord, nn.Module, ProbeSpec]:
-        from taskreg.embedders.probes import create_model, default_spec
+        """The expert's record, its network (eval mode) and how to feed it: at the resolution it was registered
+        at (``input_size``; the arch's default for an expert registered before the catalog recorded it)."""
+        from taskreg.embedders.probes import create_model
         from taskreg.embedders.weight_files import load_state_dict_file, load_weights
 
         rec = self.get_expert(name)
@@ -105,14 +127,17 @@ class ExpertService:
         state = load_state_dict_file(path)
         model = create_model(rec.arch, num_classes=head_classes(state))
         load_weights(model, state, ignore_head=False)
-        return rec, model.eval(), default_spec(rec.arch)
+        return rec, model.eval(), expert_spec(rec.arch, rec.input_size)
 
-    def add_expert(self, name: str, *, arch: str, weights: Path, trained_on: str | None = None) -> catalog.ExpertRecord:
-        """Register a user's feature extractor from a weight file (read with ``weights_only=True``)."""
+    def add_expert(self, name: str, *, arch: str, weights: Path, trained_on: str | None = None,
+                   input_size: int | None = None) -> catalog.ExpertRecord:
+        """Register a user's feature extractor from a weight file (read with ``weights_only=True``), to be run at
+        ``input_size`` pixels (default: the arch's resolution)."""
         from taskreg.embedders.probes import create_model
         from taskreg.embedders.weight_files import load_state_dict_file, load_weights
 
         check_name(name, "expert name")
+        check_input_size(input_size)
         self.refuse_existing_expert(name)
         if trained_on is not None:
             self.tasks.get_task(trained_on)
@@ -122,7 +147,7 @@ class ExpertService:
         model = create_model(arch, num_classes=head_classes(state))
         load_weights(model, state, ignore_head=False)
         return self.register_expert(name, model, arch, trained_on, "added", {"weights_file": str(weights)},
-                                     label=f"weights {weights}")
+                                     label=f"weights {weights}", input_size=input_size)
 
     def train_expert(
         self, name: str, source: str, *, from_probe: bool = True, probe: str | None = None,
@@ -137,6 +162,7 @@ class ExpertService:
         subsample of ``max_samples`` images; the expert itself trains on all of them).
         ``train_blocks`` set: only the network's last ``train_blocks`` blocks, its head and a new ``fc`` train, on
         activations of the frozen rest computed once (``trainers.partial_finetune``; 0 = a new linear head only).
+        The expert is registered at the resolution it trained at: the probe's input size, or the arch's default.
         """
         from taskreg.embedders.probes import create_model, default_spec
         from taskreg.embedders.weight_checks import check_network
@@ -165,7 +191,7 @@ class ExpertService:
             metrics = {"cache_seconds": cost.seconds_cache, "trained_params": cost.n_params_trained}
         metrics["train_seconds"] = time.perf_counter() - t0
         label = f"expert {name}: the fine-tuned network"
-        check_network(model, default_spec(arch), label)  # a diverged training registers nothing, not even its task
+        check_network(model, spec, label)  # a diverged training registers nothing, not even its task
         if not self._task_exists(task):
             self.tasks.add_task(task, ds.source, probe=probe, seed=seed, device=device, progress=embed_progress,
                                 dataset=ds, max_samples=max_samples)
@@ -174,7 +200,7 @@ class ExpertService:
         if train_blocks is not None:
             params["train_blocks"] = train_blocks
         return self.register_expert(name, model, arch, task, "trained", params, metrics, n_train=ds.n,
-                                     n_classes=ds.n_classes, label=label)
+                                     n_classes=ds.n_classes, label=label, input_size=spec.input_size)
 
     def _task_exists(self, name: str) -> bool:
         with self.core.read() as con:
@@ -194,16 +220,21 @@ class ExpertService:
     def register_expert(self, name: str, model: nn.Module, arch: str, trained_on: str | None, origin: str,
                          params: dict, metrics: dict | None = None, *, n_train: int | None = None,
                          n_classes: int | None = None, label: str | None = None,
-                         extra_tags: dict[str, str] | None = None) -> catalog.ExpertRecord:
+                         extra_tags: dict[str, str] | None = None, input_size: int | None = None,
+                         ) -> catalog.ExpertRecord:
         """Store a network as an expert; it must be usable first (``label`` names it in the refusal).
-        ``extra_tags`` go on the run and the registered model (e.g. a zoo model's source and license)."""
-        from taskreg.embedders.probes import default_spec
+        ``extra_tags`` go on the run and the registered model (e.g. a zoo model's source and license).
+        ``input_size``: the resolution it is run at (default: the arch's), stored in the catalog and as the
+        run's ``input_size`` parameter (what ``taskreg recover`` reads back)."""
         from taskreg.embedders.weight_checks import check_network
 
-        check_network(model, default_spec(arch), label or f"expert {name}")
+        check_input_size(input_size)
+        spec = expert_spec(arch, input_size)
+        check_network(model, spec, label or f"expert {name}")
         tags = {"arch": arch, "trained_on": trained_on or "", "taskreg.kind": "expert", "origin": origin,
                 **(extra_tags or {})}
-        with pending_run(self.core, "experts", f"expert-{name}", {"arch": arch, **params}, tags) as run:
+        params = {"arch": arch, **params, "input_size": spec.input_size}
+        with pending_run(self.core, "experts", f"expert-{name}", params, tags) as run:
             self.core.tracker.log_metrics(run.run_id, metrics or {})
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             rel, sha = store_weights(self.core, run, state, f"{name}.pt")
@@ -218,7 +249,8 @@ class ExpertService:
                     with self.core.write() as con:
                         catalog.insert_expert(con, name=name, arch=arch, sha256=sha, weights=rel,
                                               trained_on=trained_on, origin=origin, n_train=n_train,
-                                              n_classes=n_classes, run_id=run.run_id, model_version=version)
+                                              n_classes=n_classes, run_id=run.run_id, model_version=version,
+                                              input_size=spec.input_size)
                 except BaseException:
                     self.core.tracker.delete_registered_model(f"expert-{name}")
                     raise

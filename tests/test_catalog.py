@@ -40,6 +40,28 @@ def test_opening_an_older_catalog_migrates_it(tmp_path, registry_template) -> No
     assert reg.check().ok
 
 
+def test_a_version_3_catalog_migrates_and_its_experts_keep_the_arch_default(registry_root, tmp_path) -> None:
+    from taskreg.embedders.probes import default_spec
+    from tests.procs import save_random_expert
+
+    reg = Registry.open(registry_root)
+    reg.add_expert("old", arch="cifar_resnet8", weights=save_random_expert(tmp_path / "w.pt"))
+    # the catalog as taskreg wrote it before migration 4 (experts without input_size)
+    con = duckdb.connect(str(registry_root / "catalog.duckdb"))
+    con.execute("ALTER TABLE experts DROP COLUMN input_size")
+    con.execute("DELETE FROM schema_version WHERE version > 3")
+    assert catalog.schema_version(con) == 3
+    con.close()
+
+    reg = Registry.open(registry_root)
+    with reg.read() as con:
+        assert catalog.schema_version(con) == catalog.SCHEMA_VERSION == 4
+    [rec] = reg.list_experts()
+    assert rec.name == "old" and rec.input_size is None
+    assert reg.load_expert("old")[2] == default_spec("cifar_resnet8")  # exactly what it answered before
+    assert reg.check().ok
+
+
 def test_newer_catalog_is_refused(registry_root) -> None:
     con = duckdb.connect(str(registry_root / "catalog.duckdb"))
     con.execute("INSERT INTO schema_version(version) VALUES (99)")

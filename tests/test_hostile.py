@@ -1080,3 +1080,20 @@ def test_expert_train_refuses_train_blocks_out_of_range(registry_template: Path,
     assert [ln for ln in res.output.splitlines() if ln.strip()] == [f"error: {message} for this CifarResNet "
                                                                     f"(3 blocks), got {blocks}"]
     assert snapshot(root) == before
+
+
+# ---- issue 13/14: expert input resolution (h2): `expert add --input-size` out of 16..1024 refused, registry unchanged
+@pytest.mark.parametrize("size", ["4", "15", "1025", "0", "-32"])
+def test_expert_add_refuses_an_input_size_out_of_range(registry_root: Path, tmp_path: Path, size: str) -> None:
+    weights = str(save_random_expert(tmp_path / "w.pt"))
+    before = snapshot(registry_root)
+    res = runner.invoke(app, ["-r", str(registry_root), "expert", "add", "e1", "--arch", "cifar_resnet8",
+                              "--weights", weights, f"--input-size={size}"])
+    assert res.exit_code == 2, res.output
+    assert [ln for ln in res.output.splitlines() if ln.strip()] == [
+        f"error: --input-size must lie in 16..1024 pixels, got {size}"]
+    assert snapshot(registry_root) == before
+    with pytest.raises(TaskregError, match="must lie in 16..1024"):  # the API refuses it too, before any work
+        Registry.open(registry_root).add_expert("e1", arch="cifar_resnet8", weights=Path(weights),
+                                                input_size=int(size))
+    assert snapshot(registry_root) == before

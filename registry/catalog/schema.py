@@ -9,6 +9,8 @@ Schema versions (each a migration applied in order, recorded in ``schema_version
    ``trivial_embeddings`` (the trivial task embedding t0 per probe and estimator).
 3. ``registry_info``: the registry's identity (a uuid written at ``init``, also an experiment tag in
    ``mlflow.db``), so a catalog that does not belong to the MLflow store beside it is recognised.
+4. ``experts.input_size``: the square input resolution the expert was trained (or is meant to be run) at;
+   NULL (every expert registered before) = its architecture's default resolution.
 """
 
 from __future__ import annotations
@@ -195,7 +197,11 @@ CREATE TABLE registry_info (
 );
 """
 
-MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3]
+_MIGRATION_4 = """
+ALTER TABLE experts ADD COLUMN input_size INTEGER;  -- NULL: the arch's default resolution
+"""
+
+MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3, _MIGRATION_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 TABLES = (
