@@ -1098,6 +1098,9 @@ def demo(
         "read: the demo never writes into your registry).", show_default=False)] = None,
     executor: Annotated[str, typer.Option(help="Executor of the Taskonomy jobs.")] = "local:2",
     quick: Annotated[bool, typer.Option(help="A smoke run on a fraction of the data (checks the wiring).")] = False,
+    zoo: Annotated[bool | None, typer.Option("--zoo/--no-zoo", help="The ImageNet EfficientNet-Lite probe and "
+                   "experts of the zoo extra, or a small probe trained here (default: the zoo when installed).",
+                   show_default=False)] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Build a registry from built-in data, answer select and policy questions, and write a report."""
@@ -1107,7 +1110,7 @@ def demo(
     t0 = time.perf_counter()
     with stage_bars() as new_stage:
         res = run_demo(root(registry) or Path("demo-registry"),
-                       DemoConfig(executor=executor, device=device, quick=quick), new_stage,
+                       DemoConfig(executor=executor, device=device, quick=quick, zoo=zoo), new_stage,
                        lambda msg: console_err().print(f"[dim]{msg}[/dim]"))
     for s in res.selections:
         verified = s["rankings"]["model2vec"]["verified"]

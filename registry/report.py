@@ -54,7 +54,8 @@ def write_report(reg: Registry, demo: DemoResult, affinity: str, log: Callable[[
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>taskreg demo report</title>"
              f"<style>{_CSS}</style></head><body>",
              "<h1>taskreg demo report</h1>",
-             f"<p class='note'>Registry <code>{html.escape(str(reg.root))}</code>, built from built-in data only. "
+             f"<p class='note'>Registry <code>{html.escape(str(reg.root))}</code>, built from built-in data only: "
+             f"{html.escape(demo.plan)}. "
              f"Stage times (s): {html.escape(', '.join(f'{k} {v:.1f}' for k, v in demo.seconds.items()))}.</p>"]
     counts = reg.check().counts
     parts.append(_table(["probes", "tasks", "experts", "expert × task results", "transfers", "policies"],
