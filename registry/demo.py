@@ -187,8 +187,9 @@ def run_demo(root: Path, cfg: DemoConfig, step: Step, log: Log) -> DemoResult:
 
     plan = cfg.plan()
     out.plan = plan.title
-    log(f"plan: {plan.title}")
     reg = Registry.init(root)
+    _check_plan(reg, plan)
+    log(f"plan: {plan.title}")
     _setup_probe(reg, plan, cfg, step, log)
     lap("probe")
 
@@ -240,16 +241,20 @@ def run_demo(root: Path, cfg: DemoConfig, step: Step, log: Log) -> DemoResult:
     return out
 
 
-def _setup_probe(reg: Registry, plan: DemoPlan, cfg: DemoConfig, step: Step, log: Log) -> None:
-    """Register the plan's probe as ``default`` (once); refuse a demo registry built with the other plan."""
-    kind, what = plan.probe.split(":", 1)
-    have = {p.name: p for p in reg.list_probes()}
-    if "default" in have:
-        arch = have["default"].arch
-        if (kind == "zoo") != arch.startswith("efficientnet_lite"):
-            other = "--no-zoo" if kind == "zoo" else "--zoo"
-            raise TaskregError(f"{reg.root} is a demo registry of the other plan (its probe is {arch}): remove it, "
+def _check_plan(reg: Registry, plan: DemoPlan) -> None:
+    """Refuse a demo registry built with the other plan (its default probe says which)."""
+    zoo = plan.probe.startswith("zoo:")
+    for p in reg.list_probes():
+        if p.name == "default" and zoo != p.arch.startswith("efficientnet_lite"):
+            other = "--no-zoo" if zoo else "--zoo"
+            raise TaskregError(f"{reg.root} is a demo registry of the other plan (its probe is {p.arch}): remove it, "
                                f"use another --registry, or run the demo with {other}")
+
+
+def _setup_probe(reg: Registry, plan: DemoPlan, cfg: DemoConfig, step: Step, log: Log) -> None:
+    """Register the plan's probe as ``default`` (once)."""
+    kind, what = plan.probe.split(":", 1)
+    if any(p.name == "default" for p in reg.list_probes()):
         return
     if kind == "zoo":
         log(f"probe: the ImageNet {what} from the zoo wheel, at {plan.input_size} px")

@@ -1097,3 +1097,26 @@ def test_expert_add_refuses_an_input_size_out_of_range(registry_root: Path, tmp_
         Registry.open(registry_root).add_expert("e1", arch="cifar_resnet8", weights=Path(weights),
                                                 input_size=int(size))
     assert snapshot(registry_root) == before
+
+
+# ---- issue 14: the demo's plans: a registry of the other plan, or --zoo without the extra, is one line, unchanged
+def test_demo_refuses_a_registry_built_with_the_other_plan(registry_template: Path, tmp_path: Path) -> None:
+    root = make_probe_registry(registry_template, tmp_path / "reg")  # its default probe is a small CIFAR ResNet
+    before = snapshot(root)
+    res = runner.invoke(app, ["demo", "--registry", str(root), "--zoo", "--quick"])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {root} is a demo registry of the other plan"), lines
+    assert lines[0].endswith("run the demo with --no-zoo")
+    assert snapshot(root) == before
+
+
+def test_demo_zoo_without_the_extra_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import taskreg.embedders.zoo as zoo
+
+    monkeypatch.setattr(zoo, "zoo_installed", lambda name: False)  # what a machine without the wheels answers
+    res = runner.invoke(app, ["demo", "--registry", str(tmp_path / "d"), "--zoo", "--quick"])
+    assert res.exit_code == 2, res.output
+    assert [ln for ln in res.output.splitlines() if ln.strip()] == [
+        "error: the zoo demo needs the zoo extra: pip install 'taskreg[zoo]' (or run it with --no-zoo)"]
+    assert not (tmp_path / "d").exists()
