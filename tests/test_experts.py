@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from taskreg.embedders.probes import create_model, default_spec
+from taskreg.embedders.probes import adapt_inputs, create_model, default_spec
 from taskreg.errors import TaskregError
 from taskreg.trainers.experts import (
     LinearProbeProtocol,
@@ -107,6 +107,51 @@ def test_finetune_expert_trains_a_copy_with_a_new_head(digits) -> None:
     assert logits.shape == (50, 4) and logits.dtype == np.float32
     # the head on top of the extracted features gives the same logits (what select's LEEP/NCE use)
     np.testing.assert_allclose(head_logits(expert, feats), logits, rtol=1e-4, atol=1e-4)
+
+
+def _eval_batchnorm_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What each BatchNorm layer of ``model`` receives in eval mode for the input ``x`` (no gradients)."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, args, name=name: seen.__setitem__(name, args[0]))
+             for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def test_finetune_expert_recalibrates_batchnorm_on_the_training_images(digits) -> None:
+    x, y = digits[0][:64], digits[1][:64] % 4
+    spec = default_spec("cifar_resnet8")
+    torch.manual_seed(0)
+    base = create_model("cifar_resnet8", num_classes=10)
+    # batch_size = N: the recalibration pass is one batch of all training images, so in eval mode each BatchNorm layer
+    # must see exactly the statistics it stores (the layers before it normalise with the same numbers)
+    kwargs = dict(epochs=2, batch_size=64, lr=0.05, seed=0)
+    expert = finetune_expert(base, spec, x, y, **kwargs)
+    stale = finetune_expert(base, spec, x, y, recalibrate_bn=False, **kwargs)
+    a, b = expert.state_dict(), stale.state_dict()
+    differ = {k for k in a if not torch.equal(a[k], b[k])}
+    assert differ and all("running" in k or "num_batches" in k for k in differ)  # same weights, other statistics
+
+    images = adapt_inputs(torch.from_numpy(x), spec)
+    norms = dict(expert.named_modules())
+    inputs = _eval_batchnorm_inputs(expert, images)
+    assert len(inputs) == 9  # cifar_resnet8: the stem, 3 blocks x 2 and the 2 downsampling shortcuts
+    for name, h in inputs.items():
+        torch.testing.assert_close(norms[name].running_mean, h.mean(dim=(0, 2, 3)), atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(norms[name].running_var, h.var(dim=(0, 2, 3)), atol=1e-3, rtol=1e-3)
+        assert norms[name].momentum == 0.1  # restored after the pass
+    # without the recalibration the running averages of two steps are far from it, and eval-mode accuracy suffers
+    stale_inputs, stale_norms = _eval_batchnorm_inputs(stale, images), dict(stale.named_modules())
+    assert max(float((stale_norms[n].running_mean - h.mean(dim=(0, 2, 3))).abs().max())
+               for n, h in stale_inputs.items()) > 0.1
+    with torch.no_grad():
+        accuracy = [float((m(images).argmax(1).numpy() == y).mean()) for m in (expert, stale)]
+    assert accuracy[0] > accuracy[1] + 0.05, accuracy
 
 
 def test_finetuning_improves_the_linear_probe(digits) -> None:

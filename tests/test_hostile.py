@@ -1120,3 +1120,56 @@ def test_demo_zoo_without_the_extra_says_how_to_get_it(tmp_path: Path, monkeypat
     assert [ln for ln in res.output.splitlines() if ln.strip()] == [
         "error: the zoo demo needs the zoo extra: pip install 'taskreg[zoo]' (or run it with --no-zoo)"]
     assert not (tmp_path / "d").exists()
+
+
+# ---- issue 13/14: the two fine-tuners share their checks: the same bad input, the same one-line refusal from both
+def _finetune_case() -> dict:
+    from taskreg.embedders.probes import create_model
+
+    x = np.random.default_rng(0).random((6, 3, 8, 8)).astype(np.float32)
+    return {"model": create_model("cifar_resnet8"), "x": x, "y": np.array([0, 1, 0, 1, 0, 1], np.int64)}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"x": np.zeros((6, 2, 8, 8), np.float32)}, "x must have 1 or 3 channels, got 2"),
+        ({"x": np.full((6, 3, 8, 8), np.inf, np.float32)}, "x contains NaN or infinite values"),
+        ({"y": np.array([0, 1, 2], np.int64)}, "y must have shape (6,) to match the data, got (3,)"),
+        ({"y": np.zeros(6, np.int64)}, "fine-tuning needs at least 2 classes, y has 1"),
+        ({"epochs": 2.5}, "epochs must be an integer, got 2.5"),
+        ({"epochs": True}, "epochs must be an integer, got True"),
+        ({"batch_size": 0}, "batch_size must be > 0, got 0"),
+        ({"lr": float("inf")}, "lr must be finite, got inf"),
+        ({"lr": -0.1}, "lr must be > 0, got -0.1"),
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0, got nan"),
+        ({"model": torch.nn.Linear(3, 2)}, "Linear is not a probe network (features + fc); use probes.create_model"),
+        ({"device": "gpu:x"}, "device 'gpu:x' is not a valid torch device"),
+    ],
+)
+def test_both_finetuners_refuse_bad_inputs_alike(change: dict, message: str) -> None:
+    from taskreg.embedders.probes import default_spec
+    from taskreg.trainers.experts import finetune_expert
+    from taskreg.trainers.partial_finetune import finetune_last_blocks
+
+    args = _finetune_case() | {"epochs": 1, "batch_size": 4} | change
+    model, x, y = args.pop("model"), args.pop("x"), args.pop("y")
+    spec = default_spec("cifar_resnet8")
+    refusals = []
+    for train in (lambda: finetune_expert(model, spec, x, y, **args),
+                  lambda: finetune_last_blocks(model, spec, x, y, train_blocks=1, **args)):
+        with pytest.raises(TaskregError) as info:
+            train()
+        refusals.append(str(info.value))
+    assert refusals[0] == refusals[1] and refusals[0].startswith(message) and "\n" not in refusals[0], refusals
+
+
+@pytest.mark.parametrize("blocks", [[], ["--train-blocks", "1"]], ids=["full", "last-blocks"])
+def test_expert_train_refuses_zero_epochs_alike(registry_template: Path, tmp_path: Path, blocks: list[str]) -> None:
+    root = make_probe_registry(registry_template, tmp_path / "reg")
+    before = snapshot(root)
+    res = runner.invoke(app, ["-r", str(root), "expert", "train", "e1", "--data", "builtin:digits?classes=1,2&n=40",
+                              "--epochs", "0", *blocks])
+    assert res.exit_code == 2, res.output
+    assert [ln for ln in res.output.splitlines() if ln.strip()] == ["error: epochs must be > 0, got 0"]
+    assert snapshot(root) == before

@@ -10,6 +10,8 @@ import torch
 
 from taskreg.embedders.probes import ProbeSpec, adapt_inputs, create_model, default_spec
 from taskreg.errors import TaskregError
+from taskreg.trainers.batchnorm import batch_slices
+from taskreg.trainers.experts import finetune_expert
 from taskreg.trainers.partial_finetune import (
     FinetuneCost,
     finetune_last_blocks,
@@ -140,6 +142,30 @@ def test_recalibration_changes_only_the_suffix_statistics(colours) -> None:
                                  recalibrate_bn=recal)[0].state_dict() for recal in (True, False))
     differ = {k for k in a if not torch.equal(a[k], b[k])}
     assert differ and all(k.startswith("layer3.") and ("running" in k or "num_batches" in k) for k in differ)
+
+
+def test_batch_slices_fold_a_trailing_single_item() -> None:
+    assert batch_slices(9, 4) == [slice(0, 4), slice(4, 9)]
+    assert batch_slices(8, 4) == [slice(0, 4), slice(4, 8)]
+    assert batch_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert batch_slices(1, 4) == [slice(0, 1)]
+
+
+def test_recalibration_with_a_trailing_single_image_of_1x1_maps() -> None:
+    """9 images in batches of 4: the last recalibration batch would be one image, whose 1x1 maps (a CIFAR ResNet's last
+    stage at 4 px) a BatchNorm layer in train mode cannot normalise; it joins the previous batch (was a ValueError)."""
+    spec = dataclasses.replace(default_spec("cifar_resnet8"), input_size=4)
+    x = np.random.default_rng(0).random((9, 3, 4, 4)).astype(np.float32)
+    y = np.arange(9, dtype=np.int64) % 2
+    model = create_model("cifar_resnet8")
+    calls: list[tuple[int, int]] = []
+    net, _ = finetune_last_blocks(model, spec, x, y, train_blocks=1, epochs=1, batch_size=4,
+                                  progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (3 + 3 + 2, 8)  # 3 cache batches, 3 steps, 2 recalibration batches
+    assert int(net.layer3[0].bn2.num_batches_tracked) == 2
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values())
+    expert = finetune_expert(model, spec, x, y, epochs=1, batch_size=4)  # the same pass over the whole network
+    assert int(expert.bn1.num_batches_tracked) == 2
 
 
 def test_progress_reaches_its_total(colours) -> None:

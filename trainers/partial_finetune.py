@@ -26,9 +26,8 @@ ResNet-18 is its last stage; head = pooling). Any other :class:`~taskreg.embedde
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskreg.embedders.efficientnet_lite import EfficientNetLite
-from taskreg.embedders.probes import CifarResNet, ProbeNet, ProbeSpec, ResNet, adapt_inputs, to_device
+from taskreg.embedders.probes import CifarResNet, ProbeNet, ProbeSpec, ResNet, adapt_inputs
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
-from taskreg.trainers.experts import _check_images, _check_labels, _check_positive
+from taskreg.trainers.batchnorm import batch_norms, batch_slices, recalibrate_batchnorm
+from taskreg.trainers.experts import prepare_finetune
 
 __all__ = ["SPLITTERS", "FinetuneCost", "NetworkParts", "finetune_last_blocks", "network_parts",
            "recalibrate_batchnorm", "split_network"]
@@ -179,37 +179,6 @@ def split_network(model: nn.Module, train_blocks: int) -> tuple[nn.Module, nn.Mo
             nn.Sequential(*parts.blocks[cut:], parts.head, model.fc))
 
 
-def _batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(module: nn.Module, batches: Iterable[torch.Tensor]) -> None:
-    """Replace the running statistics of every BatchNorm layer of ``module`` by their exact values on ``batches``
-    (the cumulative average of the per-batch statistics, ``momentum=None``), running ``module`` in train mode under
-    ``torch.no_grad()``. Weights are unchanged; the layers' momenta are restored; ``module`` is left in eval mode.
-
-    Why: EfficientNet-Lite's BatchNorm momentum is 0.01, so after a short fine-tuning its running statistics are
-    still mostly the pretrained ones; e.g. a full 2-epoch ``finetune_expert`` of the ImageNet Lite0 on 2,000 MNIST
-    digits at 64 px scored 0.448 held-out accuracy in eval mode and 0.909 after this recalibration.
-    """
-    norms = _batch_norms(module)
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    module.train()
-    try:
-        for xb in batches:
-            module(xb)
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        module.eval()
-
-
 def finetune_last_blocks(
     model: nn.Module,
     spec: ProbeSpec,
@@ -245,36 +214,16 @@ def finetune_last_blocks(
     -------
     (network, cost): the trained copy (eval mode, on ``device``, head for K classes) and a :class:`FinetuneCost`.
     """
-    _check_images(x)
-    y = np.asarray(y)
-    _check_labels(y, x.shape[0])
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise TaskregError(f"{name} must be an integer, got {value!r}")
-    _check_positive(epochs=epochs, batch_size=batch_size, lr=lr)
-    if not np.isfinite(lr):
-        raise TaskregError(f"lr must be finite, got {lr}")
-    if not (weight_decay >= 0 and np.isfinite(weight_decay)):
-        raise TaskregError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
-    if np.unique(y).size < 2:
-        raise TaskregError(f"fine-tuning needs at least 2 classes, y has {np.unique(y).size}")
-    if not isinstance(model, ProbeNet):
-        raise TaskregError(f"{type(model).__name__} is not a probe network (features + fc); use probes.create_model")
-    _check_train_blocks(model, train_blocks)
-    device = to_device(device)
+    net, y, device = prepare_finetune(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr,
+                                      weight_decay=weight_decay, seed=seed, device=device)
+    prefix, suffix = split_network(net, train_blocks)  # refuses an unsupported network or train_blocks out of range
     n = x.shape[0]
-    num_classes = int(y.max()) + 1
-
-    net = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net.fc = nn.Linear(int(net.feature_dim), num_classes)
-    net.to(device).eval()
-    prefix, suffix = split_network(net, int(train_blocks))
 
     n_batches = -(-n // batch_size)
     steps = int(epochs) * n_batches
-    total = n_batches + steps + (n_batches if recalibrate_bn and _batch_norms(suffix) else 0)
+    recalibrate = recalibrate_bn and bool(batch_norms(suffix))
+    recal_slices = batch_slices(n, batch_size)
+    total = n_batches + steps + (len(recal_slices) if recalibrate else 0)
     done = 0
 
     def tick() -> None:
@@ -314,9 +263,9 @@ def finetune_last_blocks(
             optimiser.step()
             schedule.step()
             tick()
-    if recalibrate_bn and _batch_norms(suffix):
-        recalibrate_batchnorm(suffix, (cache[i : i + batch_size] for i in range(0, n, batch_size)))
-        done += n_batches - 1
+    if recalibrate:
+        recalibrate_batchnorm(suffix, (cache[part] for part in recal_slices))
+        done += len(recal_slices) - 1
         tick()
     net.eval()
     seconds_train = time.perf_counter() - started
