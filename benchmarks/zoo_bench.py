@@ -548,8 +548,9 @@ def main() -> None:
     rankings["model2vec"] = cached(cfg.cache / f"{m2v_key}.npz", lambda: {"r": np.array(model2vec_kfold(
         tv, base, errors, t0, folds=cfg.folds, alpha=ALPHA, seed=cfg.seed, l2=cfg.l2, epochs=cfg.m2v_epochs))})[
         "r"].tolist()
-    lm = np.array([[logme(feats[name, task.domain][task.idx], labels[task.domain][task.idx]) for name in names]
-                   for task in tasks])
+    lm = cached(cfg.cache / f"logme-{len(tasks)}x{len(names)}.npz", lambda: {"s": np.array(
+        [[logme(feats[name, task.domain][task.idx], labels[task.domain][task.idx]) for name in names]
+         for task in tasks])})["s"]
     rankings["logme"] = [np.argsort(-r, kind="stable").tolist() for r in lm]
     rankings["generic"] = [list(range(len(names)))] * len(tasks)
     stage["rankings"] = time.perf_counter() - t
