@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from taskreg.errors import TaskregError
-from taskreg.selection.selectors import COSTS, get_selector, list_selectors  # metadata only: no torch, no numpy
+from taskreg.selection.selectors import (  # metadata only: no torch, no numpy
+    COSTS,
+    TWO_STAGE_HELP,
+    get_selector,
+    list_selectors,
+)
 
 TASK_LIST_LIMIT = 50  # rows of `task list` rendered as a table unless --limit says otherwise
 
@@ -111,7 +116,8 @@ def selector_help() -> str:
     """The ranking methods of ``select``, grouped by cost class, from the selector registry."""
     groups = "; ".join(f"{cost} ({COSTS[cost]}): {', '.join(names)}"
                        for cost in COSTS if (names := list_selectors(cost)))
-    return f"Ranking method, by cost class — {groups}. Default: model2vec when fitted, else asym."
+    return (f"Ranking method, by cost class — {groups}; and {TWO_STAGE_HELP}. "
+            "Default: model2vec when fitted, else asym.")
 
 
 def selector_epilog() -> str:
@@ -777,13 +783,19 @@ def select(
     verify: Annotated[int, typer.Option(help="Also measure the top K with a linear probe on the data.")] = 0,
     probe: ProbeOpt = None, estimator: EstimatorOpt = "montecarlo",
     alpha: Annotated[float, typer.Option(help="d_asym's alpha.")] = 0.15,
+    shortlist: Annotated[int, typer.Option(help="two-stage: how many experts the index method shortlists.")] = 5,
+    rerank: Annotated[str, typer.Option(help="two-stage: the forward method that re-ranks the shortlist.")] = "logme",
+    shortlist_by: Annotated[str | None, typer.Option(help="two-stage: the index method that shortlists (default: "
+                                                          "model2vec when fitted, else asym).",
+                                                     show_default=False)] = None,
     seed: SeedOpt = 0, device: DeviceOpt = "cpu", registry: RegistryOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Rank the registered experts for a dataset: the best feature extractor first."""
     reg = open_registry(registry)
     with progress_bar("scoring experts") as bar:
         out = reg.select(data, top=top, method=method, verify=verify, probe=probe, embedding=estimator,
-                         alpha=alpha, seed=seed, device=device, progress=bar)
+                         alpha=alpha, seed=seed, device=device, progress=bar, shortlist=shortlist, rerank=rerank,
+                         shortlist_by=shortlist_by)
     if as_json:
         print_json(out.to_json())
         return
@@ -804,6 +816,8 @@ def select(
             if v.test_error is None:
                 typer.echo(f"note: {v.expert} is not measured: {v.note}")
         typer.echo(f"measured winner: {out.measured_winner or '-'}")
+    for i, st in enumerate(out.stages):
+        typer.echo(f"stage {i + 1} ({st.method}): {len(st.experts_scored)} experts scored in {st.seconds:.2f} s")
     typer.echo(f"cost: {out.cost}; {out.seconds:.2f} s")
 
 

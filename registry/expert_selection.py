@@ -67,6 +67,20 @@ class VerifiedExpert:
 
 
 @dataclass(frozen=True)
+class SelectionStage:
+    """One stage of ``--method two-stage``: the method, the experts it scored, its wall time and what it cost."""
+
+    method: str
+    experts_scored: tuple[str, ...]
+    seconds: float
+    cost: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "experts_scored": list(self.experts_scored), "seconds": self.seconds,
+                "cost": self.cost}
+
+
+@dataclass(frozen=True)
 class Selection:
     """The answer of :meth:`SelectionService.select` (the CLI's JSON shape, plus diagnostics)."""
 
@@ -80,12 +94,15 @@ class Selection:
     verified: tuple[VerifiedExpert, ...] = ()
     measured_winner: str | None = None
     better: str = "lower"  # "lower" or "higher": which way the method's score points
+    stages: tuple[SelectionStage, ...] = ()  # --method two-stage: the shortlist stage, then the re-ranking stage
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"query": self.query, "method": self.method, "better": self.better,
                                "results": [r.to_json() for r in self.results], "seconds": self.seconds,
                                "cost": self.cost, "candidates_scored": self.candidates_scored,
                                "n_experts": self.n_experts}
+        if self.stages:
+            out["stages"] = [st.to_json() for st in self.stages]
         if self.verified:
             out["verified"] = [v.to_json() for v in self.verified]
             out["measured_winner"] = self.measured_winner
@@ -122,9 +139,15 @@ class SelectionService:
         self, source: str, *, top: int = 5, method: str | None = None, verify: int = 0, probe: str | None = None,
         embedding: str = "montecarlo", alpha: float = 0.15, max_samples: int | None = 1000, seed: int = 0,
         device: str = "cpu", dataset: datasets.Dataset | None = None, progress: Progress = None,
+        shortlist: int = 5, rerank: str = "logme", shortlist_by: str | None = None,
     ) -> Selection:
-        """Rank the registered experts for a dataset (see the module docstring)."""
-        from taskreg.selection.selectors import get_selector
+        """Rank the registered experts for a dataset (see the module docstring).
+
+        ``method="two-stage"``: an index method (``shortlist_by``; default model2vec when fitted, else asym)
+        shortlists ``shortlist`` experts at the cost of one probe pass, then the forward method ``rerank`` scores
+        only those; the other experts follow in the first stage's order, unscored, with their rank there.
+        """
+        from taskreg.selection.selectors import TWO_STAGE, get_selector
 
         t_start = time.perf_counter()
         if top < 1:
@@ -135,16 +158,26 @@ class SelectionService:
         if not experts:
             raise TaskregError("no experts registered: `taskreg expert add` or `taskreg expert train` first")
         prec = self.side.probes.resolve_probe(probe)
+        index_default = "model2vec" if self.model2vec.fitted(prec.name, embedding) else "asym"
         if method is None:
-            method = "model2vec" if self.model2vec.fitted(prec.name, embedding) else "asym"
-        selector = get_selector(method)  # an unknown method: one line listing the registered ones
-        if "model2vec" in selector.needs and not self.model2vec.fitted(prec.name, embedding):
-            raise TaskregError("Model2Vec is not fitted for this probe: run `taskreg model2vec fit`")
+            method = index_default
+        two_stage = method == TWO_STAGE
+        if two_stage:
+            first, selector = self._two_stage_methods(shortlist_by or index_default, rerank, shortlist)
+        else:
+            first, selector = None, get_selector(method)  # an unknown method: one line listing the registered ones
+        for sel_ in (first, selector):
+            if sel_ is not None and "model2vec" in sel_.needs and not self.model2vec.fitted(prec.name, embedding):
+                raise TaskregError("Model2Vec is not fitted for this probe: run `taskreg model2vec fit`")
         ds = dataset if dataset is not None else datasets.load(source)
         by_id = {e.id: e for e in experts}
 
         # the method's cost class and needs decide what is gathered for its scorer, never its name
-        if selector.cost == "index":
+        stages: tuple[SelectionStage, ...] = ()
+        if first is not None:
+            ranked, scored, cost, stages = self._rank_two_stage(ds, first, selector, prec.name, embedding, alpha,
+                                                                max_samples, seed, device, by_id, shortlist, progress)
+        elif selector.cost == "index":
             ranked, scored, cost = self._rank_by_index(ds, selector, prec.name, embedding, alpha, max_samples, seed,
                                                        device, by_id, top)
         elif selector.cost == "forward":
@@ -169,7 +202,45 @@ class SelectionService:
             for i, r in enumerate(ranked[:top]))
         return Selection(query=source, method=method, results=results, seconds=time.perf_counter() - t_start,
                          cost=cost, candidates_scored=scored, n_experts=len(experts), verified=verified,
-                         measured_winner=winner, better=selector.better)
+                         measured_winner=winner, better=selector.better, stages=stages)
+
+    @staticmethod
+    def _two_stage_methods(shortlist_by: str, rerank: str, shortlist: int) -> tuple[Selector, Selector]:
+        """The two selectors of ``two-stage``, checked: an index method first, a forward method second."""
+        from taskreg.selection.selectors import get_selector, list_selectors
+
+        if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
+            raise TaskregError(f"--shortlist must be an integer >= 1, got {shortlist!r}")
+        first, second = get_selector(shortlist_by), get_selector(rerank)
+        if first.cost != "index":
+            raise TaskregError(f"--shortlist-by must be an index method ({', '.join(list_selectors('index'))}), "
+                               f"got {shortlist_by!r}")
+        if second.cost != "forward":
+            raise TaskregError(f"--rerank must be a forward method ({', '.join(list_selectors('forward'))}), "
+                               f"got {rerank!r}")
+        return first, second
+
+    def _rank_two_stage(self, ds: datasets.Dataset, first: Selector, second: Selector, probe: str, embedding: str,
+                        alpha: float, max_samples: int | None, seed: int, device: str,
+                        by_id: dict[int, catalog.ExpertRecord], shortlist: int,
+                        progress: Progress) -> tuple[list[Scored], int, str, tuple[SelectionStage, ...]]:
+        """Shortlist by the index method, re-rank the shortlist by the forward method; the rest follow, unscored."""
+        t0 = time.perf_counter()
+        ranked1, scored1, cost1 = self._rank_by_index(ds, first, probe, embedding, alpha, max_samples, seed, device,
+                                                      by_id, shortlist)
+        short = [r.expert for r in ranked1 if r.score is not None][:shortlist]
+        t1 = time.perf_counter()
+        ranked2, scored2, cost2 = self._rank_by_forward(ds, second, short, device, progress)
+        t2 = time.perf_counter()
+        chosen = {e.id for e in short}
+        rest = [r if r.score is None else
+                Scored(r.expert, None, f"not in the {len(short)}-expert shortlist of {first.name} (rank {i + 1} there)")
+                for i, r in enumerate(ranked1) if r.expert.id not in chosen]
+        stages = (SelectionStage(first.name, tuple(r.expert.name for r in ranked1 if r.score is not None), t1 - t0,
+                                 cost1),
+                  SelectionStage(second.name, tuple(e.name for e in short), t2 - t1, cost2))
+        cost = f"{first.name} shortlist of {len(short)}: {cost1}; then {second.name}: {cost2}"
+        return ranked2 + rest, scored1 + scored2, cost, stages
 
     def _verify(self, cands: list[catalog.ExpertRecord], ds: datasets.Dataset,
                 device: str) -> tuple[tuple[VerifiedExpert, ...], str | None]:

@@ -125,6 +125,11 @@ class Selector:
         return ", ".join(self.needs) or "nothing"
 
 
+#: the composite method: an index method shortlists, a forward method re-ranks only the shortlist
+TWO_STAGE = "two-stage"
+TWO_STAGE_HELP = ("two-stage: an index method (--shortlist-by; model2vec when fitted, else asym) shortlists "
+                  "--shortlist K experts, then a forward method (--rerank, default logme) scores only those K")
+
 #: name -> Selector, in registration order (the order `taskreg select --help` lists them)
 SELECTORS: dict[str, Selector] = {}
 
@@ -174,7 +179,8 @@ def get_selector(name: str) -> Selector:
     try:
         return SELECTORS[name]
     except (KeyError, TypeError):
-        raise TaskregError(f"unknown selection method {name!r}; choose one of {', '.join(SELECTORS)}") from None
+        raise TaskregError(f"unknown selection method {name!r}; choose one of "
+                           f"{', '.join([*SELECTORS, TWO_STAGE])}") from None
 
 
 # ------------------------------------------------------------------------------------ the built-in methods

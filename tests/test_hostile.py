@@ -941,7 +941,7 @@ def test_an_unknown_select_method_is_one_line_listing_the_registered_ones(ranked
     res = runner.invoke(app, ["--registry", str(ranked_lab), "select", "--data", QUERY, "--method", "nope"])
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1, res.output
-    assert lines[0] == f"error: unknown selection method 'nope'; choose one of {', '.join(list_selectors())}"
+    assert lines[0] == f"error: unknown selection method 'nope'; choose one of {', '.join(list_selectors())}, two-stage"
     assert snapshot(ranked_lab) == before
 
 
@@ -1173,3 +1173,20 @@ def test_expert_train_refuses_zero_epochs_alike(registry_template: Path, tmp_pat
     assert res.exit_code == 2, res.output
     assert [ln for ln in res.output.splitlines() if ln.strip()] == ["error: epochs must be > 0, got 0"]
     assert snapshot(root) == before
+
+
+# ---- issue 15: two-stage selection: a bad shortlist or stage method is one line, registry unchanged
+@pytest.mark.parametrize(("args", "message"), [
+    (["--shortlist", "0"], "--shortlist must be an integer >= 1, got 0"),
+    (["--rerank", "asym"], "--rerank must be a forward method (logme, leep, nce, hscore"),
+    (["--shortlist-by", "logme"], "--shortlist-by must be an index method (model2vec, asym, sym, domain), got 'logme'"),
+    (["--rerank", "nope"], "unknown selection method 'nope'"),
+])
+def test_two_stage_refuses_bad_stages(ranked_lab: Path, args: list[str], message: str) -> None:
+    before = snapshot(ranked_lab)
+    res = runner.invoke(app, ["--registry", str(ranked_lab), "select", "--data", QUERY, "--method", "two-stage",
+                              *args])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith(f"error: {message}"), lines
+    assert snapshot(ranked_lab) == before

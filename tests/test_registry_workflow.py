@@ -170,6 +170,41 @@ def test_a_query_is_embedded_once_and_every_forward_score_shares_one_pass_per_ex
     assert reg.select(q, method="asym", top=3).to_json()["results"] == first["asym"] and calls["embed"] == 2
 
 
+def test_two_stage_scores_only_the_shortlist_and_says_what_each_stage_cost(
+        built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 15: asym shortlists 2 of the 3 experts, LogME scores those 2 only (one forward pass each), with the
+    scores LogME alone gives them; the third follows unscored with its asym rank; JSON lists both stages."""
+    import taskreg.trainers.experts as texp
+
+    root = tmp_path / "reg"
+    shutil.copytree(built, root)
+    reg = Registry.open(root)
+    q = "builtin:mnist5k?classes=2,9&n=120&split=test"
+    passes: list[int] = []
+    real = texp.extract_features
+    monkeypatch.setattr(texp, "extract_features", lambda *a, **k: passes.append(1) or real(*a, **k))
+    out = reg.select(q, method="two-stage", shortlist=2, rerank="logme", shortlist_by="asym", top=3)
+    assert len(passes) == 2  # the expert outside the shortlist never ran over the query
+    asym = [r.expert for r in reg.select(q, method="asym", top=3).results]
+    logme = {r.expert: r.score for r in reg.select(q, method="logme", top=3).results}
+    scored = [r for r in out.results if r.score is not None]
+    assert {r.expert for r in scored} == set(asym[:2])
+    assert [r.score for r in scored] == sorted((logme[r.expert] for r in scored), reverse=True)
+    assert all(r.score == logme[r.expert] for r in scored)
+    last = out.results[2]
+    assert last.expert == asym[2] and last.score is None
+    assert last.unscored_reason == "not in the 2-expert shortlist of asym (rank 3 there)"
+    payload = out.to_json()
+    assert payload["method"] == "two-stage" and payload["better"] == "higher"
+    assert [st["method"] for st in payload["stages"]] == ["asym", "logme"]
+    assert payload["stages"][1]["experts_scored"] == asym[:2]
+    assert all(st["seconds"] >= 0 and st["cost"] for st in payload["stages"])
+    res = runner.invoke(app, ["--registry", str(root), "select", "--data", q, "--method", "two-stage",
+                              "--shortlist", "2", "--shortlist-by", "asym", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [r["expert"] for r in json.loads(res.stdout)["results"]] == [r.expert for r in out.results]
+
+
 def test_expert_show_is_a_frozen_record_with_the_same_json(built: Path) -> None:
     """issue 13: ``show_expert`` returns a frozen dataclass; ``expert show --json`` keeps its keys and values."""
     reg = Registry.open(built)

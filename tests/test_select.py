@@ -154,7 +154,7 @@ def test_an_unknown_method_is_one_line_listing_the_known_ones() -> None:
             get_selector(bad)  # type: ignore[arg-type]
         message = str(err.value)
         assert "\n" not in message and message.startswith(f"unknown selection method {bad!r}")
-        assert message.endswith("choose one of " + ", ".join(list_selectors()))
+        assert message.endswith("choose one of " + ", ".join(list_selectors()) + ", two-stage")
     with pytest.raises(TaskregError, match="does not rank stored vectors; choose one of model2vec, asym, sym, domain"):
         rerank(QUERY, CANDIDATES, "logme")
 
