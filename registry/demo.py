@@ -17,7 +17,7 @@ import numpy as np
 from taskreg import data as datasets
 from taskreg.errors import TaskregError
 from taskreg.registry import Registry
-from taskreg.selection.selectors import list_selectors
+from taskreg.selection.selectors import TWO_STAGE, list_selectors
 
 Step = Callable[[str], Callable[[int, int], None]]
 Log = Callable[[str], None]
@@ -295,9 +295,9 @@ def _answer(reg: Registry, label: str, source: str, experts: list[str], plan: De
         truth[name] = linear_probe_error(reg.expert_features(rec, model, spec, ds, device=cfg.device), ds.y,
                                          LinearProbeProtocol()).test_error
     rankings: dict[str, dict[str, Any]] = {}
-    for method in list_selectors():  # every registered ranking method
+    for method in [*list_selectors(), TWO_STAGE]:  # every registered ranking method, and the two-stage selector
         sel = reg.select(source, method=method, top=len(experts), dataset=ds, max_samples=plan.max_samples,
-                         seed=cfg.seed, device=cfg.device, verify=3 if method == "model2vec" else 0)
+                         seed=cfg.seed, device=cfg.device, verify=3 if method == "model2vec" else 0, shortlist=3)
         ranked = [r.expert for r in sel.results]
         rankings[method] = {"ranking": ranked, "chosen": ranked[0], "error": truth[ranked[0]],
                             "seconds": sel.seconds, "cost": sel.cost, "verified": sel.measured_winner}
