@@ -334,7 +334,8 @@ class SelectionService:
         """Methods that run every expert over the query (transferability scores), one expert at a time.
 
         An expert whose features (or outputs) on the query are not finite is not scored: it comes last
-        with the reason, so one broken expert does not stop the ranking of the others."""
+        with the reason, so one broken expert does not stop the ranking of the others. A ``pooled`` selector
+        (scores relative to the other experts) scores the finite outputs of all experts in one call."""
         from taskreg.selection import select as sel
         from taskreg.selection.selectors import SelectorInput
         from taskreg.trainers.experts import head_logits
@@ -343,6 +344,7 @@ class SelectionService:
         scores: list[float] = []
         scored: list[catalog.ExpertRecord] = []
         unscored: list[Scored] = []
+        pool: list[tuple[catalog.ExpertRecord, np.ndarray]] = []  # pooled selectors: scored after the loop
         t0 = time.perf_counter()
         for i, e in enumerate(experts):
             rec, model, spec = self.side.experts.load_expert(e.name)
@@ -351,19 +353,31 @@ class SelectionService:
                 values = head_logits(model, values)
             if not np.isfinite(values).all():
                 unscored.append(Scored(e, None, nonfinite_note("features" if features else "outputs")))
+            elif selector.pooled:
+                pool.append((e, values))
             else:
-                score = np.asarray(selector.score(SelectorInput(n=1, outputs=(values,), y=ds.y)),
-                                   dtype=np.float64).reshape(-1)[0]
-                if np.isfinite(score):
-                    scores.append(float(score))
-                    scored.append(e)
-                else:
-                    unscored.append(Scored(e, None, f"{selector.name} is not finite on the query ({score})"))
+                self._keep_score(selector, e, selector.score(SelectorInput(n=1, outputs=(values,), y=ds.y)),
+                                 scores, scored, unscored)
             if progress:
                 progress(i + 1, len(experts))
+        if pool:
+            values_all = selector.score(SelectorInput(n=len(pool), outputs=[v for _, v in pool], y=ds.y))
+            for (e, _), value in zip(pool, np.asarray(values_all, dtype=np.float64).reshape(-1), strict=True):
+                self._keep_score(selector, e, value, scores, scored, unscored)
         ranked = sel.rank_by_scores(scores, higher_is_better=selector.higher_is_better)
         cost = f"a forward pass of all {len(experts)} experts over {ds.n} images ({time.perf_counter() - t0:.1f} s)"
         return [Scored(scored[r.index], r.score) for r in ranked] + unscored, len(experts), cost
+
+    @staticmethod
+    def _keep_score(selector: Selector, e: catalog.ExpertRecord, result: object, scores: list[float],
+                    scored: list[catalog.ExpertRecord], unscored: list[Scored]) -> None:
+        """File one expert's forward score: with the scored if finite, else with the unscored and why."""
+        score = np.asarray(result, dtype=np.float64).reshape(-1)[0]
+        if np.isfinite(score):
+            scores.append(float(score))
+            scored.append(e)
+        else:
+            unscored.append(Scored(e, None, f"{selector.name} is not finite on the query ({score})"))
 
     def _rank_without_query(self, selector: Selector, experts: list[catalog.ExpertRecord], seed: int) -> list[Scored]:
         """Methods that compute nothing on the query: from the experts' training-set sizes ("sizes": classes x

@@ -15,7 +15,9 @@ A scorer takes a :class:`SelectorInput` holding only what its selector needs and
 item (M items: the index candidates, the experts whose outputs it was given, or the experts whose size
 is known), in the input's order; ties keep that order. A scorer whose method has its own rule beyond
 "sort by score" (the generic expert's tie rule) may instead return a ranking, a list of
-:class:`Ranked` best first. A non-finite score marks that item as unscored.
+:class:`Ranked` best first. A non-finite score marks that item as unscored. A "forward" scorer is given one
+expert's outputs at a time unless its selector is ``pooled`` (its scores are relative to the other experts,
+like NCTI's normalisation): then it is given every expert's outputs in one call.
 
 This module imports neither torch nor numpy (the scorers import what they compute with), so the CLI's
 help lists the methods instantly. It never imports ``taskreg.registry``.
@@ -116,6 +118,7 @@ class Selector:
     cost: Cost
     better: Better
     description: str
+    pooled: bool = False  # its scores are relative to the pool: score every expert's outputs in ONE call
     higher_is_better: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -135,12 +138,14 @@ SELECTORS: dict[str, Selector] = {}
 
 
 def register_selector(name: str, *, needs: Sequence[str] = (), cost: Cost, better: Better,
-                      description: str) -> Callable[[Scorer], Scorer]:
+                      description: str, pooled: bool = False) -> Callable[[Scorer], Scorer]:
     """Decorator: register ``fn`` as the scorer of ranking method ``name`` (see the module docstring).
 
     needs : keys of :data:`NEEDS` (empty: nothing); cost : a key of :data:`COSTS` ("index" needs exactly one
     of task2vec/domain/model2vec, "forward" exactly one of features/logits, "none" at most sizes);
     better : "lower" or "higher", the direction of the score.
+    pooled : a "forward" method whose scores are only defined relative to the other experts (e.g. normalised
+    over them): the registry then passes every expert's outputs in one call, not one expert at a time.
     """
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"selector name {name!r}: use letters, digits, '-' and '_'")
@@ -157,13 +162,15 @@ def register_selector(name: str, *, needs: Sequence[str] = (), cost: Cost, bette
     if cost in _ONE_OF and len(_ONE_OF[cost] & set(needs)) != 1:
         raise ValueError(f"selector {name!r}: a {cost!r} method needs exactly one of "
                          f"{', '.join(sorted(_ONE_OF[cost]))}")
+    if pooled and cost != "forward":
+        raise ValueError(f"selector {name!r}: only a 'forward' method can be pooled (the others score all at once)")
     if "trivial" in needs and "domain" in needs:
         raise ValueError(f"selector {name!r}: the domain embedding has no trivial embedding")
 
     def add(fn: Scorer) -> Scorer:
         if name in SELECTORS:
             raise ValueError(f"selector {name!r} is already registered")
-        SELECTORS[name] = Selector(name, fn, needs, cost, better, description)
+        SELECTORS[name] = Selector(name, fn, needs, cost, better, description, pooled)
         return fn
 
     return add
@@ -252,6 +259,22 @@ def hscore(q: SelectorInput) -> Scores:
     from taskreg.selection.transferability import hscore as score
 
     return [score(f, q.given("y")) for f in q.outputs]
+
+
+@register_selector("sfda", needs=("features",), cost="forward", better="higher",
+                   description="SFDA: Bayes classifier in a regularised Fisher space after self-challenging mixing")
+def sfda(q: SelectorInput) -> Scores:
+    from taskreg.selection.sfda import sfda as score
+
+    return [score(f, q.given("y")) for f in q.outputs]
+
+
+@register_selector("ncti", needs=("features",), cost="forward", better="higher", pooled=True,
+                   description="NCTI: distance from neural collapse, its three terms normalised over the experts")
+def ncti(q: SelectorInput) -> Scores:
+    from taskreg.selection.ncti import ncti as score
+
+    return score(q.outputs, q.given("y"))
 
 
 @register_selector("generic", needs=("sizes",), cost="none", better="higher",

@@ -765,7 +765,7 @@ UNSCORED = {  # method -> experts it cannot score in ranked_lab, and a word of t
     "model2vec": {"late": "no Model2Vec vector (registered or measured after",
                   "nanx": "no Model2Vec vector: no training task and no measured test error"},
     "generic": {"good-expert": "size unknown", "tn-mini-edges": "size unknown", "nanx": "size unknown"},
-    **{m: {"nanx": "NaN or infinite"} for m in ("logme", "leep", "nce", "hscore")},  # item 6: named, not fatal
+    **{m: {"nanx": "NaN or infinite"} for m in list_selectors("forward")},  # item 6: named, not fatal
 }
 
 
@@ -1189,4 +1189,34 @@ def test_two_stage_refuses_bad_stages(ranked_lab: Path, args: list[str], message
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert lines[0].startswith(f"error: {message}"), lines
+    assert snapshot(ranked_lab) == before
+
+
+# ---- issue 15: SFDA and NCTI (helper h5): a pooled forward method is given every expert's features at once
+def test_a_pooled_method_scores_all_finite_experts_in_one_call(ranked_lab: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskreg.selection import selectors
+
+    monkeypatch.setattr(selectors, "SELECTORS", dict(selectors.SELECTORS))  # dropped after the test
+    calls: list[int] = []
+
+    @selectors.register_selector("pool-size", needs=("features",), cost="forward", better="higher", pooled=True,
+                                 description="how many experts the scorer saw at once")
+    def pool_size(q: selectors.SelectorInput) -> list[float]:
+        calls.append(q.n)
+        assert len(q.outputs) == q.n and all(np.isfinite(f).all() for f in q.outputs)
+        return [float(q.n) - 0.5 * i for i in range(q.n)]  # distinct, in the order given
+
+    before = snapshot(ranked_lab)
+    res = runner.invoke(app, ["--registry", str(ranked_lab), "select", "--data", QUERY, "--method", "pool-size",
+                              "--top", "10", "--json"])
+    assert res.exit_code == 0, res.output
+    assert calls == [4]  # one call with the four experts whose features are finite (not nanx)
+    results = strict_json(res.stdout)["results"]
+    assert [r["score"] for r in results] == [4.0, 3.5, 3.0, 2.5, None] and results[-1]["expert"] == "nanx"
+    res = runner.invoke(app, ["--registry", str(ranked_lab), "select", "--data", QUERY, "--method", "ncti",
+                              "--top", "10", "--json"])
+    assert res.exit_code == 0, res.output
+    scores = [r["score"] for r in strict_json(res.stdout)["results"] if r["score"] is not None]
+    assert len(scores) == 4 and len(set(scores)) > 1  # normalised over the pool: not all 0 as a pool of one
     assert snapshot(ranked_lab) == before
