@@ -133,6 +133,8 @@ BUILTIN = {  # name -> (cost class, score direction, needs): the methods `taskre
     "sym": ("index", "lower", ("task2vec",)), "domain": ("index", "lower", ("domain",)),
     "logme": ("forward", "higher", ("features",)), "leep": ("forward", "higher", ("logits",)),
     "nce": ("forward", "higher", ("logits",)), "hscore": ("forward", "higher", ("features",)),
+    # issue 15 (h6)
+    **{m: ("forward", "higher", ("features",)) for m in ("etran", "etran-energy", "knn", "transrate", "gbc")},
     "generic": ("none", "higher", ("sizes",)), "random": ("none", "lower", ()),
 }
 
@@ -144,7 +146,8 @@ def test_the_registry_lists_every_builtin_method_with_its_cost_and_direction() -
         assert (s.cost, s.better, s.needs) == (cost, better, needs) and s.description
         assert s.higher_is_better == (better == "higher") and set(needs) <= set(NEEDS)
     assert list_selectors("index") == ["model2vec", "asym", "sym", "domain"]
-    assert list_selectors("forward") == ["logme", "leep", "nce", "hscore"]
+    assert list_selectors("forward") == ["logme", "leep", "nce", "hscore", "etran", "etran-energy", "knn", "transrate",
+                                         "gbc"]
     assert list_selectors("none") == ["generic", "random"]
 
 
