@@ -277,6 +277,47 @@ def ncti(q: SelectorInput) -> Scores:
     return score(q.outputs, q.given("y"))
 
 
+# issue 15 (h6): ETran, leave-one-out k-NN, TransRate, GBC; each module cites its paper
+@register_selector("etran", needs=("features",), cost="forward", better="higher",
+                   description="ETran: energy of the features plus the class-mean posterior (ICCV 2023)")
+def etran(q: SelectorInput) -> Scores:
+    from taskreg.selection.etran import etran as score
+
+    return [score(f, q.given("y")) for f in q.outputs]
+
+
+@register_selector("etran-energy", needs=("features",), cost="forward", better="higher",
+                   description="ETran's label-free energy term: logsumexp of the features, lowest 0.5%")
+def etran_energy(q: SelectorInput) -> Scores:
+    from taskreg.selection.etran import etran_energy as score
+
+    return [score(f) for f in q.outputs]
+
+
+@register_selector("knn", needs=("features",), cost="forward", better="higher",
+                   description="leave-one-out 5-NN accuracy on the expert's features (cosine)")
+def knn(q: SelectorInput) -> Scores:
+    from taskreg.selection.knn import knn_accuracy as score
+
+    return [score(f, q.given("y")) for f in q.outputs]
+
+
+@register_selector("transrate", needs=("features",), cost="forward", better="higher",
+                   description="TransRate: coding rate of the features minus that within classes (ICML 2022)")
+def transrate(q: SelectorInput) -> Scores:
+    from taskreg.selection.transrate import transrate as score
+
+    return [score(f, q.given("y")) for f in q.outputs]
+
+
+@register_selector("gbc", needs=("features",), cost="forward", better="higher",
+                   description="GBC: minus the Bhattacharyya overlap of class Gaussians (CVPR 2022)")
+def gbc(q: SelectorInput) -> Scores:
+    from taskreg.selection.gbc import gbc as score
+
+    return [score(f, q.given("y")) for f in q.outputs]
+
+
 @register_selector("generic", needs=("sizes",), cost="none", better="higher",
                    description="the expert trained on the broadest task (classes x samples) first")
 def generic(q: SelectorInput) -> Scores:

@@ -1220,3 +1220,93 @@ def test_a_pooled_method_scores_all_finite_experts_in_one_call(ranked_lab: Path,
     scores = [r["score"] for r in strict_json(res.stdout)["results"] if r["score"] is not None]
     assert len(scores) == 4 and len(set(scores)) > 1  # normalised over the pool: not all 0 as a pool of one
     assert snapshot(ranked_lab) == before
+
+
+# ---- issue 15: ETran, k-NN, TransRate, GBC (h6): every bad input is one line, and a select that cannot score
+# ---- writes nothing
+def _h6_scores() -> dict[str, Callable[..., float]]:
+    from taskreg.selection.etran import etran, etran_classification, etran_energy
+    from taskreg.selection.gbc import gbc
+    from taskreg.selection.knn import knn_accuracy
+    from taskreg.selection.transrate import transrate
+
+    return {"etran": etran, "etran_classification": etran_classification, "knn": knn_accuracy,
+            "transrate": transrate, "gbc": gbc, "etran_energy": lambda f, y: etran_energy(f)}
+
+
+_H6_F = np.random.default_rng(0).standard_normal((8, 3))
+_H6_Y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("features,y,message", [
+    (np.where(np.eye(8, 3) > 0, np.nan, _H6_F), _H6_Y, "features contains NaN or infinite values"),
+    (np.full((8, 3), np.inf), _H6_Y, "features contains NaN or infinite values"),
+    (np.zeros((8,)), _H6_Y, "features must be a non-empty (N, D) array, got shape (8,)"),
+    (np.zeros((0, 3)), _H6_Y[:0], "features must be a non-empty (N, D) array, got shape (0, 3)"),
+    (np.array([["a"] * 3] * 8), _H6_Y, "features must be numeric"),
+    (_H6_F, np.zeros(8, np.int64), "y must contain at least 2 classes, got 1"),
+    (_H6_F, _H6_Y[:5], "y must have shape (8,) to match the other input, got (5,)"),
+    (_H6_F, _H6_Y.astype(float), "y must hold integer class labels, got dtype float64"),
+], ids=["nan", "inf", "1d", "empty", "strings", "one-class", "short-y", "float-y"])
+def test_h6_scores_refuse_bad_inputs_in_one_line(features: np.ndarray, y: np.ndarray, message: str) -> None:
+    for name, score in _h6_scores().items():
+        if name == "etran_energy" and message.startswith("y "):
+            continue  # label-free
+        with pytest.raises(TaskregError) as info:
+            score(features, y)
+        assert str(info.value).startswith(message) and "\n" not in str(info.value), (name, str(info.value))
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: _h6_knn(k=8), "k-NN with k=8 needs more than 8 samples, got 8"),
+    (lambda: _h6_knn(k=0), "k must be a positive integer, got 0"),
+    (lambda: _h6_knn(k=2.5), "k must be a positive integer, got 2.5"),
+    (lambda: _h6_knn(k=True), "k must be a positive integer, got True"),
+    (lambda: _h6_knn(block=0), "block must be a positive integer, got 0"),
+    (lambda: _h6_call("transrate", eps=0.0), "eps must be a positive number, got 0.0"),
+    (lambda: _h6_call("transrate", eps=float("nan")), "eps must be a positive number, got nan"),
+    (lambda: _h6_call("gbc", gaussian="full"), "gaussian must be 'spherical' or 'diagonal', got 'full'"),
+    (lambda: _h6_call("gbc", pca_dim=0), "pca_dim must be a positive integer or None, got 0"),
+    (lambda: _h6_call("etran", fraction=0.0), "fraction must be in (0, 1], got 0.0"),
+    (lambda: _h6_relative([1.0], [0.1, 0.2]), "energies and classification must be two equal, non-empty lists"),
+    (lambda: _h6_relative([], []), "energies and classification must be two equal, non-empty lists"),
+    (lambda: _h6_relative([np.nan], [0.1]), "energies and classification must be finite"),
+    (lambda: _h6_relative([1.0], [0.1], energy_weight=2.0), "energy_weight must be in [0, 1], got 2.0"),
+])
+def test_h6_score_parameters_refuse_bad_values_in_one_line(call: Callable[[], object], message: str) -> None:
+    with pytest.raises(TaskregError) as info:
+        call()
+    assert str(info.value).startswith(message) and "\n" not in str(info.value), str(info.value)
+
+
+def _h6_knn(**kwargs: object) -> float:
+    from taskreg.selection.knn import knn_accuracy
+
+    return knn_accuracy(_H6_F, _H6_Y, **kwargs)  # type: ignore[arg-type]
+
+
+def _h6_call(name: str, **kwargs: object) -> float:
+    return _h6_scores()[name](_H6_F, _H6_Y, **kwargs)
+
+
+def _h6_relative(*args: object, **kwargs: object) -> object:
+    from taskreg.selection.etran import etran_relative
+
+    return etran_relative(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_h6_knn_select_on_a_query_too_small_for_k_is_one_line(ranked_lab: Path, tmp_path: Path) -> None:
+    root = tmp_path / "reg"
+    shutil.copytree(ranked_lab, root)
+    Registry.open(root)  # the first open of a copied registry rewrites mlflow.db; that is not select's doing
+    before = snapshot(root)
+    res = runner.invoke(app, ["--registry", str(root), "select", "--data", "builtin:digits?classes=3,4&n=4",
+                              "--method", "knn"])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert lines == ["error: k-NN with k=5 needs more than 5 samples, got 4"], lines
+    after = snapshot(root)
+    # the scorer runs after the forward pass, so the first expert's features were cached (derived data, keyed by
+    # weights and data); the catalog and the MLflow store are untouched
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert changed and all(k.startswith("cache/features/") for k in changed), changed

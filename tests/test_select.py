@@ -134,6 +134,7 @@ BUILTIN = {  # name -> (cost class, score direction, needs): the methods `taskre
     "logme": ("forward", "higher", ("features",)), "leep": ("forward", "higher", ("logits",)),
     "nce": ("forward", "higher", ("logits",)), "hscore": ("forward", "higher", ("features",)),
     "sfda": ("forward", "higher", ("features",)), "ncti": ("forward", "higher", ("features",)),  # issue 15
+    **{m: ("forward", "higher", ("features",)) for m in ("etran", "etran-energy", "knn", "transrate", "gbc")},
     "generic": ("none", "higher", ("sizes",)), "random": ("none", "lower", ()),
 }
 
@@ -145,7 +146,8 @@ def test_the_registry_lists_every_builtin_method_with_its_cost_and_direction() -
         assert (s.cost, s.better, s.needs) == (cost, better, needs) and s.description
         assert s.higher_is_better == (better == "higher") and set(needs) <= set(NEEDS)
     assert list_selectors("index") == ["model2vec", "asym", "sym", "domain"]
-    assert list_selectors("forward") == ["logme", "leep", "nce", "hscore", "sfda", "ncti"]
+    assert list_selectors("forward") == ["logme", "leep", "nce", "hscore", "sfda", "ncti", "etran", "etran-energy",
+                                         "knn", "transrate", "gbc"]
     assert list_selectors("none") == ["generic", "random"]
 
 
