@@ -701,6 +701,8 @@ def expert_train(
     task: Annotated[str | None, typer.Option(help="Name under which the training data is registered as a task "
                                              "when it is not registered yet (default: the expert's name).")] = None,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 8,
+    lr: Annotated[float | None, typer.Option(help="SGD learning rate (default 0.01 from the probe, 0.05 from "
+                                                  "scratch).", show_default=False)] = None,
     max_samples: Annotated[int, typer.Option(help="Images for the Task2Vec embedding of the training task "
                                                   "(class-balanced subsample; training uses all).")] = 1000,
     train_blocks: Annotated[int | None, typer.Option(help="Train only the last N blocks, the head and a new "
@@ -716,7 +718,7 @@ def expert_train(
     with progress_bar(f"training expert {name}") as bar:
         rec = reg.train_expert(name, data, from_probe=from_probe, probe=probe, arch=arch, task_name=task,
                                epochs=epochs, seed=seed, device=device, progress=bar, max_samples=max_samples,
-                               train_blocks=train_blocks)
+                               train_blocks=train_blocks, lr=lr)
     if reg.count_tasks() > tasks_before:
         typer.echo(f"registered task {rec.trained_on} for the expert's training data"
                    + ("" if task else " (named after the expert; --task NAME chooses another name)"))

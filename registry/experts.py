@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 #: the input sizes (pixels) an expert (or a zoo probe) may be registered at
 INPUT_SIZES = range(16, 1025)
+FINETUNE_LR = 0.01  # SGD learning rate of `expert train` from the probe's weights
+SCRATCH_LR = 0.05  # ... and from scratch (--from-scratch): 0.01 leaves a small network far from trained
 
 
 def check_input_size(input_size: int | None) -> None:
@@ -153,7 +155,7 @@ class ExpertService:
         self, name: str, source: str, *, from_probe: bool = True, probe: str | None = None,
         arch: str = "cifar_resnet20", task_name: str | None = None, epochs: int = 8, seed: int = 0,
         device: str = "cpu", progress: Progress = None, embed_progress: Progress = None,
-        max_samples: int | None = 1000, train_blocks: int | None = None,
+        max_samples: int | None = 1000, train_blocks: int | None = None, lr: float | None = None,
     ) -> catalog.ExpertRecord:
         """Fine-tune an expert on a dataset (from the probe's weights or from scratch) and register it.
 
@@ -163,12 +165,18 @@ class ExpertService:
         ``train_blocks`` set: only the network's last ``train_blocks`` blocks, its head and a new ``fc`` train, on
         activations of the frozen rest computed once (``trainers.partial_finetune``; 0 = a new linear head only).
         The expert is registered at the resolution it trained at: the probe's input size, or the arch's default.
+        ``lr``: SGD's learning rate; default 0.01 from the probe's weights, 0.05 from scratch (a CIFAR ResNet-8
+        from scratch on 1,000 MNIST images, 5 epochs: linear-probe error 0.253 at 0.01, 0.080 at 0.05).
         """
         from taskreg.embedders.probes import create_model, default_spec
         from taskreg.embedders.weight_checks import check_network
         from taskreg.trainers.experts import finetune_expert
 
         check_name(name, "expert name")
+        if lr is None:
+            lr = FINETUNE_LR if from_probe else SCRATCH_LR
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < float("inf"):
+            raise TaskregError(f"--lr must be a finite number > 0, got {lr!r}")
         self.refuse_existing_expert(name)
         ds = datasets.load(source)
         task = self._task_by_fingerprint(ds) or task_name or name
@@ -181,13 +189,13 @@ class ExpertService:
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
         if train_blocks is None:
-            model = finetune_expert(base, spec, ds.x, ds.y, epochs=epochs, seed=seed, device=device,
+            model = finetune_expert(base, spec, ds.x, ds.y, epochs=epochs, lr=lr, seed=seed, device=device,
                                     progress=progress)
         else:
             from taskreg.trainers.partial_finetune import finetune_last_blocks
 
             model, cost = finetune_last_blocks(base, spec, ds.x, ds.y, train_blocks=train_blocks, epochs=epochs,
-                                               seed=seed, device=device, progress=progress)
+                                               lr=lr, seed=seed, device=device, progress=progress)
             metrics = {"cache_seconds": cost.seconds_cache, "trained_params": cost.n_params_trained}
         metrics["train_seconds"] = time.perf_counter() - t0
         label = f"expert {name}: the fine-tuned network"
@@ -195,7 +203,7 @@ class ExpertService:
         if not self._task_exists(task):
             self.tasks.add_task(task, ds.source, probe=probe, seed=seed, device=device, progress=embed_progress,
                                 dataset=ds, max_samples=max_samples)
-        params = {"source": ds.source, "from_probe": from_probe, "epochs": epochs, "seed": seed,
+        params = {"source": ds.source, "from_probe": from_probe, "epochs": epochs, "lr": lr, "seed": seed,
                   "n_train": ds.n, "n_classes": ds.n_classes}
         if train_blocks is not None:
             params["train_blocks"] = train_blocks

@@ -1310,3 +1310,16 @@ def test_h6_knn_select_on_a_query_too_small_for_k_is_one_line(ranked_lab: Path, 
     # weights and data); the catalog and the MLflow store are untouched
     changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
     assert changed and all(k.startswith("cache/features/") for k in changed), changed
+
+
+# ---- issue 14: `expert train --lr`: not a finite number > 0 is one line, registry unchanged
+@pytest.mark.parametrize("lr", ["0", "-0.1", "nan", "inf"])
+def test_expert_train_refuses_a_bad_learning_rate(registry_template: Path, tmp_path: Path, lr: str) -> None:
+    root = make_probe_registry(registry_template, tmp_path / "reg")
+    before = snapshot(root)
+    res = runner.invoke(app, ["-r", str(root), "expert", "train", "e1", "--data", "builtin:digits?classes=1,2&n=40",
+                              "--epochs", "1", "--from-scratch", "--arch", "cifar_resnet8", "--lr", lr])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --lr must be a finite number > 0, got "), lines
+    assert snapshot(root) == before
