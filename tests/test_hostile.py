@@ -1101,13 +1101,15 @@ def test_expert_add_refuses_an_input_size_out_of_range(registry_root: Path, tmp_
 
 # ---- issue 14: the demo's plans: a registry of the other plan, or --zoo without the extra, is one line, unchanged
 def test_demo_refuses_a_registry_built_with_the_other_plan(registry_template: Path, tmp_path: Path) -> None:
-    root = make_probe_registry(registry_template, tmp_path / "reg")  # its default probe is a small CIFAR ResNet
+    root = make_probe_registry(registry_template, tmp_path / "reg")
+    Registry.open(root).add_expert("expert-faces", arch="cifar_resnet8",  # an expert of the small plan
+                                   weights=save_random_expert(tmp_path / "w.pt"))
     before = snapshot(root)
     res = runner.invoke(app, ["demo", "--registry", str(root), "--zoo", "--quick"])
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: {root} is a demo registry of the other plan"), lines
-    assert lines[0].endswith("run the demo with --no-zoo")
+    assert lines == [f"error: {root} is a demo registry of the other plan (it has expert-faces): remove it, use "
+                     "another --registry, or run the demo with --no-zoo"], lines
     assert snapshot(root) == before
 
 
