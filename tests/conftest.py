@@ -23,6 +23,15 @@ def registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def probe_template(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The template registry plus the tiny default probe (tests.procs.make_probe_registry), trained once per
+    session for every file that needs a registry with a probe: copy it with tests.procs.copy_registry."""
+    from tests.procs import make_probe_registry
+
+    return make_probe_registry(registry_template, tmp_path_factory.mktemp("probe-template") / "reg")
+
+
 @pytest.fixture
 def registry_root(registry_template: Path, tmp_path: Path) -> Path:
     """A private copy of the template registry, opened once (the first open of a copy points MLflow's

@@ -32,8 +32,8 @@ from tests.procs import (
     ForkServer,
     assert_whole,
     catalog_rows,
+    copy_registry,
     index_fresh,
-    make_probe_registry,
     registered_models,
     run_state,
     runs_named,
@@ -51,8 +51,8 @@ STATS: dict[str, Counter] = {}
 
 
 @pytest.fixture(scope="module")
-def base(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_probe_registry(registry_template, tmp_path_factory.mktemp("crash") / "base")
+def base(probe_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_registry(probe_template, tmp_path_factory.mktemp("crash") / "base")
 
 
 @pytest.fixture(scope="module")
