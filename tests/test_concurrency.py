@@ -33,10 +33,8 @@ def base(probe_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.fixture(scope="module")
-def server(base: Path):  # noqa: ANN201
-    srv = ForkServer(("builtin:digits",), base)
-    yield srv
-    srv.close()
+def server(fork_server: ForkServer) -> ForkServer:
+    return fork_server
 
 
 @pytest.fixture

@@ -56,10 +56,8 @@ def base(probe_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.fixture(scope="module")
-def server(base: Path):  # noqa: ANN201
-    srv = ForkServer(("builtin:digits",), base)
-    yield srv
-    srv.close()
+def server(fork_server: ForkServer):  # noqa: ANN201
+    yield fork_server
     total = sum(sum(c.values()) for c in STATS.values())
     print(f"\n{total} kills: " + "; ".join(f"{cmd}: {dict(c)}" for cmd, c in STATS.items()))
 
