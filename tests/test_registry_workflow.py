@@ -44,14 +44,10 @@ def built(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("workflow") / "reg"
     shutil.copytree(registry_template, root)
     reg = Registry.open(root)
-    # one epoch on 1000 images for the probe and one per expert: the checks below do not need better networks. Two
-    # epochs on the whole digits train split + 1000 patches and two per expert (as before) rank the same, at twice
-    # the cost: asym d(mnist-low, mnist-low-q) 0.03 (0.08 here) vs 0.51 (0.54) for the next expert; sym near/far
-    # 0.10/0.61 (0.14/0.55 here)
-    reg.train_probe("default", arch="cifar_resnet8", epochs=1,
-                    sources=("builtin:digits?n=600&split=train", "builtin:patches?n=400&split=train"))
+    reg.train_probe("default", arch="cifar_resnet8", epochs=2,
+                    sources=("builtin:digits?split=train", "builtin:patches?n=1000&split=train"))
     for task, source in SOURCES.items():
-        reg.train_expert(f"exp-{task}", source, task_name=task, epochs=1)
+        reg.train_expert(f"exp-{task}", source, task_name=task, epochs=2)
     for task, source in QUERIES.items():
         reg.add_task(f"{task}-q", source, max_samples=150)
     done, skipped = reg.evaluate()
