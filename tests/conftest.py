@@ -23,6 +23,26 @@ def registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def probe_template(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The template registry plus the tiny default probe (tests.procs.make_probe_registry), trained once per
+    session for every file that needs a registry with a probe: copy it with tests.procs.copy_registry."""
+    from tests.procs import make_probe_registry
+
+    return make_probe_registry(registry_template, tmp_path_factory.mktemp("probe-template") / "reg")
+
+
+@pytest.fixture(scope="session")
+def fork_server(probe_template: Path):  # noqa: ANN201
+    """The fork server of the process tests (tests.procs.ForkServer: torch, MLflow, DuckDB and Faiss imported once,
+    the builtin digits loaded), shared by test_crash and test_concurrency; its children are real taskreg processes."""
+    from tests.procs import ForkServer
+
+    srv = ForkServer(("builtin:digits",), probe_template)
+    yield srv
+    srv.close()
+
+
 @pytest.fixture
 def registry_root(registry_template: Path, tmp_path: Path) -> Path:
     """A private copy of the template registry, opened once (the first open of a copy points MLflow's

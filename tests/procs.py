@@ -9,8 +9,9 @@ DuckDB and sqlite connections; it is killed with SIGKILL like any ``taskreg`` pr
 with one OpenMP thread (``OMP_NUM_THREADS=1``) so that several of them share two cores politely.
 
 Also here: a tiny probe registry shared by the process tests (a cifar_resnet8 probe trained for one
-epoch on 300 digits), and raw, repair-free views of a registry's state (DuckDB read-only, sqlite,
-index manifests) to tell which phase a killed command reached.
+epoch on 300 digits; conftest's session fixture ``probe_template`` builds it once a session and
+``copy_registry`` copies it), and raw, repair-free views of a registry's state (DuckDB read-only,
+sqlite, index manifests) to tell which phase a killed command reached.
 """
 
 from __future__ import annotations
@@ -180,6 +181,17 @@ def make_probe_registry(template: Path, root: Path) -> Path:
 
     shutil.copytree(template, root)
     Registry.open(root).train_probe("default", arch="cifar_resnet8", epochs=1, sources=PROBE_SOURCES)
+    return root
+
+
+def copy_registry(source: Path, root: Path) -> Path:
+    """A private copy of a built registry (e.g. the session's ``probe_template``) at ``root``, opened once: the
+    first open of a copy points MLflow's artifact paths at it, which would otherwise show up in 'registry
+    unchanged' checks."""
+    from taskreg.registry import Registry
+
+    shutil.copytree(source, root)
+    Registry.open(root)
     return root
 
 

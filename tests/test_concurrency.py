@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 
 from taskreg.registry import Registry
-from tests.procs import ForkServer, assert_whole, make_probe_registry, run_state, runs_named, save_random_expert
+from tests.procs import ForkServer, assert_whole, copy_registry, run_state, runs_named, save_random_expert
 
 PAIRS = ["0,1", "2,3", "4,5", "6,7", "8,9", "0,9", "1,8", "2,7"]
 QUERY = "builtin:digits?classes=3,4&n=40"
 
 
 @pytest.fixture(scope="module")
-def base(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def base(probe_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny probe, a task and an expert trained on it (so `select` has something to rank)."""
-    root = make_probe_registry(registry_template, tmp_path_factory.mktemp("concurrency") / "base")
+    root = copy_registry(probe_template, tmp_path_factory.mktemp("concurrency") / "base")
     reg = Registry.open(root)
     reg.add_task("anchor", "builtin:digits?classes=1,2&n=40", max_samples=20)
     reg.add_expert("anchor-expert", arch="cifar_resnet8", weights=save_random_expert(root.parent / "w.pt"),
@@ -33,10 +33,8 @@ def base(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="module")
-def server(base: Path):  # noqa: ANN201
-    srv = ForkServer(("builtin:digits",), base)
-    yield srv
-    srv.close()
+def server(fork_server: ForkServer) -> ForkServer:
+    return fork_server
 
 
 @pytest.fixture

@@ -32,8 +32,8 @@ from tests.procs import (
     ForkServer,
     assert_whole,
     catalog_rows,
+    copy_registry,
     index_fresh,
-    make_probe_registry,
     registered_models,
     run_state,
     runs_named,
@@ -51,15 +51,13 @@ STATS: dict[str, Counter] = {}
 
 
 @pytest.fixture(scope="module")
-def base(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_probe_registry(registry_template, tmp_path_factory.mktemp("crash") / "base")
+def base(probe_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_registry(probe_template, tmp_path_factory.mktemp("crash") / "base")
 
 
 @pytest.fixture(scope="module")
-def server(base: Path):  # noqa: ANN201
-    srv = ForkServer(("builtin:digits",), base)
-    yield srv
-    srv.close()
+def server(fork_server: ForkServer):  # noqa: ANN201
+    yield fork_server
     total = sum(sum(c.values()) for c in STATS.values())
     print(f"\n{total} kills: " + "; ".join(f"{cmd}: {dict(c)}" for cmd, c in STATS.items()))
 

@@ -29,7 +29,7 @@ from taskreg.errors import TaskregError
 from taskreg.registry import Registry
 from taskreg.selection.selectors import get_selector, list_selectors
 from tests.conftest import snapshot
-from tests.procs import make_probe_registry, save_random_expert
+from tests.procs import copy_registry, save_random_expert
 
 runner = CliRunner()
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "taskonomy"
@@ -46,8 +46,8 @@ class Exploit:
 
 
 @pytest.fixture(scope="module")
-def lab(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_probe_registry(registry_template, tmp_path_factory.mktemp("hostile") / "reg")
+def lab(probe_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = copy_registry(probe_template, tmp_path_factory.mktemp("hostile") / "reg")
     reg = Registry.open(root)
     reg.add_task("good", "builtin:digits?classes=1,2&n=40", max_samples=20)
     reg.add_expert("good-expert", arch="cifar_resnet8", weights=save_random_expert(root.parent / "w.pt"))
@@ -263,11 +263,12 @@ def test_two_different_registry_flags_are_refused(registry_root: Path, tmp_path:
     assert snapshot(registry_root) == before and not (tmp_path / "other").exists()
 
 
-def test_restore_force_replaces_the_flag_registry_and_names_it(registry_root: Path, tmp_path: Path) -> None:
+def test_restore_force_replaces_the_flag_registry_and_names_it(registry_template: Path, registry_root: Path,
+                                                               tmp_path: Path) -> None:
     """The README's form `TASKREG_HOME=X taskreg --registry Y restore BACKUP --force` replaced X before."""
     x, y = tmp_path / "x", tmp_path / "y"
-    for reg in (x, y):
-        assert runner.invoke(app, ["-r", str(reg), "init"]).exit_code == 0
+    for reg in (x, y):  # two existing registries (copies of an initialised one: `init` costs seconds each)
+        copy_registry(registry_template, reg)
     assert runner.invoke(app, ["-r", str(registry_root), "affinity", "import", str(DATA_DIR / "affinity_1k.csv"),
                                "--name", "mine"]).exit_code == 0
     assert runner.invoke(app, ["-r", str(registry_root), "backup", str(tmp_path / "bk")]).exit_code == 0
@@ -304,8 +305,8 @@ def test_policy_on_a_builtin_set_gives_the_same_answer_before_and_after_it_is_st
         assert first[key] == second[key]
 
 
-def test_expert_train_says_it_registers_a_task(registry_template: Path, tmp_path: Path) -> None:
-    root = make_probe_registry(registry_template, tmp_path / "reg")
+def test_expert_train_says_it_registers_a_task(probe_template: Path, tmp_path: Path) -> None:
+    root = copy_registry(probe_template, tmp_path / "reg")
     src = "builtin:digits?classes=1,2&n=40"
     res = runner.invoke(app, ["-r", str(root), "expert", "train", "e1", "--data", src, "--epochs", "1",
                               "--max-samples", "20"])
@@ -1070,9 +1071,9 @@ def test_hostile_catalog_lookups_are_refused_cleanly(case: str, registry_root: P
 # ---- issue 13/14: bounded-cost fine-tuning (expert train --train-blocks): out of range refused, registry unchanged
 @pytest.mark.parametrize(("blocks", "message"), [("4", "train_blocks must lie in 0..3"),
                                                  ("-1", "train_blocks must lie in 0..3")])
-def test_expert_train_refuses_train_blocks_out_of_range(registry_template: Path, tmp_path: Path, blocks: str,
+def test_expert_train_refuses_train_blocks_out_of_range(probe_template: Path, tmp_path: Path, blocks: str,
                                                         message: str) -> None:
-    root = make_probe_registry(registry_template, tmp_path / "reg")
+    root = copy_registry(probe_template, tmp_path / "reg")
     before = snapshot(root)
     res = runner.invoke(app, ["-r", str(root), "expert", "train", "e1", "--data", "builtin:digits?classes=1,2&n=40",
                               "--epochs", "1", "--train-blocks", blocks])

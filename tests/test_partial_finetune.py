@@ -207,14 +207,14 @@ def test_bad_inputs_are_one_line_errors(lite, change: dict, message: str) -> Non
 
 
 # ------------------------------------------------------------------------------- through the registry and the CLI
-def test_expert_train_with_train_blocks_trains_only_the_last_blocks(registry_template, tmp_path) -> None:
+def test_expert_train_with_train_blocks_trains_only_the_last_blocks(probe_template, tmp_path) -> None:
     from typer.testing import CliRunner
 
     from taskreg.cli import app
     from taskreg.registry import Registry
-    from tests.procs import make_probe_registry
+    from tests.procs import copy_registry
 
-    root = make_probe_registry(registry_template, tmp_path / "reg")
+    root = copy_registry(probe_template, tmp_path / "reg")
     args = ["expert", "train", "e1", "--data", "builtin:digits?classes=1,2&n=40", "--epochs", "2", "--max-samples", "9"]
     res = CliRunner().invoke(app, ["-r", str(root), *args, "--train-blocks", "1"])
     assert res.exit_code == 0, res.output

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from taskreg.cli import app
 from taskreg.registry import Registry
 from tests.conftest import snapshot
-from tests.procs import assert_whole, make_probe_registry, mlflow_rows, run_state, save_random_expert
+from tests.procs import assert_whole, copy_registry, mlflow_rows, run_state, save_random_expert
 
 runner = CliRunner()
 VECTORS = ("SELECT t.name, e.probe, e.method, e.vector, e.n_samples, e.seed, e.run_id FROM task_embeddings e "
@@ -22,8 +22,8 @@ VECTORS = ("SELECT t.name, e.probe, e.method, e.vector, e.n_samples, e.seed, e.r
 
 
 @pytest.fixture(scope="module")
-def base(registry_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_probe_registry(registry_template, tmp_path_factory.mktemp("recovery") / "base")
+def base(probe_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = copy_registry(probe_template, tmp_path_factory.mktemp("recovery") / "base")
     reg = Registry.open(root)
     reg.add_task("t1", "builtin:digits?classes=1,2&n=40", max_samples=20)
     reg.add_task("t2", "builtin:digits?classes=3,4&n=40", max_samples=20)
