@@ -1101,8 +1101,8 @@ def test_expert_add_refuses_an_input_size_out_of_range(registry_root: Path, tmp_
 
 
 # ---- issue 14: the demo's plans: a registry of the other plan, or --zoo without the extra, is one line, unchanged
-def test_demo_refuses_a_registry_built_with_the_other_plan(registry_template: Path, tmp_path: Path) -> None:
-    root = make_probe_registry(registry_template, tmp_path / "reg")
+def test_demo_refuses_a_registry_built_with_the_other_plan(probe_template: Path, tmp_path: Path) -> None:
+    root = copy_registry(probe_template, tmp_path / "reg")
     Registry.open(root).add_expert("expert-faces", arch="cifar_resnet8",  # an expert of the small plan
                                    weights=save_random_expert(tmp_path / "w.pt"))
     before = snapshot(root)
@@ -1168,8 +1168,8 @@ def test_both_finetuners_refuse_bad_inputs_alike(change: dict, message: str) -> 
 
 
 @pytest.mark.parametrize("blocks", [[], ["--train-blocks", "1"]], ids=["full", "last-blocks"])
-def test_expert_train_refuses_zero_epochs_alike(registry_template: Path, tmp_path: Path, blocks: list[str]) -> None:
-    root = make_probe_registry(registry_template, tmp_path / "reg")
+def test_expert_train_refuses_zero_epochs_alike(probe_template: Path, tmp_path: Path, blocks: list[str]) -> None:
+    root = copy_registry(probe_template, tmp_path / "reg")
     before = snapshot(root)
     res = runner.invoke(app, ["-r", str(root), "expert", "train", "e1", "--data", "builtin:digits?classes=1,2&n=40",
                               "--epochs", "0", *blocks])
@@ -1317,8 +1317,8 @@ def test_h6_knn_select_on_a_query_too_small_for_k_is_one_line(ranked_lab: Path, 
 
 # ---- issue 14: `expert train --lr`: not a finite number > 0 is one line, registry unchanged
 @pytest.mark.parametrize("lr", ["0", "-0.1", "nan", "inf"])
-def test_expert_train_refuses_a_bad_learning_rate(registry_template: Path, tmp_path: Path, lr: str) -> None:
-    root = make_probe_registry(registry_template, tmp_path / "reg")
+def test_expert_train_refuses_a_bad_learning_rate(probe_template: Path, tmp_path: Path, lr: str) -> None:
+    root = copy_registry(probe_template, tmp_path / "reg")
     before = snapshot(root)
     res = runner.invoke(app, ["-r", str(root), "expert", "train", "e1", "--data", "builtin:digits?classes=1,2&n=40",
                               "--epochs", "1", "--from-scratch", "--arch", "cifar_resnet8", "--lr", lr])
