@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -30,6 +31,15 @@ from taskreg.selection.selectors import (  # metadata only: no torch, no numpy
 )
 
 TASK_LIST_LIMIT = 50  # rows of `task list` rendered as a table unless --limit says otherwise
+
+# Threads that wait without spinning, set before torch or numpy load (both are imported lazily, inside the
+# commands): torch's OpenMP threads otherwise spin after every op and starve OpenBLAS's (and other processes')
+# threads on a 2-core machine. Measured here: one 800 x 1,280 SVD took 14 s with OpenBLAS's default threads next
+# to other load and 2 s with one thread, and the demo's ranking of one query went from ~1.5 s per method to
+# 20-65 s. A value the user set in the environment is kept. (Issue 16 covers the rest: thread counts from the
+# CPUs actually available, a TASKREG_THREADS override.)
+for _var, _value in (("OMP_WAIT_POLICY", "PASSIVE"), ("OPENBLAS_NUM_THREADS", "1")):
+    os.environ.setdefault(_var, _value)
 
 if TYPE_CHECKING:
     from taskreg.registry import Registry

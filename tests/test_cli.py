@@ -169,3 +169,18 @@ def test_select_help_lists_the_registered_methods_by_cost_class_without_importin
 def test_the_estimator_is_spelled_estimator(command: tuple[str, ...]) -> None:
     res = run(*command, "--help")
     assert res.exit_code == 0 and "--estimator" in res.output and "--method" not in res.output
+
+
+def test_the_cli_makes_threads_wait_passively_unless_the_user_said_otherwise() -> None:
+    """Before torch or numpy load, the CLI sets OMP_WAIT_POLICY=PASSIVE and OPENBLAS_NUM_THREADS=1 (spinning OpenMP
+    threads starved OpenBLAS's on 2 cores: 10-40x slower ranking); a value in the user's environment is kept."""
+    import os
+
+    code = ("import os, sys, taskreg.cli; print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_NUM_THREADS'], "
+            "'numpy' in sys.modules, 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PASSIVE", "1", "False", "False"]
+    env.update(OMP_WAIT_POLICY="ACTIVE", OPENBLAS_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["ACTIVE", "2", "False", "False"]
