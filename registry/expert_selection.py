@@ -345,6 +345,7 @@ class SelectionService:
         scored: list[catalog.ExpertRecord] = []
         unscored: list[Scored] = []
         pool: list[tuple[catalog.ExpertRecord, np.ndarray]] = []  # pooled selectors: scored after the loop
+        refused: dict[int, str] = {}  # expert id -> why the scorer refused its outputs
         t0 = time.perf_counter()
         for i, e in enumerate(experts):
             rec, model, spec = self.side.experts.load_expert(e.name)
@@ -356,24 +357,43 @@ class SelectionService:
             elif selector.pooled:
                 pool.append((e, values))
             else:
-                self._keep_score(selector, e, selector.score(SelectorInput(n=1, outputs=(values,), y=ds.y)),
-                                 scores, scored, unscored)
+                try:
+                    result: object = selector.score(SelectorInput(n=1, outputs=(values,), y=ds.y))
+                except TaskregError as exc:  # e.g. SFDA on collapsed features: this expert, not the query
+                    refused[e.id] = str(exc)
+                    result = np.nan
+                self._keep_score(selector, e, result, scores, scored, unscored, refused.get(e.id))
             if progress:
                 progress(i + 1, len(experts))
         if pool:
-            values_all = selector.score(SelectorInput(n=len(pool), outputs=[v for _, v in pool], y=ds.y))
+            try:
+                values_all = selector.score(SelectorInput(n=len(pool), outputs=[v for _, v in pool], y=ds.y))
+            except TaskregError:  # find the experts whose outputs it refuses (alone), pool the others
+                for e, v in pool:
+                    try:
+                        selector.score(SelectorInput(n=1, outputs=(v,), y=ds.y))
+                    except TaskregError as exc:
+                        refused[e.id] = str(exc)
+                        self._keep_score(selector, e, np.nan, scores, scored, unscored, str(exc))
+                pool = [(e, v) for e, v in pool if e.id not in refused]
+                values_all = (selector.score(SelectorInput(n=len(pool), outputs=[v for _, v in pool], y=ds.y))
+                              if pool else [])
             for (e, _), value in zip(pool, np.asarray(values_all, dtype=np.float64).reshape(-1), strict=True):
                 self._keep_score(selector, e, value, scores, scored, unscored)
+        if refused and not scored and len(set(refused.values())) == 1:
+            raise TaskregError(next(iter(refused.values())))  # every expert refused alike: it is the query
         ranked = sel.rank_by_scores(scores, higher_is_better=selector.higher_is_better)
         cost = f"a forward pass of all {len(experts)} experts over {ds.n} images ({time.perf_counter() - t0:.1f} s)"
         return [Scored(scored[r.index], r.score) for r in ranked] + unscored, len(experts), cost
 
     @staticmethod
     def _keep_score(selector: Selector, e: catalog.ExpertRecord, result: object, scores: list[float],
-                    scored: list[catalog.ExpertRecord], unscored: list[Scored]) -> None:
+                    scored: list[catalog.ExpertRecord], unscored: list[Scored], refusal: str | None = None) -> None:
         """File one expert's forward score: with the scored if finite, else with the unscored and why."""
         score = np.asarray(result, dtype=np.float64).reshape(-1)[0]
-        if np.isfinite(score):
+        if refusal is not None:
+            unscored.append(Scored(e, None, f"{selector.name} cannot score its features on the query: {refusal}"))
+        elif np.isfinite(score):
             scores.append(float(score))
             scored.append(e)
         else:

@@ -25,6 +25,7 @@ import torch
 from typer.testing import CliRunner
 
 from taskreg.cli import app
+from taskreg.errors import TaskregError
 from taskreg.registry import Registry
 from tests.conftest import snapshot
 from tests.procs import save_random_expert
@@ -168,3 +169,26 @@ def test_refit_after_measuring_gives_the_skipped_expert_a_vector(zoo_lab: dict, 
     code, out = cli(root, "expert", "show", "unmeasured", "--json")
     assert json.loads(out)["model2vec"][0]["form"] == "m_i = b_i"
 
+
+
+def test_a_scorer_refusing_one_experts_features_leaves_it_unscored_not_the_query(
+        zoo_lab: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 15: SFDA (and pooled NCTI) refuse features without within-class variation (the blind experts here:
+    their features collapse); those experts come last with the scorer's reason and the others are still ranked.
+    When every expert is refused alike, the query is the problem: one line."""
+    import taskreg.selection.sfda as sfda_mod
+
+    reg = Registry.open(zoo_lab["root"])
+    for method in ("sfda", "ncti"):
+        rows = reg.select(QUERY, method=method, top=10).results
+        refused = [r for r in rows if r.score is None and r.unscored_reason.startswith(
+            f"{method} cannot score its features on the query: {method.upper()} needs within-class variation")]
+        assert refused and all(r.expert.startswith("blind") for r in refused), rows
+        assert any(r.score is not None for r in rows)
+
+    def never(features, y, **kw):  # noqa: ANN001, ANN003, ANN202
+        raise TaskregError("SFDA needs at least 2 images per class")
+
+    monkeypatch.setattr(sfda_mod, "sfda", never)
+    with pytest.raises(TaskregError, match="^SFDA needs at least 2 images per class$"):
+        reg.select(QUERY, method="sfda", top=10)
