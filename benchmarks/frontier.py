@@ -24,6 +24,9 @@ experts, their features of every library side, the error matrix, Task2Vec, Model
    under several names would be run once), one query of 300 images: ``--method logme`` vs ``--method two-stage
    --shortlist 5``, each COLD (the registry's feature and Task2Vec caches cleared before every timed call).
 
+Scoring seconds are CPU seconds of the process (``time.process_time``; run with OPENBLAS_NUM_THREADS=1 and
+OMP_NUM_THREADS=1, so one core's time), which other jobs on the machine do not inflate, nor a SIGSTOP.
+
 ``--subset N``: N tasks per domain (a fixed seeded subset) for ALL methods, when scoring all 100 tasks costs too much
 time (SFDA ~0.5 s per task and expert); 0 = every task.
 """
@@ -76,10 +79,10 @@ def outputs(z: zb.Zoo, sel: Selector, t: int) -> tuple[list[np.ndarray], np.ndar
     """Every expert's features (or its head's logits) of task ``t``, its labels, and the seconds the heads took."""
     task = z.tasks[t]
     feats = [z.feats[name, task.domain][task.idx] for name in z.names]
-    started = time.perf_counter()
+    started = time.process_time()
     if "logits" in sel.needs:
         feats = [head_logits(z.models[name], f) for name, f in zip(z.names, feats, strict=True)]
-    return feats, z.labels[task.domain][task.idx], time.perf_counter() - started
+    return feats, z.labels[task.domain][task.idx], time.process_time() - started
 
 
 def first_value(result: object) -> float:
@@ -91,15 +94,15 @@ def score_experts(sel: Selector, outs: list[np.ndarray], y: np.ndarray, experts:
     """(scores, seconds) of ``experts``, as ``_rank_by_forward`` scores them: a pooled selector in one call over
     them all (its seconds split evenly), the others one expert at a time."""
     if sel.pooled:
-        started = time.perf_counter()
+        started = time.process_time()
         values = np.asarray(sel.score(SelectorInput(n=len(experts), outputs=[outs[j] for j in experts], y=y)),
                             dtype=np.float64).reshape(-1)
-        return values, np.full(len(experts), (time.perf_counter() - started) / len(experts))
+        return values, np.full(len(experts), (time.process_time() - started) / len(experts))
     scores, seconds = np.zeros(len(experts)), np.zeros(len(experts))
     for i, j in enumerate(experts):
-        started = time.perf_counter()
+        started = time.process_time()
         scores[i] = first_value(sel.score(SelectorInput(n=1, outputs=(outs[j],), y=y)))
-        seconds[i] = time.perf_counter() - started
+        seconds[i] = time.process_time() - started
     return scores, seconds
 
 
@@ -149,11 +152,10 @@ def plot(rows: list[zb.Row], series: dict[str, list[str]], path: Path, title: st
                     fmt="o", color=colour, capsize=3, markersize=5, alpha=0.9)
         label = r.method if r.seconds >= floor else f"{r.method} (0 s)"
         ax.annotate(label, (x, 100 * iv.value), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    for name, methods in series.items():
+    for methods in series.values():
         pts = [by_name[m] for m in methods]
         ax.plot([p.seconds for p in pts], [100 * p.ratio_of_means.value for p in pts], "-", color="tab:orange",
                 alpha=0.5, linewidth=1)
-        del name
     ax.set_xscale("log")
     ax.set_xlabel("seconds per query (log; 0-second methods drawn at the left edge)")
     ax.set_ylabel("mean chosen error / oracle mean error - 1 [%] (lower is better)")
@@ -167,7 +169,8 @@ def plot(rows: list[zb.Row], series: dict[str, list[str]], path: Path, title: st
 
 
 # ---------------------------------------------------------------------------------------------- frontier
-def frontier(z: zb.Zoo, per_domain: int, plot_path: Path, console: Console) -> dict:
+def frontier(z: zb.Zoo, per_domain: int, plot_path: Path, console: Console, methods: list[str]) -> dict:
+    """Score ``methods`` (forward selectors), then the two-stage selectors; the table, the PNG, the raw numbers."""
     subset = task_subset(z, per_domain)
     errors = z.errors[subset]
     n_experts = len(z.names)
@@ -180,9 +183,9 @@ def frontier(z: zb.Zoo, per_domain: int, plot_path: Path, console: Console) -> d
     how = {m: z.how[m] for m in rankings}
     scored: dict[str, dict[str, np.ndarray]] = {}
     score_median: dict[str, float] = {}
-    for method in list_selectors("forward"):
+    for method in methods:
         sel = get_selector(method)
-        started = time.perf_counter()
+        started = time.process_time()
         scored[method] = out = score_all(z, method, subset, console)
         score_median[method] = float(np.median(out["seconds"].sum(1)))
         rankings[method] = [rank(r, sel.higher_is_better, everyone) for r in out["s"]]
@@ -190,7 +193,7 @@ def frontier(z: zb.Zoo, per_domain: int, plot_path: Path, console: Console) -> d
         how[method] = (f"forward pass of all {n_experts} experts ({fwd_all:.2f} s) + {method} on each "
                        f"({score_median[method]:.3g} s)" + (", pooled" if sel.pooled else ""))
         console.print(f"{method}: median {score_median[method]:.3g} s per task of scoring, "
-                      f"{np.mean(~np.isfinite(out['s'])):.1%} non-finite ({time.perf_counter() - started:.0f} s)")
+                      f"{np.mean(~np.isfinite(out['s'])):.1%} non-finite ({time.process_time() - started:.0f} s)")
     forward_rows = zb.score_rows({m: rankings[m] for m in scored}, errors, seconds, how, z.cfg.seed)
     best = min((r for r in forward_rows if r.method in scored), key=lambda r: r.ratio_of_means.value).method
     console.print(f"best forward score by ratio of means on these tasks: {best}")
@@ -266,25 +269,27 @@ def scale_timing(console: Console, sizes: tuple[int, ...] = (15, 120), repeats: 
                 reg.add_expert(f"e{added:03d}", arch="cifar_resnet8", weights=weights,
                                trained_on=f"train-{added % len(sources)}")
                 added += 1
-            timings: dict[str, list[float]] = {"logme": [], "two-stage": []}
+            timings: dict[str, list[float]] = {"logme": [], "two-stage": [], "logme cpu": [], "two-stage cpu": []}
             for _ in range(repeats):
                 for method, kw in (("logme", {}), ("two-stage", {"shortlist": 5, "rerank": "logme",
                                                                  "shortlist_by": "asym"})):
                     for sub in ("features", "task2vec"):  # cold: no expert's features, no query embedding
                         shutil.rmtree(root / "cache" / sub, ignore_errors=True)
-                    started = time.perf_counter()
+                    wall, cpu = time.perf_counter(), time.process_time()
                     sel = reg.select(query, method=method, top=5, max_samples=300, **kw)
-                    timings[method].append(time.perf_counter() - started)
+                    timings[method].append(time.perf_counter() - wall)
+                    timings[f"{method} cpu"].append(time.process_time() - cpu)
                     assert sel.n_experts == size
             out[str(size)] = timings
             console.print(f"{size} experts: logme median {np.median(timings['logme']):.2f} s, two-stage (asym "
                           f"shortlist 5, logme) median {np.median(timings['two-stage']):.2f} s "
                           f"(of {repeats} cold calls each)")
-    lines = ["| registered experts | select --method logme [s] | select --method two-stage --shortlist 5 [s] |",
-             "|---|---|---|"]
+    lines = ["| registered experts | select --method logme: wall s (CPU s) | select --method two-stage --shortlist 5: "
+             "wall s (CPU s) | each call, wall s (logme; two-stage) |", "|---|---|---|---|"]
     for size, t in out.items():
-        lines.append(f"| {size} | {np.median(t['logme']):.2f} ({', '.join(f'{v:.2f}' for v in t['logme'])}) | "
-                     f"{np.median(t['two-stage']):.2f} ({', '.join(f'{v:.2f}' for v in t['two-stage'])}) |")
+        lines.append(f"| {size} | {np.median(t['logme']):.2f} ({np.median(t['logme cpu']):.2f}) | "
+                     f"{np.median(t['two-stage']):.2f} ({np.median(t['two-stage cpu']):.2f}) | "
+                     f"{', '.join(f'{v:.2f}' for v in t['logme'])}; {', '.join(f'{v:.2f}' for v in t['two-stage'])} |")
     md = "\n".join(lines)
     print("\n" + md + "\n")
     return {"seconds": out, "markdown": md}
@@ -297,14 +302,24 @@ def main() -> None:
     p.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / "zoo_frontier.png")
     p.add_argument("--scale", action="store_true", help="also time Registry.select at 15 and 120 experts")
     p.add_argument("--scale-only", action="store_true", help="only the Registry.select timing")
+    p.add_argument("--methods", default=",".join(list_selectors("forward")),
+                   help="forward methods to score, comma-separated (default: every one)")
+    p.add_argument("--score-only", action="store_true", help="only fill the score caches of --methods")
     a = p.parse_args()
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    if any(get_selector(m).cost != "forward" for m in methods):
+        raise SystemExit(f"--methods: forward methods only ({', '.join(list_selectors('forward'))})")
     console = Console()
     result: dict = {}
     if not a.scale_only:
         sys.argv = [sys.argv[0], "--cache", str(a.cache)]  # zoo_bench's defaults: its full 64 px run
         cfg = replace(zb.parse_args(), plot=a.plot)
         z = zb.build(cfg, console)
-        result["frontier"] = frontier(z, a.subset, a.plot, console)
+        if a.score_only:
+            for method in methods:
+                score_all(z, method, task_subset(z, a.subset), console)
+            return
+        result["frontier"] = frontier(z, a.subset, a.plot, console, methods)
         (a.cache / "frontier.json").write_text(json.dumps(result["frontier"], indent=1))
     if a.scale or a.scale_only:
         result["scale"] = scale_timing(console)
