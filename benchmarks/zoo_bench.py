@@ -413,9 +413,41 @@ def parse_args() -> Config:
                   quick=a.quick, device=a.device, domains=QUICK_DOMAINS if a.quick else DOMAINS)
 
 
+@dataclass
+class Zoo:
+    """Everything :func:`build` prepares (from the cache when it holds it): the library, the experts and their
+    features of every library side, the error matrix, every index ranking, LogME's, and each method's cost."""
+
+    cfg: Config
+    tasks: list[Task]
+    names: list[str]
+    labels: dict[str, np.ndarray]  # domain -> labels of its library side
+    feats: dict[tuple[str, str], np.ndarray]  # (expert, domain) -> features of the domain's library side
+    models: dict[str, torch.nn.Module]
+    errors: np.ndarray  # (tasks, experts) linear-probe test error
+    rankings: dict[str, list[list[int]]]
+    seconds: dict[str, float]
+    how: dict[str, str]
+    t2v_seconds: list[float]
+    feat_seconds: dict[str, float]  # ms per image of each expert's forward pass
+    ft_cost: dict[str, dict]
+    stage: dict[str, float]
+    started: float
+
+    @property
+    def task_images(self) -> float:
+        return float(np.mean([t.idx.size for t in self.tasks]))
+
+
 def main() -> None:
     cfg = parse_args()
     console = Console()
+    z = build(cfg, console)
+    report(z, console)
+
+
+def build(cfg: Config, console: Console) -> Zoo:
+    """Steps 1-6 up to the rankings and their costs; every expensive result comes from ``cfg.cache`` if there."""
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     stage: dict[str, float] = {}
@@ -572,6 +604,15 @@ def main() -> None:
         "logme": "forward pass of every expert over the query + LogME",
         "generic": "none (always Lite2, the best ImageNet top-1)",
     }
+    return Zoo(cfg, tasks, names, labels, feats, models, errors, rankings, seconds, how, t2v_seconds, feat_seconds,
+               ft_cost, stage, started)
+
+
+def report(z: Zoo, console: Console) -> None:
+    """The tables, diagnostics, PNG and JSON of the zoo benchmark."""
+    cfg, tasks, names, errors, rankings = z.cfg, z.tasks, z.names, z.errors, z.rankings
+    ft_cost, feat_seconds, t2v_seconds, stage, started = z.ft_cost, z.feat_seconds, z.t2v_seconds, z.stage, z.started
+    seconds, how = z.seconds, z.how
     order = ["oracle", "model2vec", "asym", "sym", "logme", "generic"]
     rows = score_rows({m: rankings[m] for m in order}, errors, seconds, how, cfg.seed)
     title = (f"Expert selection on the zoo: {len(tasks)} tasks x {len(names)} experts ({len(cfg.domains)} domains, "
