@@ -161,8 +161,7 @@ class SelectionService:
         index_default = "model2vec" if self.model2vec.fitted(prec.name, embedding) else "asym"
         if method is None:
             method = index_default
-        two_stage = method == TWO_STAGE
-        if two_stage:
+        if method == TWO_STAGE:
             first, selector = self._two_stage_methods(shortlist_by or index_default, rerank, shortlist)
         else:
             first, selector = None, get_selector(method)  # an unknown method: one line listing the registered ones
