@@ -25,6 +25,7 @@ from taskreg.data.images import batch_to_size
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
 from taskreg.registry import catalog
+from taskreg.registry.array_cache import save_array
 from taskreg.registry.catalog import TransferRecord
 from taskreg.registry.core import Core
 from taskreg.registry.experts import ExpertService
@@ -242,9 +243,7 @@ class TaskonomyPipeline:
             enc = (self._task_network(name, source, nets[source]).encoder if source in nets
                    else tr.source_encoder(d, source, {}, seed=seed))
             feats = tr.encode_for_transfers(enc, d, key, train_fraction=frac, device=device)
-            tmp = Path(feature_path(source, key) + ".tmp.npy")
-            np.save(tmp, feats)
-            tmp.replace(feature_path(source, key))
+            save_array(self.core, Path(feature_path(source, key)), feats)
             if bar:
                 bar(i + 1, len(needed))
         report.seconds["encoding"] = time.perf_counter() - start
