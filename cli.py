@@ -692,11 +692,19 @@ def expert_add(
     trained_on: Annotated[str | None, typer.Option(help="Registered task the expert was trained on.")] = None,
     input_size: Annotated[int | None, typer.Option(help="Input resolution the weights were trained at, 16..1024 "
                                                    "(default: the arch's).")] = None,
+    reference_accuracy: Annotated[float | None, typer.Option(help="The model's accuracy on its own reference "
+                                                             "task, in [0, 1] (what `select --method prior` ranks "
+                                                             "by), e.g. its ImageNet top-1.")] = None,
+    reference: Annotated[str | None, typer.Option(help="What --reference-accuracy was measured on, e.g. "
+                                                  "'ImageNet-1k top-1'.")] = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Register a user's feature extractor."""
+    from taskreg.registry.experts import Reference
+
+    ref = Reference.checked(reference_accuracy, reference)
     rec = open_registry(registry, "expert add").add_expert(name, arch=arch, weights=weights, trained_on=trained_on,
-                                                          input_size=input_size)
+                                                          input_size=input_size, reference=ref)
     typer.echo(f"registered expert {rec.name} ({rec.arch}, {rec.input_size} px, model version {rec.model_version})")
 
 
@@ -718,6 +726,9 @@ def expert_train(
     train_blocks: Annotated[int | None, typer.Option(help="Train only the last N blocks, the head and a new "
                                                      "classifier, on cached activations of the frozen rest "
                                                      "(0: a new linear head only). Default: every layer.")] = None,
+    holdout: Annotated[float, typer.Option(help="Share of each class kept out of training to measure the "
+                                                "expert's own-task accuracy (what `select --method prior` ranks "
+                                                "by); 0: train on every image.")] = 0.1,
     probe: ProbeOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "cpu", registry: RegistryOpt = None,
 ) -> None:
     """Fine-tune an expert on a dataset and register it (MLflow registered model + catalog)."""
@@ -728,7 +739,7 @@ def expert_train(
     with progress_bar(f"training expert {name}") as bar:
         rec = reg.train_expert(name, data, from_probe=from_probe, probe=probe, arch=arch, task_name=task,
                                epochs=epochs, seed=seed, device=device, progress=bar, max_samples=max_samples,
-                               train_blocks=train_blocks, lr=lr)
+                               train_blocks=train_blocks, lr=lr, holdout=holdout)
     if reg.count_tasks() > tasks_before:
         typer.echo(f"registered task {rec.trained_on} for the expert's training data"
                    + ("" if task else " (named after the expert; --task NAME chooses another name)"))
@@ -736,6 +747,8 @@ def expert_train(
         typer.echo(f"training data already registered as task {rec.trained_on}")
     typer.echo(f"registered expert {rec.name} trained on {rec.trained_on} at {rec.input_size} px "
                f"(model version {rec.model_version})")
+    if rec.reference_accuracy is not None:
+        typer.echo(f"its accuracy on its own task: {rec.reference_accuracy:.3f} ({rec.reference})")
 
 
 @expert_app.command("eval")

@@ -36,6 +36,32 @@ if TYPE_CHECKING:
 INPUT_SIZES = range(16, 1025)
 FINETUNE_LR = 0.01  # SGD learning rate of `expert train` from the probe's weights
 SCRATCH_LR = 0.05  # ... and from scratch (--from-scratch): 0.01 leaves a small network far from trained
+HOLDOUT = 0.1  # share of each class `expert train` holds out to measure the expert's own-task accuracy
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An expert's accuracy on its own reference task (what the ``prior`` selection method ranks by).
+
+    accuracy : in [0, 1]. task : what it was measured on, e.g. "ImageNet-1k top-1 (published)".
+    """
+
+    accuracy: float
+    task: str
+
+    @classmethod
+    def checked(cls, accuracy: float | None, task: str | None) -> Reference | None:
+        """A validated reference (one-line errors); None when neither is given."""
+        if accuracy is None and task is None:
+            return None
+        if accuracy is None:
+            raise TaskregError("--reference needs --reference-accuracy (the accuracy measured on it)")
+        if isinstance(accuracy, bool) or not isinstance(accuracy, int | float) or not 0.0 <= float(accuracy) <= 1.0:
+            raise TaskregError(f"--reference-accuracy must be a number in [0, 1], got {accuracy!r}")
+        task = "reference task given by the user" if task is None else str(task).strip()
+        if not task or len(task) > 200 or any(ch in task for ch in "\r\n\x00"):
+            raise TaskregError("--reference must be one line of 1..200 characters")
+        return cls(float(accuracy), task)
 
 
 def check_input_size(input_size: int | None) -> None:
@@ -132,9 +158,10 @@ class ExpertService:
         return rec, model.eval(), expert_spec(rec.arch, rec.input_size)
 
     def add_expert(self, name: str, *, arch: str, weights: Path, trained_on: str | None = None,
-                   input_size: int | None = None) -> catalog.ExpertRecord:
+                   input_size: int | None = None, reference: Reference | None = None) -> catalog.ExpertRecord:
         """Register a user's feature extractor from a weight file (read with ``weights_only=True``), to be run at
-        ``input_size`` pixels (default: the arch's resolution)."""
+        ``input_size`` pixels (default: the arch's resolution); ``reference``: its accuracy on its own reference
+        task, when the user knows it (the ``prior`` selection method ranks by it)."""
         from taskreg.embedders.probes import create_model
         from taskreg.embedders.weight_files import load_state_dict_file, load_weights
 
@@ -149,13 +176,14 @@ class ExpertService:
         model = create_model(arch, num_classes=head_classes(state))
         load_weights(model, state, ignore_head=False)
         return self.register_expert(name, model, arch, trained_on, "added", {"weights_file": str(weights)},
-                                     label=f"weights {weights}", input_size=input_size)
+                                     label=f"weights {weights}", input_size=input_size, reference=reference)
 
     def train_expert(
         self, name: str, source: str, *, from_probe: bool = True, probe: str | None = None,
         arch: str = "cifar_resnet20", task_name: str | None = None, epochs: int = 8, seed: int = 0,
         device: str = "cpu", progress: Progress = None, embed_progress: Progress = None,
         max_samples: int | None = 1000, train_blocks: int | None = None, lr: float | None = None,
+        holdout: float = HOLDOUT,
     ) -> catalog.ExpertRecord:
         """Fine-tune an expert on a dataset (from the probe's weights or from scratch) and register it.
 
@@ -167,16 +195,21 @@ class ExpertService:
         The expert is registered at the resolution it trained at: the probe's input size, or the arch's default.
         ``lr``: SGD's learning rate; default 0.01 from the probe's weights, 0.05 from scratch (a CIFAR ResNet-8
         from scratch on 1,000 MNIST images, 5 epochs: linear-probe error 0.253 at 0.01, 0.080 at 0.05).
+        ``holdout``: the share of each class kept out of training to measure the expert's accuracy on its own task
+        (its :class:`Reference`, what the ``prior`` selection method ranks by; seeded, stratified); 0: train on
+        every image and record no reference accuracy.
         """
         from taskreg.embedders.probes import create_model, default_spec
         from taskreg.embedders.weight_checks import check_network
-        from taskreg.trainers.experts import finetune_expert
+        from taskreg.trainers.experts import finetune_expert, head_accuracy, stratified_split
 
         check_name(name, "expert name")
         if lr is None:
             lr = FINETUNE_LR if from_probe else SCRATCH_LR
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < float("inf"):
             raise TaskregError(f"--lr must be a finite number > 0, got {lr!r}")
+        if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0.0 <= holdout <= 0.5:
+            raise TaskregError(f"--holdout must be a fraction in [0, 0.5], got {holdout!r}")
         self.refuse_existing_expert(name)
         ds = datasets.load(source)
         task = self._task_by_fingerprint(ds) or task_name or name
@@ -186,29 +219,40 @@ class ExpertService:
             arch = spec.arch
         else:
             base, spec = create_model(arch, num_classes=ds.n_classes), default_spec(arch)
+        import numpy as np
+
+        train_idx, held_idx = (stratified_split(ds.y, holdout, seed) if holdout > 0
+                               else (np.arange(ds.n), np.zeros(0, dtype=np.int64)))
+        x, y = ds.x[train_idx], ds.y[train_idx]
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
         if train_blocks is None:
-            model = finetune_expert(base, spec, ds.x, ds.y, epochs=epochs, lr=lr, seed=seed, device=device,
+            model = finetune_expert(base, spec, x, y, epochs=epochs, lr=lr, seed=seed, device=device,
                                     progress=progress)
         else:
             from taskreg.trainers.partial_finetune import finetune_last_blocks
 
-            model, cost = finetune_last_blocks(base, spec, ds.x, ds.y, train_blocks=train_blocks, epochs=epochs,
+            model, cost = finetune_last_blocks(base, spec, x, y, train_blocks=train_blocks, epochs=epochs,
                                                lr=lr, seed=seed, device=device, progress=progress)
             metrics = {"cache_seconds": cost.seconds_cache, "trained_params": cost.n_params_trained}
         metrics["train_seconds"] = time.perf_counter() - t0
         label = f"expert {name}: the fine-tuned network"
         check_network(model, spec, label)  # a diverged training registers nothing, not even its task
+        reference = None
+        if held_idx.size:
+            accuracy = head_accuracy(model, spec, ds.x[held_idx], ds.y[held_idx], device=device)
+            reference = Reference(accuracy, f"held-out {held_idx.size} of {ds.n} images of its training data "
+                                            f"({task})")
         if not self._task_exists(task):
             self.tasks.add_task(task, ds.source, probe=probe, seed=seed, device=device, progress=embed_progress,
                                 dataset=ds, max_samples=max_samples)
         params = {"source": ds.source, "from_probe": from_probe, "epochs": epochs, "lr": lr, "seed": seed,
-                  "n_train": ds.n, "n_classes": ds.n_classes}
+                  "n_train": int(train_idx.size), "n_classes": ds.n_classes, "holdout": holdout}
         if train_blocks is not None:
             params["train_blocks"] = train_blocks
-        return self.register_expert(name, model, arch, task, "trained", params, metrics, n_train=ds.n,
-                                     n_classes=ds.n_classes, label=label, input_size=spec.input_size)
+        return self.register_expert(name, model, arch, task, "trained", params, metrics, n_train=int(train_idx.size),
+                                     n_classes=ds.n_classes, label=label, input_size=spec.input_size,
+                                     reference=reference)
 
     def _task_exists(self, name: str) -> bool:
         with self.core.read() as con:
@@ -229,11 +273,12 @@ class ExpertService:
                          params: dict, metrics: dict | None = None, *, n_train: int | None = None,
                          n_classes: int | None = None, label: str | None = None,
                          extra_tags: dict[str, str] | None = None, input_size: int | None = None,
-                         ) -> catalog.ExpertRecord:
+                         reference: Reference | None = None) -> catalog.ExpertRecord:
         """Store a network as an expert; it must be usable first (``label`` names it in the refusal).
         ``extra_tags`` go on the run and the registered model (e.g. a zoo model's source and license).
         ``input_size``: the resolution it is run at (default: the arch's), stored in the catalog and as the
-        run's ``input_size`` parameter (what ``taskreg recover`` reads back)."""
+        run's ``input_size`` parameter (what ``taskreg recover`` reads back); ``reference`` likewise, as the
+        ``reference_accuracy`` and ``reference`` parameters."""
         from taskreg.embedders.weight_checks import check_network
 
         check_input_size(input_size)
@@ -242,6 +287,8 @@ class ExpertService:
         tags = {"arch": arch, "trained_on": trained_on or "", "taskreg.kind": "expert", "origin": origin,
                 **(extra_tags or {})}
         params = {"arch": arch, **params, "input_size": spec.input_size}
+        if reference is not None:
+            params |= {"reference_accuracy": repr(reference.accuracy), "reference": reference.task}
         with pending_run(self.core, "experts", f"expert-{name}", params, tags) as run:
             self.core.tracker.log_metrics(run.run_id, metrics or {})
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -258,7 +305,9 @@ class ExpertService:
                         catalog.insert_expert(con, name=name, arch=arch, sha256=sha, weights=rel,
                                               trained_on=trained_on, origin=origin, n_train=n_train,
                                               n_classes=n_classes, run_id=run.run_id, model_version=version,
-                                              input_size=spec.input_size)
+                                              input_size=spec.input_size,
+                                              reference_accuracy=None if reference is None else reference.accuracy,
+                                              reference=None if reference is None else reference.task)
                 except BaseException:
                     self.core.tracker.delete_registered_model(f"expert-{name}")
                     raise

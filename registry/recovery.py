@@ -193,7 +193,9 @@ class Recovery:
                         "weights": found[0], "trained_on": run.tags.get("trained_on") or None,
                         "origin": run.tags.get("origin") or "added", "n_train": _int(run.params.get("n_train")),
                         "n_classes": _int(run.params.get("n_classes")), "run_id": run.run_id,
-                        "model_version": version, "input_size": _int(run.params.get("input_size"))})
+                        "model_version": version, "input_size": _int(run.params.get("input_size")),
+                        "reference_accuracy": _fraction(run.params.get("reference_accuracy")),
+                        "reference": run.params.get("reference") or None})
         return out
 
     def _recover_tasks(self, runs: list[RunData], probes: set[str], have: dict[str, catalog.TaskRecord],
@@ -309,3 +311,12 @@ def _int(text: str | None) -> int | None:
         return int(text) if text is not None else None
     except ValueError:
         return None
+
+
+def _fraction(text: str | None) -> float | None:
+    """A run parameter holding a number in [0, 1] (an expert's reference accuracy); None if absent or not one."""
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0.0 <= value <= 1.0 else None

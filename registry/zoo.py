@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
-from taskreg.registry.experts import ExpertService, check_input_size
+from taskreg.registry.experts import ExpertService, Reference, check_input_size
 from taskreg.registry.names import check_name
 from taskreg.registry.probes import ProbeService
 
@@ -69,7 +69,7 @@ class ZooService:
         """
         from taskreg.embedders.probes import ProbeSpec, create_model, default_spec
         from taskreg.embedders.weight_files import load_weights
-        from taskreg.embedders.zoo import load_zoo_state_dict, zoo_weights
+        from taskreg.embedders.zoo import TOP1_REFERENCE, load_zoo_state_dict, zoo_weights
 
         if role not in ROLES:
             raise TaskregError(f"--as must be one of {', '.join(ROLES)}, got {role!r}")
@@ -95,7 +95,9 @@ class ZooService:
             expert = self.experts.register_expert(name, model, weights.arch, None, "zoo", provenance,
                                                   extra_tags=provenance, label=f"zoo model {zoo_name}",
                                                   input_size=spec.input_size, n_classes=weights.num_classes,
-                                                  n_train=weights.train_images)
+                                                  n_train=weights.train_images,
+                                                  reference=None if weights.top1 is None else
+                                                  Reference(weights.top1, TOP1_REFERENCE))
         if as_probe:
             model = create_model(weights.arch, num_classes=1000)
             load_weights(model, state, ignore_head=True)

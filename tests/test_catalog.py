@@ -46,18 +46,19 @@ def test_a_version_3_catalog_migrates_and_its_experts_keep_the_arch_default(regi
 
     reg = Registry.open(registry_root)
     reg.add_expert("old", arch="cifar_resnet8", weights=save_random_expert(tmp_path / "w.pt"))
-    # the catalog as taskreg wrote it before migration 4 (experts without input_size)
+    # the catalog as taskreg wrote it before migration 4 (experts without input_size, nor migration 5's columns)
     con = duckdb.connect(str(registry_root / "catalog.duckdb"))
-    con.execute("ALTER TABLE experts DROP COLUMN input_size")
+    for column in ("input_size", "reference_accuracy", "reference"):
+        con.execute(f"ALTER TABLE experts DROP COLUMN {column}")
     con.execute("DELETE FROM schema_version WHERE version > 3")
     assert catalog.schema_version(con) == 3
     con.close()
 
     reg = Registry.open(registry_root)
     with reg.read() as con:
-        assert catalog.schema_version(con) == catalog.SCHEMA_VERSION == 4
+        assert catalog.schema_version(con) == catalog.SCHEMA_VERSION == 5
     [rec] = reg.list_experts()
-    assert rec.name == "old" and rec.input_size is None
+    assert rec.name == "old" and rec.input_size is None and rec.reference_accuracy is None and rec.reference is None
     assert reg.load_expert("old")[2] == default_spec("cifar_resnet8")  # exactly what it answered before
     assert reg.check().ok
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from taskreg.cli import app
 from taskreg.registry import Registry
+from taskreg.registry.experts import Reference
 from tests.conftest import snapshot
 from tests.procs import assert_whole, copy_registry, mlflow_rows, run_state, save_random_expert
 
@@ -28,9 +29,9 @@ def base(probe_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     reg.add_task("t1", "builtin:digits?classes=1,2&n=40", max_samples=20)
     reg.add_task("t2", "builtin:digits?classes=3,4&n=40", max_samples=20)
     reg.add_task("t2", "builtin:digits?classes=3,4&n=40", max_samples=20, method="variational")
-    # at a resolution other than the arch's default (32 px): the recovered record must keep it
+    # at a resolution other than the arch's default (32 px), with a reference accuracy: the recovered record keeps both
     reg.add_expert("e1", arch="cifar_resnet8", weights=save_random_expert(root.parent / "w.pt"), trained_on="t1",
-                   input_size=40)
+                   input_size=40, reference=Reference(0.9, "a user's benchmark"))
     return root
 
 
@@ -63,6 +64,7 @@ def listing(root: Path) -> dict[str, list]:
 
 def test_lost_catalog_restored_from_a_backup_or_rebuilt_from_mlflow(root: Path, tmp_path: Path) -> None:
     before = listing(root)
+    assert [(e["reference_accuracy"], e["reference"]) for e in before["expert"]] == [(0.9, "a user's benchmark")]
     assert len(before["vectors"]) == 5  # t1 montecarlo + domain, t2 montecarlo + variational + domain
     assert cli(root, "backup", str(tmp_path / "backup"))[0] == 0
     runs = mlflow_rows(root, "SELECT run_uuid FROM runs WHERE lifecycle_stage = 'active' ORDER BY 1")

@@ -218,7 +218,8 @@ def test_expert_show_is_a_frozen_record_with_the_same_json(built: Path) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert list(out) == ["id", "name", "arch", "sha256", "weights", "trained_on", "origin", "n_train", "n_classes",
-                         "run_id", "model_version", "created_at", "input_size", "task_errors", "model2vec"]
+                         "run_id", "model_version", "created_at", "input_size", "reference_accuracy", "reference",
+                         "task_errors", "model2vec"]
     assert out["name"] == "exp-mnist-low" and out["trained_on"] == "mnist-low" and out["origin"] == "trained"
     assert out["task_errors"] == [{"task": e.task, "test_error": e.test_error} for e in info.task_errors]
     assert out["model2vec"] == [dataclasses.asdict(f) for f in info.model2vec]  # the form of each Model2Vec vector

@@ -57,6 +57,9 @@ def test_zoo_add_registers_probe_and_expert_with_provenance(registry_root: Path)
     assert [e.input_size for e in reg.list_experts()] == [224]  # the wheel's resolution
     # its training set is known even though it is not here: ImageNet-1k, so `generic` ranks it as the broad expert
     assert [(e.n_classes, e.n_train) for e in reg.list_experts()] == [(1000, 1_281_167)]
+    # and its published ImageNet top-1 is its reference accuracy (what `select --method prior` ranks by)
+    assert [(e.reference_accuracy, e.reference) for e in reg.list_experts()] == [
+        (0.751, "ImageNet-1k top-1 (published, original TensorFlow checkpoint)")]
     assert reg.check().ok
     # the name is taken now: refused before anything is stored
     before = snapshot(registry_root)

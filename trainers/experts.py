@@ -263,6 +263,18 @@ def head_logits(model: nn.Module, features: np.ndarray) -> np.ndarray:
     return fc(feats).numpy().astype(np.float32, copy=False)
 
 
+def head_accuracy(model: nn.Module, spec: ProbeSpec, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256,
+                  device: str | torch.device = "cpu") -> float:
+    """Accuracy in [0, 1] of the expert's own classifier on labelled images (N, C, H, W) and labels (N,) of its
+    training classes: the share of ``argmax expert_logits == y``. N >= 1."""
+    _check_images(x)
+    _check_labels(y, x.shape[0])
+    logits = expert_logits(model, spec, x, batch_size=batch_size, device=device)
+    if int(y.max()) >= logits.shape[1]:
+        raise TaskregError(f"labels reach {int(y.max())} but the expert's head has {logits.shape[1]} classes")
+    return float(np.mean(logits.argmax(axis=1) == y))
+
+
 # -------------------------------------------------------------------------------------- linear probe
 @dataclass(frozen=True)
 class LinearProbeProtocol:

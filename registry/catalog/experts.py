@@ -26,6 +26,8 @@ class ExpertRecord:
     model_version: str | None
     created_at: str
     input_size: int | None = None  # the resolution it runs at; None: its arch's default (experts of before)
+    reference_accuracy: float | None = None  # accuracy on its own reference task, in [0, 1]; None: unknown
+    reference: str | None = None  # what that accuracy was measured on
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class ExpertTaskResult:
 
 _EXPERT_COLS = (
     "id, name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, model_version, "
-    "CAST(created_at AS VARCHAR), input_size"
+    "CAST(created_at AS VARCHAR), input_size, reference_accuracy, reference"
 )
 
 
@@ -64,11 +66,14 @@ def insert_expert(
     con: duckdb.DuckDBPyConnection, *, name: str, arch: str, sha256: str, weights: str,
     trained_on: str | None, origin: str, n_train: int | None = None, n_classes: int | None = None,
     run_id: str | None = None, model_version: str | None = None, input_size: int | None = None,
+    reference_accuracy: float | None = None, reference: str | None = None,
 ) -> int:
     row = fetch_one(
         con, "INSERT INTO experts (name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, "
-        "model_version, input_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        [name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, model_version, input_size],
+        "model_version, input_size, reference_accuracy, reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "RETURNING id",
+        [name, arch, sha256, weights, trained_on, origin, n_train, n_classes, run_id, model_version, input_size,
+         reference_accuracy, reference],
     )
     return int(row[0])
 

@@ -11,6 +11,9 @@ Schema versions (each a migration applied in order, recorded in ``schema_version
    ``mlflow.db``), so a catalog that does not belong to the MLflow store beside it is recognised.
 4. ``experts.input_size``: the square input resolution the expert was trained (or is meant to be run) at;
    NULL (every expert registered before) = its architecture's default resolution.
+5. ``experts.reference_accuracy`` and ``experts.reference``: the expert's accuracy on its own reference task and
+   what that task is (ImageNet-1k top-1 for a zoo model, a held-out split of its training data for a trained
+   expert, or the user's value); NULL where none is known. The ``prior`` selection method ranks by it.
 """
 
 from __future__ import annotations
@@ -201,7 +204,12 @@ _MIGRATION_4 = """
 ALTER TABLE experts ADD COLUMN input_size INTEGER;  -- NULL: the arch's default resolution
 """
 
-MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3, _MIGRATION_4]
+_MIGRATION_5 = """
+ALTER TABLE experts ADD COLUMN reference_accuracy DOUBLE;  -- in [0, 1]; NULL: unknown
+ALTER TABLE experts ADD COLUMN reference VARCHAR;  -- what it was measured on, e.g. 'ImageNet-1k top-1 (published)'
+"""
+
+MIGRATIONS: list[str] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3, _MIGRATION_4, _MIGRATION_5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 TABLES = (
