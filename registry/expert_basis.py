@@ -105,6 +105,8 @@ def score_bases(con: duckdb.DuckDBPyConnection, selector: Selector, probe: str, 
     if "sizes" in needs:
         return {e.id: ("its training-set size (classes x samples)" if e.n_classes and e.n_train
                        else f"the size of its training task {e.trained_on} (classes x samples)") for e in experts}
+    if "prior" in needs:
+        return {e.id: f"its accuracy on {e.reference}" for e in experts}
     return {e.id: "nothing about the expert (chance)" for e in experts}
 
 

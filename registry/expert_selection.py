@@ -400,25 +400,33 @@ class SelectionService:
 
     def _rank_without_query(self, selector: Selector, experts: list[catalog.ExpertRecord], seed: int) -> list[Scored]:
         """Methods that compute nothing on the query: from the experts' training-set sizes ("sizes": classes x
-        samples, from the expert or its registered training task; experts of unknown size come last, unscored)
-        or from nothing at all (chance)."""
+        samples, from the expert or its registered training task), from their reference accuracies ("prior"),
+        or from nothing at all (chance). Experts without the fact come last, unscored, with the reason."""
         from taskreg.selection import select as sel
         from taskreg.selection.selectors import SelectorInput
 
-        sizes: dict[int, tuple[int, int]] = {}  # expert position -> (classes, samples), where known
+        known: dict[int, Any] = dict(enumerate(experts))  # expert position -> its fact (chance: the record)
+        missing = ""
         if "sizes" in selector.needs:
             tasks = {t.name: t for t in self.side.tasks.list_tasks()}
+            known = {}
             for i, e in enumerate(experts):
                 task = tasks.get(e.trained_on or "")
                 if e.n_classes and e.n_train:
-                    sizes[i] = (e.n_classes, e.n_train)
+                    known[i] = (e.n_classes, e.n_train)
                 elif task is not None:
-                    sizes[i] = (task.n_classes, task.n_samples)
-        known = list(sizes) if "sizes" in selector.needs else list(range(len(experts)))
+                    known[i] = (task.n_classes, task.n_samples)
+            missing = "training-set size unknown (no training task recorded)"
+        elif "prior" in selector.needs:
+            known = {i: e.reference_accuracy for i, e in enumerate(experts) if e.reference_accuracy is not None}
+            missing = ("no reference accuracy recorded (`expert add --reference-accuracy`, or trained with "
+                       "--holdout 0)")
+        order = list(known)
         ranked: list[Scored] = []
-        if known:
-            inputs = SelectorInput(n=len(known), sizes=[sizes[i] for i in known if i in sizes], seed=seed)
-            ranked = [Scored(experts[known[r.index]], r.score)
-                      for r in sel.rank(selector, selector.score(inputs), len(known))]
-        return ranked + [Scored(e, None, "training-set size unknown (no training task recorded)")
-                         for i, e in enumerate(experts) if i not in known]
+        if order:
+            facts = [known[i] for i in order]
+            inputs = SelectorInput(n=len(order), sizes=facts if "sizes" in selector.needs else (),
+                                   priors=facts if "prior" in selector.needs else (), seed=seed)
+            ranked = [Scored(experts[order[r.index]], r.score)
+                      for r in sel.rank(selector, selector.score(inputs), len(order))]
+        return ranked + [Scored(e, None, missing) for i, e in enumerate(experts) if i not in known]

@@ -46,6 +46,8 @@ NEEDS: dict[str, str] = {
     "features": "every expert's features on the query, and the query's labels",
     "logits": "every expert's head outputs on the query, and the query's labels",
     "sizes": "each expert's training-set size (classes, samples)",
+    "prior": "each expert's recorded accuracy on its own reference task (ImageNet top-1 of a zoo model, held-out "
+             "accuracy on its training data of a trained one)",
 }
 #: cost classes: how much work one query costs, and which needs fit each
 COSTS: dict[Cost, str] = {
@@ -56,7 +58,7 @@ COSTS: dict[Cost, str] = {
 _ALLOWED: dict[str, frozenset[str]] = {
     "index": frozenset({"task2vec", "domain", "model2vec", "trivial"}),
     "forward": frozenset({"features", "logits"}),
-    "none": frozenset({"sizes"}),
+    "none": frozenset({"sizes", "prior"}),
 }
 _ONE_OF: dict[str, frozenset[str]] = {  # exactly one of these per cost class: where the scored data comes from
     "index": frozenset({"task2vec", "domain", "model2vec"}),
@@ -83,6 +85,7 @@ class SelectorInput:
     outputs : M arrays, each one expert's (N, F) features ("features") or (N, Z) logits ("logits").
     y : (N,) the query's labels ("features", "logits").
     sizes : M (classes, samples) pairs ("sizes").
+    priors : M reference accuracies in [0, 1] ("prior").
     seed : for methods that draw at random.
     """
 
@@ -94,6 +97,7 @@ class SelectorInput:
     outputs: Sequence[np.ndarray] = ()
     y: np.ndarray | None = None
     sizes: Sequence[tuple[int, int]] = ()
+    priors: Sequence[float] = ()
     seed: int = 0
 
     def given(self, field_name: str) -> np.ndarray:
@@ -142,7 +146,7 @@ def register_selector(name: str, *, needs: Sequence[str] = (), cost: Cost, bette
     """Decorator: register ``fn`` as the scorer of ranking method ``name`` (see the module docstring).
 
     needs : keys of :data:`NEEDS` (empty: nothing); cost : a key of :data:`COSTS` ("index" needs exactly one
-    of task2vec/domain/model2vec, "forward" exactly one of features/logits, "none" at most sizes);
+    of task2vec/domain/model2vec, "forward" exactly one of features/logits, "none" at most one of sizes/prior);
     better : "lower" or "higher", the direction of the score.
     pooled : a "forward" method whose scores are only defined relative to the other experts (e.g. normalised
     over them): the registry then passes every expert's outputs in one call, not one expert at a time.
@@ -162,6 +166,8 @@ def register_selector(name: str, *, needs: Sequence[str] = (), cost: Cost, bette
     if cost in _ONE_OF and len(_ONE_OF[cost] & set(needs)) != 1:
         raise ValueError(f"selector {name!r}: a {cost!r} method needs exactly one of "
                          f"{', '.join(sorted(_ONE_OF[cost]))}")
+    if cost == "none" and len(set(needs)) > 1:
+        raise ValueError(f"selector {name!r}: a 'none' method ranks by one recorded fact (sizes or prior)")
     if pooled and cost != "forward":
         raise ValueError(f"selector {name!r}: only a 'forward' method can be pooled (the others score all at once)")
     if "trivial" in needs and "domain" in needs:
@@ -328,6 +334,13 @@ def generic(q: SelectorInput) -> Scores:
     first = generic_expert(classes, samples)  # its tie rule: more classes, then the earlier expert
     rest = sorted((i for i in range(q.n) if i != first), key=lambda i: -classes[i] * samples[i])
     return [Ranked(i, float(classes[i] * samples[i])) for i in [first, *rest]]
+
+
+@register_selector("prior", needs=("prior",), cost="none", better="higher",
+                   description="the expert most accurate on its own reference task first (ImageNet top-1 of a zoo "
+                               "model, held-out accuracy of a trained one; arXiv 2503.18528's baseline)")
+def prior(q: SelectorInput) -> Scores:
+    return [float(a) for a in q.priors]
 
 
 @register_selector("random", cost="none", better="lower",

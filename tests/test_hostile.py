@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from taskreg.cli import app
 from taskreg.errors import TaskregError
 from taskreg.registry import Registry
+from taskreg.registry.experts import Reference
 from taskreg.selection.selectors import get_selector, list_selectors
 from tests.conftest import snapshot
 from tests.procs import copy_registry, save_random_expert
@@ -746,7 +747,8 @@ def ranked_lab(lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("ranked")
     shutil.copytree(lab, d / "reg")
     reg = Registry.open(d / "reg")
-    reg.add_expert("with-task", arch="cifar_resnet8", weights=save_random_expert(d / "w0.pt", 1), trained_on="good")
+    reg.add_expert("with-task", arch="cifar_resnet8", weights=save_random_expert(d / "w0.pt", 1), trained_on="good",
+                   reference=Reference(0.6, "a user's benchmark"))  # what `select --method prior` ranks by
     torch.manual_seed(2)
     reg.experts.register_expert("tn-mini-edges", EncoderProbe(num_classes=1), "taskonomy_encoder", None,
                                 "task_network", {"dictionary": "mini", "task": "edges"})
@@ -755,7 +757,8 @@ def ranked_lab(lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     reg.evaluate(on_unmeasurable=notes.append)
     assert len(notes) == 1 and "nanx" in notes[0]
     reg.fit_model2vec(epochs=20, l2=0.1)
-    reg.add_expert("late", arch="cifar_resnet8", weights=save_random_expert(d / "w3.pt", 3), trained_on="good")
+    reg.add_expert("late", arch="cifar_resnet8", weights=save_random_expert(d / "w3.pt", 3), trained_on="good",
+                   reference=Reference(0.8, "a user's benchmark"))
     return d / "reg"
 
 
@@ -766,6 +769,7 @@ UNSCORED = {  # method -> experts it cannot score in ranked_lab, and a word of t
     "model2vec": {"late": "no Model2Vec vector (registered or measured after",
                   "nanx": "no Model2Vec vector: no training task and no measured test error"},
     "generic": {"good-expert": "size unknown", "tn-mini-edges": "size unknown", "nanx": "size unknown"},
+    "prior": {e: "no reference accuracy recorded" for e in ("good-expert", "tn-mini-edges", "nanx")},
     **{m: {"nanx": "NaN or infinite"} for m in list_selectors("forward")},  # item 6: named, not fatal
 }
 

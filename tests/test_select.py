@@ -135,7 +135,8 @@ BUILTIN = {  # name -> (cost class, score direction, needs): the methods `taskre
     "nce": ("forward", "higher", ("logits",)), "hscore": ("forward", "higher", ("features",)),
     "sfda": ("forward", "higher", ("features",)), "ncti": ("forward", "higher", ("features",)),  # issue 15
     **{m: ("forward", "higher", ("features",)) for m in ("etran", "etran-energy", "knn", "transrate", "gbc")},
-    "generic": ("none", "higher", ("sizes",)), "random": ("none", "lower", ()),
+    "generic": ("none", "higher", ("sizes",)), "prior": ("none", "higher", ("prior",)),  # issue 15
+    "random": ("none", "lower", ()),
 }
 
 
@@ -148,7 +149,7 @@ def test_the_registry_lists_every_builtin_method_with_its_cost_and_direction() -
     assert list_selectors("index") == ["model2vec", "asym", "sym", "domain"]
     assert list_selectors("forward") == ["logme", "leep", "nce", "hscore", "sfda", "ncti", "etran", "etran-energy",
                                          "knn", "transrate", "gbc"]
-    assert list_selectors("none") == ["generic", "random"]
+    assert list_selectors("none") == ["generic", "prior", "random"]
 
 
 def test_an_unknown_method_is_one_line_listing_the_known_ones() -> None:
@@ -183,6 +184,7 @@ def test_register_selector_refuses_inconsistent_declarations(scratch_registry: N
         dict(name="x", needs=(), cost="forward", better="higher"),
         dict(name="x", needs=("domain", "trivial"), cost="index", better="lower"),
         dict(name="x y", needs=(), cost="none", better="lower"),
+        dict(name="x", needs=("sizes", "prior"), cost="none", better="higher"),  # two facts
     ]
     for kwargs in bad:
         name = kwargs.pop("name")
