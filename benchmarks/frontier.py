@@ -12,6 +12,8 @@ experts, their features of every library side, the error matrix, Task2Vec, Model
    the scoring seconds of every (task, expert) are cached as ``<cache>/frontier/<method>-<tasks>.npz``.
 2. Two-stage: zoo_bench's held-out asym and Model2Vec rankings shortlist K = 3, 5, 10 experts, LogME and the best
    forward score (by ratio of means here) re-rank only those; the other experts follow in the shortlist order.
+   The ``prior`` row ranks by each expert's reference accuracy, as the registry records it (published ImageNet
+   top-1 of the zoo models; a trained expert's own head on held-out images of its domain): one ranking for all.
 3. zoo_bench's figures (``score_rows``: ratio of means vs the oracle, Table 1, top-1, top-3, weighted tau, 95%
    bootstrap CIs over tasks) and seconds per query: a forward method costs the forward pass of every expert over
    the query (zoo_bench's measured ms per image x the mean task size) + its median scoring seconds per task; a
@@ -53,7 +55,8 @@ from rich.console import Console  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo_bench as zb  # noqa: E402
 
-from taskreg.plotting import pyplot  # noqa: E402
+from taskreg.embedders.zoo import ZOO  # noqa: E402
+from taskreg.selection.plots import FrontierPoint, plot_frontier  # noqa: E402
 from taskreg.selection.selectors import Selector, SelectorInput, get_selector, list_selectors  # noqa: E402
 from taskreg.trainers.experts import head_logits  # noqa: E402
 
@@ -83,6 +86,25 @@ def outputs(z: zb.Zoo, sel: Selector, t: int) -> tuple[list[np.ndarray], np.ndar
     if "logits" in sel.needs:
         feats = [head_logits(z.models[name], f) for name, f in zip(z.names, feats, strict=True)]
     return feats, z.labels[task.domain][task.idx], time.process_time() - started
+
+
+def reference_accuracies(z: zb.Zoo) -> tuple[np.ndarray, list[str]]:
+    """What the ``prior`` selector ranks by, per expert, as the registry records it: a zoo model's published
+    ImageNet-1k top-1 (``embedders.zoo.ZOO``), a trained expert's accuracy on images of its own training task it did
+    not train on (its head on the domain's library side: the same classes, the other half of the base set)."""
+    acc, what = np.zeros(len(z.names)), []
+    for j, name in enumerate(z.names):
+        if name.startswith("imagenet-"):
+            top1 = ZOO[f"efficientnet_{name.removeprefix('imagenet-')}"].top1
+            assert top1 is not None
+            acc[j] = top1
+            what.append("ImageNet-1k top-1 (published)")
+        else:
+            dom = name.split("-", 1)[1]
+            pred = head_logits(z.models[name], z.feats[name, dom]).argmax(1)
+            acc[j] = float(np.mean(pred == z.labels[dom]))
+            what.append(f"held-out {dom} ({z.labels[dom].size} images)")
+    return acc, what
 
 
 def first_value(result: object) -> float:
@@ -136,36 +158,13 @@ def rank(scores: np.ndarray, higher_is_better: bool, order: list[int]) -> list[i
 
 
 # ---------------------------------------------------------------------------------------------- plot
-def plot(rows: list[zb.Row], series: dict[str, list[str]], path: Path, title: str, floor: float) -> None:
+def plot(rows: list[zb.Row], series: dict[str, list[str]], path: Path, title: str) -> None:
     """Seconds per query (log) against ratio of means vs the oracle, CI whiskers, two-stage series joined."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(11, 6.5))
-    by_name = {r.method: r for r in rows}
-    joined = {m for ms in series.values() for m in ms}
-    for r in rows:
-        if r.method == "oracle":
-            continue
-        x = max(r.seconds, floor)
-        iv = r.ratio_of_means
-        colour = "tab:orange" if r.method in joined else zb.method_colour(r.method)
-        ax.errorbar([x], [100 * iv.value], yerr=[[100 * (iv.value - iv.low)], [100 * (iv.high - iv.value)]],
-                    fmt="o", color=colour, capsize=3, markersize=5, alpha=0.9)
-        label = r.method if r.seconds >= floor else f"{r.method} (0 s)"
-        ax.annotate(label, (x, 100 * iv.value), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    for methods in series.values():
-        pts = [by_name[m] for m in methods]
-        ax.plot([p.seconds for p in pts], [100 * p.ratio_of_means.value for p in pts], "-", color="tab:orange",
-                alpha=0.5, linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds per query (log; 0-second methods drawn at the left edge)")
-    ax.set_ylabel("mean chosen error / oracle mean error - 1 [%] (lower is better)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(title + "\n(whiskers: 95% bootstrap CI over tasks; orange: two-stage, joined over K = 3, 5, 10)",
-                 fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    in_series = {m: name for name, ms in series.items() for m in ms}
+    points = [FrontierPoint(r.method, r.seconds, r.ratio_of_means.value, r.ratio_of_means.low,
+                            r.ratio_of_means.high, in_series.get(r.method)) for r in rows if r.method != "oracle"]
+    plot_frontier(points, path, title=title + "\n(whiskers: 95% bootstrap CI over tasks; orange: two-stage, "
+                                              "joined over K = 3, 5, 10)")
 
 
 # ---------------------------------------------------------------------------------------------- frontier
@@ -222,17 +221,25 @@ def frontier(z: zb.Zoo, per_domain: int, plot_path: Path, console: Console, meth
                 seconds[name] = t2v + float(np.mean(fwd)) + float(np.median(score_sec))
                 how[name] = (f"Task2Vec ({t2v:.2f} s) + forward pass of {k} shortlisted ({np.mean(fwd):.2f} s) + "
                              f"{rerank} on them ({np.median(score_sec):.3g} s)")
-    order = ["oracle", "model2vec", "asym", "sym", *scored, *[m for ms in series.values() for m in ms], "generic"]
+    prior, prior_on = reference_accuracies(z)  # query-independent: one ranking for every task
+    rankings["prior"] = [rank(prior, True, everyone) for _ in subset]
+    seconds["prior"], how["prior"] = 0.0, "none (each expert's recorded reference accuracy)"
+    console.print("prior (reference accuracy): " + ", ".join(f"{n} {a:.3f}" for n, a in zip(z.names, prior,
+                                                                                          strict=True)))
+    order = ["oracle", "model2vec", "asym", "sym", *scored, *[m for ms in series.values() for m in ms], "generic",
+             "prior"]
     rows = zb.score_rows({m: rankings[m] for m in order}, errors, seconds, how, z.cfg.seed)
     title = (f"Every score and the two-stage selector on the zoo: {len(subset)} of {len(z.tasks)} tasks "
              f"({'all' if per_domain <= 0 else f'{per_domain} per domain, seeded'}) x {n_experts} experts")
     md = zb.print_table(console, rows, title)
     print("\n" + md + "\n")
-    plot(rows, series, plot_path, title, floor=min(r.seconds for r in rows if r.seconds > 0) / 3)
+    plot(rows, series, plot_path, title)
     console.print(f"forward pass of all experts over a mean task ({z.task_images:.0f} images): {fwd_all:.2f} s; "
                   f"Task2Vec of a query: median {t2v:.2f} s; wrote {plot_path}")
     return {"tasks": [z.tasks[t].name for t in subset], "best_forward": best, "score_seconds_median": score_median,
             "forward_seconds_all": fwd_all, "task2vec_seconds": t2v, "rows": [asdict(r) for r in rows],
+            "reference_accuracy": dict(zip(z.names, prior.tolist(), strict=True)),
+            "reference": dict(zip(z.names, prior_on, strict=True)),
             "markdown": md}
 
 

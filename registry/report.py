@@ -15,6 +15,7 @@ import numpy as np
 if TYPE_CHECKING:
     from taskreg.registry import Registry
     from taskreg.registry.demo import DemoResult
+    from taskreg.selection.plots import FrontierPoint
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -29,7 +30,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums} .best{background:#e6f
 
 def write_report(reg: Registry, demo: DemoResult, affinity: str, log: Callable[[str], None]) -> Path:
     """Write ``<root>/report/index.html`` plus PNGs; returns the HTML path."""
-    from taskreg.selection.plots import embedding_map, plot_distance_matrix, plot_embedding_map
+    from taskreg.selection.plots import embedding_map, plot_distance_matrix, plot_embedding_map, plot_frontier
     from taskreg.selection.taxonomy_plots import plot_affinity_matrices, plot_policy
     from taskreg.selection.tree import plot_tree, similarity_tree
 
@@ -50,6 +51,10 @@ def write_report(reg: Registry, demo: DemoResult, affinity: str, log: Callable[[
     for item in demo.policies:
         plot_policy(item["policy"], str(out / f"policy_budget{item['budget']}.png"),
                     title=f"{affinity}: budget {item['budget']}")
+    if demo.selections:
+        plot_frontier(frontier_points(demo.selections), out / "frontier.png",
+                      title=f"cost and accuracy of every selection method on the demo's {len(demo.selections)} "
+                            "held-out queries (no intervals: see benchmarks/RESULTS.md for 100 tasks)")
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>taskreg demo report</title>"
              f"<style>{_CSS}</style></head><body>",
@@ -71,6 +76,10 @@ def write_report(reg: Registry, demo: DemoResult, affinity: str, log: Callable[[
               "fixed linear-probe protocol, so each method's choice can be compared with the oracle.</p>"]
     parts += [_selection_section(s) for s in demo.selections]
     parts.append(_selection_summary(demo.selections))
+    if demo.selections:
+        parts += ["<p>Cost against accuracy: seconds per query (log) of each method, and how far the mean error of "
+                  "its choice is above the oracle's. The methods at the lower left are the ones to use.</p>",
+                  "<img src='frontier.png' alt='cost-accuracy frontier of the selection methods'>"]
     parts += ["<h2>3. Which tasks to label? (Taskonomy)</h2>",
               f"<p>The built-in dictionary: {len(aff.targets)} targets computed from bundled photographs. "
               "Left: first-order win rates against a network trained from scratch on the same little data; "
@@ -138,6 +147,21 @@ def _selection_summary(selections: list[dict[str, Any]]) -> str:
     return ("<h3>Summary over the three queries</h3>" +
             _table(["method", "mean error above oracle", "picked the oracle"], rows) +
             "<p class='note'>The full benchmark over 60+ tasks is in <code>benchmarks/RESULTS.md</code>.</p>")
+
+
+def frontier_points(selections: list[dict[str, Any]]) -> list[FrontierPoint]:
+    """Each method's mean seconds per query and ratio of means (mean chosen error / mean oracle error - 1) over
+    the demo's queries, for :func:`taskreg.selection.plots.plot_frontier`."""
+    from taskreg.selection.plots import FrontierPoint
+
+    oracle = float(np.mean([s["truth"][s["oracle"]] for s in selections]))
+    points = []
+    for method in selections[0]["rankings"]:
+        chosen = float(np.mean([s["rankings"][method]["error"] for s in selections]))
+        seconds = float(np.mean([s["rankings"][method]["seconds"] for s in selections]))
+        regret = chosen / oracle - 1 if oracle > 0 else chosen - oracle  # a perfect oracle: the error itself
+        points.append(FrontierPoint(method, seconds, regret))
+    return points
 
 
 def find_chromium() -> str | None:

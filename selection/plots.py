@@ -1,8 +1,10 @@
-"""Figures of task spaces: distance heatmap with dendrogram, 2-D embedding map. PNG via matplotlib (Agg)."""
+"""Figures of task spaces (distance heatmap with dendrogram, 2-D embedding map) and of selection methods (the
+cost-accuracy frontier). PNG via matplotlib (Agg)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +118,66 @@ def embedding_map(vectors: np.ndarray, *, seed: int = 0) -> np.ndarray:
         raise TaskregError(f"need at least 3 tasks for an embedding map, have {n}")
     perplexity = float(max(2.0, min(30.0, (n - 1) / 3)))
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine").fit_transform(v)
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One selection method on the cost-accuracy plane.
+
+    seconds : its cost per query (0 for a method that computes nothing on the query).
+    regret : mean chosen error / oracle mean error - 1 (a fraction; lower is better), with an optional interval.
+    series : methods of one series (e.g. one two-stage pair over K) are joined by a line and share a colour.
+    """
+
+    method: str
+    seconds: float
+    regret: float
+    low: float | None = None
+    high: float | None = None
+    series: str | None = None
+
+
+def _method_colour(method: str) -> str:
+    """Red for Task2Vec/Model2Vec, grey for the baselines, blue for the forward scores."""
+    if method in ("asym", "sym", "model2vec", "domain"):
+        return "tab:red"
+    return "tab:grey" if method in ("generic", "prior", "random", "chance") else "tab:blue"
+
+
+def plot_frontier(points: Sequence[FrontierPoint], path: Path | str, *, title: str) -> Path:
+    """Cost (seconds per query, log axis) against accuracy (ratio of means vs the oracle, in %), one point per
+    method, interval whiskers where given, each series joined in orange. A 0-second method is drawn at a third of
+    the cheapest non-zero cost and labelled "(0 s)". Writes a PNG; returns its path."""
+    if not points:
+        raise TaskregError("plot_frontier needs at least one method")
+    bad = [p.method for p in points if not (np.isfinite(p.seconds) and p.seconds >= 0 and np.isfinite(p.regret))]
+    if bad:
+        raise TaskregError(f"plot_frontier: non-finite or negative cost or accuracy for {', '.join(bad)}")
+    positive = [p.seconds for p in points if p.seconds > 0]
+    floor = min(positive) / 3 if positive else 1.0
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(11, 6.5))
+    for p in points:
+        x = max(p.seconds, floor)
+        colour = "tab:orange" if p.series else _method_colour(p.method)
+        yerr = None
+        if p.low is not None and p.high is not None:
+            yerr = [[100 * max(p.regret - p.low, 0.0)], [100 * max(p.high - p.regret, 0.0)]]
+        ax.errorbar([x], [100 * p.regret], yerr=yerr, fmt="o", color=colour, capsize=3, markersize=5, alpha=0.9)
+        ax.annotate(p.method if p.seconds > 0 else f"{p.method} (0 s)", (x, 100 * p.regret),
+                    textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for name in dict.fromkeys(p.series for p in points if p.series):
+        line = sorted((p for p in points if p.series == name), key=lambda p: p.seconds)
+        ax.plot([max(p.seconds, floor) for p in line], [100 * p.regret for p in line], "-", color="tab:orange",
+                alpha=0.5, linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per query (log; 0-second methods drawn at the left edge)")
+    ax.set_ylabel("mean chosen error / oracle mean error - 1 [%] (lower is better)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
