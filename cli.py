@@ -631,6 +631,43 @@ def task_add(
         typer.echo(f"registered task {rec.name} (id {rec.id}, {rec.n_samples} images, {rec.n_classes} classes)")
 
 
+@task_app.command("add-many", context_settings=renamed_estimator("--method"))
+@handle_errors
+def task_add_many(
+    manifest: Annotated[Path, typer.Argument(help="CSV (header: name,source[,domain][,seed]) or JSON Lines file.")],
+    probe: ProbeOpt = None,
+    estimator: EstimatorOpt = "montecarlo",
+    max_samples: Annotated[int, typer.Option(help="Class-balanced subsample used for the Fisher.")] = 1000,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    registry: RegistryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register every task of a manifest in one process; a bad row is reported with its line number and nothing
+    of it is written, the others go in (exit code 1 when any row was refused)."""
+    from taskreg.registry.task_manifest import add_many, read_manifest
+
+    if max_samples < 1:
+        raise TaskregError(f"--max-samples must be >= 1, got {max_samples}")
+    rows, problems = read_manifest(manifest)
+    reg = open_registry(registry, "task add-many")
+    with progress_bar(f"embedding {len(rows)} tasks ({estimator})") as bar:
+        bar(0, len(rows))
+        report = add_many(reg.tasks, rows, probe=probe, method=estimator, max_samples=max_samples, seed=seed,
+                          device=device, progress=bar)
+    refused = sorted([*problems, *report.problems], key=lambda p: p.line)
+    if as_json:
+        print_json({"added": [r.name for r in report.added],
+                    "refused": [{"line": p.line, "name": p.name, "error": p.error} for p in refused]})
+    else:
+        for p in refused:
+            typer.echo(f"error: {p.text(manifest)}", err=True)
+        typer.echo(f"registered {len(report.added)} of {len(report.added) + len(refused)} tasks from {manifest}"
+                   + (f"; {len(refused)} refused (above)" if refused else ""))
+    if refused:
+        raise typer.Exit(1)
+
+
 @task_app.command("distance", context_settings=renamed_estimator("--method"))
 @handle_errors
 def task_distance(
