@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -31,15 +30,6 @@ from taskreg.selection.selectors import (  # metadata only: no torch, no numpy
 )
 
 TASK_LIST_LIMIT = 50  # rows of `task list` rendered as a table unless --limit says otherwise
-
-# Threads that wait without spinning, set before torch or numpy load (both are imported lazily, inside the
-# commands): torch's OpenMP threads otherwise spin after every op and starve OpenBLAS's (and other processes')
-# threads on a 2-core machine. Measured here: one 800 x 1,280 SVD took 14 s with OpenBLAS's default threads next
-# to other load and 2 s with one thread, and the demo's ranking of one query went from ~1.5 s per method to
-# 20-65 s. A value the user set in the environment is kept. (Issue 16 covers the rest: thread counts from the
-# CPUs actually available, a TASKREG_THREADS override.)
-for _var, _value in (("OMP_WAIT_POLICY", "PASSIVE"), ("OPENBLAS_NUM_THREADS", "1")):
-    os.environ.setdefault(_var, _value)
 
 if TYPE_CHECKING:
     from taskreg.registry import Registry
@@ -139,9 +129,24 @@ def selector_epilog() -> str:
 _state: dict[str, Path | None] = {"registry": None}
 
 
+ThreadsOpt = Annotated[str | None, typer.Option(
+    "--threads", help="CPU threads for torch and BLAS (default: $TASKREG_THREADS, else the CPUs this process may use: "
+    "affinity and cgroup quota). Threads wait passively, so other work on the machine is not starved.",
+    show_default=False)]
+
+
 @app.callback()
-def _main(registry: RegistryOpt = None) -> None:
+def _main(ctx: typer.Context, registry: RegistryOpt = None, threads: ThreadsOpt = None) -> None:
+    """Every command runs inside the thread budget (taskreg.threads), set before any command imports torch; the
+    environment is restored when the command ends, so an in-process caller (CliRunner) is left as it was."""
+    from taskreg.threads import applied
+
     _state["registry"] = registry
+    try:
+        ctx.with_resource(applied(threads))
+    except TaskregError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 # --------------------------------------------------------------------------- helpers
