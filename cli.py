@@ -130,8 +130,8 @@ _state: dict[str, Path | None] = {"registry": None}
 
 
 ThreadsOpt = Annotated[str | None, typer.Option(
-    "--threads", help="CPU threads for torch and BLAS (default: $TASKREG_THREADS, else the CPUs this process may use: "
-    "affinity and cgroup quota). Threads wait passively, so other work on the machine is not starved.",
+    "--threads", metavar="N", help="CPU threads for torch and BLAS (default: $TASKREG_THREADS, else the CPUs this "
+    "process may use: affinity and cgroup quota). Threads wait passively, so other work on the machine is not starved.",
     show_default=False)]
 
 
