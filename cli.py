@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -31,15 +30,6 @@ from taskreg.selection.selectors import (  # metadata only: no torch, no numpy
 )
 
 TASK_LIST_LIMIT = 50  # rows of `task list` rendered as a table unless --limit says otherwise
-
-# Threads that wait without spinning, set before torch or numpy load (both are imported lazily, inside the
-# commands): torch's OpenMP threads otherwise spin after every op and starve OpenBLAS's (and other processes')
-# threads on a 2-core machine. Measured here: one 800 x 1,280 SVD took 14 s with OpenBLAS's default threads next
-# to other load and 2 s with one thread, and the demo's ranking of one query went from ~1.5 s per method to
-# 20-65 s. A value the user set in the environment is kept. (Issue 16 covers the rest: thread counts from the
-# CPUs actually available, a TASKREG_THREADS override.)
-for _var, _value in (("OMP_WAIT_POLICY", "PASSIVE"), ("OPENBLAS_NUM_THREADS", "1")):
-    os.environ.setdefault(_var, _value)
 
 if TYPE_CHECKING:
     from taskreg.registry import Registry
@@ -139,9 +129,24 @@ def selector_epilog() -> str:
 _state: dict[str, Path | None] = {"registry": None}
 
 
+ThreadsOpt = Annotated[str | None, typer.Option(
+    "--threads", metavar="N", help="CPU threads for torch and BLAS (default: $TASKREG_THREADS, else the CPUs this "
+    "process may use: affinity and cgroup quota). Threads wait passively, so other work on the machine is not starved.",
+    show_default=False)]
+
+
 @app.callback()
-def _main(registry: RegistryOpt = None) -> None:
+def _main(ctx: typer.Context, registry: RegistryOpt = None, threads: ThreadsOpt = None) -> None:
+    """Every command runs inside the thread budget (taskreg.threads), set before any command imports torch; the
+    environment is restored when the command ends, so an in-process caller (CliRunner) is left as it was."""
+    from taskreg.threads import applied
+
     _state["registry"] = registry
+    try:
+        ctx.with_resource(applied(threads))
+    except TaskregError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -266,22 +271,44 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+class _Bar:
+    """One rich task as the pure layers' progress callback: ``bar(done, total)`` with a real total, and
+    ``bar.describe(text)`` (taskreg.progress.stage), which names the step now running and shows a spinner until
+    the next count arrives. Nothing shows ``0/?``: the count column is blank while the total is unknown."""
+
+    def __init__(self, bars: Any, description: str) -> None:
+        self.bars, self.prefix = bars, description
+        self.task = bars.add_task(description, total=None)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bars.update(self.task, completed=done, total=total if total > 0 else None)
+
+    def describe(self, text: str) -> None:
+        self.bars.update(self.task, description=f"{self.prefix}: {text}", completed=0, total=None)
+
+
+def _bars(transient: bool = False) -> Any:
+    """A rich Progress whose rows show a spinner and no count while their total is unknown."""
+    from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    class Count(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text("" if task.total is None else f"{int(task.completed)}/{int(task.total)}")
+
+    return Progress(SpinnerColumn(finished_text=" "), TextColumn("{task.description}"), BarColumn(), Count(),
+                    TimeElapsedColumn(), console=console_err(), transient=transient)
+
+
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar; yields the ``progress(done, total)`` callback the pure layers accept."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console_err(), transient=False) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    """A rich progress bar; yields the ``progress(done, total)`` callback the pure layers accept (with the
+    ``describe(text)`` of :class:`_Bar`)."""
+    with _bars() as bars:
         try:
-            yield update
+            yield _Bar(bars, description)
         except BaseException:
-            bar.live.transient = True  # a failed command prints its one error line, not a stale bar
+            bars.live.transient = True  # a failed command prints its one error line, not a stale bar
             raise
 
 
@@ -827,7 +854,9 @@ def model2vec_fit(
     except ValueError:
         penalty = l2  # "auto", or text that fit_model2vec refuses on one line
     reg = open_registry(registry, "model2vec fit")
-    info = reg.fit_model2vec(probe=probe, method=estimator, alpha=alpha, epochs=epochs, seed=seed, l2=penalty)
+    with progress_bar("fitting Model2Vec (Adam steps)") as bar:
+        info = reg.fit_model2vec(probe=probe, method=estimator, alpha=alpha, epochs=epochs, seed=seed, l2=penalty,
+                                 progress=bar)
     typer.echo(f"Model2Vec fitted on {info.tasks} tasks x {info.experts} experts (l2 {info.l2:g}): "
                f"loss {info.initial_loss:.4f} -> {info.final_loss:.4f}; MLflow run {info.run_id}")
     forms = Counter(info.forms.values())
@@ -1028,16 +1057,8 @@ def winrate(
 @contextmanager
 def stage_bars() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
     """One rich progress bar per pipeline stage; yields ``new_stage(description) -> progress callback``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console_err()) as bars:
-
-        def new_stage(description: str) -> Callable[[int, int], None]:
-            task = bars.add_task(description, total=None)
-            return lambda done, total: bars.update(task, completed=done, total=total)
-
-        yield new_stage
+    with _bars() as bars:
+        yield lambda description: _Bar(bars, description)
 
 
 @taskonomy_app.command("build")

@@ -61,6 +61,7 @@ import torch
 from taskreg.embedders.distances import d_asym_many
 from taskreg.embedders.probes import to_device
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 
 __all__ = ["BASIS_BIAS", "BASIS_TASK", "BASIS_TASK_AND_BIAS", "NO_EVIDENCE", "Model2Vec", "basis_of", "check_l2",
            "fit_model2vec", "rank"]
@@ -183,6 +184,7 @@ def fit_model2vec(
     l2: float | str = "auto",
     seed: int = 0,
     device: str | torch.device = "cpu",
+    progress: Progress = None,
 ) -> Model2Vec:
     """Learn Model2Vec expert embeddings.
 
@@ -195,6 +197,8 @@ def fit_model2vec(
     epochs, lr : full-batch Adam steps and learning rate.
     l2 : penalty on log(m / anchor), or "auto": chosen from ``L2_GRID`` by cross-validation over the
         tasks (see the module docstring; falls back to the grid's largest value below 2 folds' worth).
+    progress : called with (Adam steps done, total steps): ``epochs`` for the fit, plus ``epochs`` per l2 value
+        and fold of the cross-validation when ``l2="auto"``.
 
     Returns
     -------
@@ -226,14 +230,17 @@ def fit_model2vec(
     if not scale > 0:
         raise TaskregError("nothing to fit: the task vectors are all zero")
 
+    folds = min(CV_FOLDS, int(keep.sum()) // 2)
+    steps = _Steps(progress, int(epochs) * (1 + (len(L2_GRID) * folds if l2 == "auto" and folds >= 2 else 0)))
     cv_regret: dict[float, float] = {}
     if l2 == "auto":
         cv_regret = _cv_regret(tv[keep], eb, err[keep], t0v, alpha=alpha, epochs=epochs, lr=lr, seed=seed,
-                               device=device)
+                               device=device, steps=steps)
         best = min(cv_regret.values()) if cv_regret else 0.0
         l2 = max(v for v, r in cv_regret.items() if r <= best + 1e-12) if cv_regret else max(L2_GRID)
     fit = _fit(tv[keep], eb, err[keep], t0v, scale=scale, alpha=alpha, epochs=epochs, lr=lr, l2=float(l2), seed=seed,
-               device=device)
+               device=device, steps=steps)
+    steps.finish()
     fit.n_tasks_used, fit.l2, fit.cv_regret = int(keep.sum()), float(l2), cv_regret
     known, evidence = eb.sum(1) > 0, measured[keep].any(0)
     fit.basis = [BASIS_TASK_AND_BIAS if k and m else BASIS_TASK if k else BASIS_BIAS if m else None
@@ -245,8 +252,27 @@ def fit_model2vec(
     return fit
 
 
+class _Steps:
+    """Counts optimisation steps over every fit of one :func:`fit_model2vec` call and reports them."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress, self.total, self.done = progress, max(1, total), 0
+        if progress is not None:
+            progress(0, self.total)
+
+    def tick(self) -> None:
+        self.done = min(self.done + 1, self.total)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def finish(self) -> None:  # the cross-validation stopped early (a fold with all-zero vectors): report the end
+        if self.progress is not None and self.done < self.total:
+            self.done = self.total
+            self.progress(self.done, self.total)
+
+
 def _cv_regret(tv: np.ndarray, eb: np.ndarray, err: np.ndarray, t0v: np.ndarray, *, alpha: float, epochs: int,
-               lr: float, seed: int, device: str | torch.device) -> dict[float, float]:
+               lr: float, seed: int, device: str | torch.device, steps: _Steps | None = None) -> dict[float, float]:
     """Mean held-out regret (error of the top-ranked measured expert minus the best error) per l2 in L2_GRID.
 
     tv (T, D), err (T, E) with at least two measured experts per row. Tasks are split into CV_FOLDS
@@ -269,7 +295,7 @@ def _cv_regret(tv: np.ndarray, eb: np.ndarray, err: np.ndarray, t0v: np.ndarray,
             if not scale > 0:
                 return {}
             fit = _fit(tv[train], eb, err[train], t0v, scale=scale, alpha=alpha, epochs=epochs, lr=lr, l2=value,
-                       seed=seed, device=device)
+                       seed=seed, device=device, steps=steps)
             for t in held:
                 scores = d_asym_many(tv[t], fit.vectors, t0v, alpha)
                 scores = np.where(measured[t], scores, np.inf)
@@ -279,7 +305,8 @@ def _cv_regret(tv: np.ndarray, eb: np.ndarray, err: np.ndarray, t0v: np.ndarray,
 
 
 def _fit(tv: np.ndarray, eb: np.ndarray, err: np.ndarray, t0v: np.ndarray, *, scale: float, alpha: float,
-         epochs: int, lr: float, l2: float, seed: int, device: str | torch.device) -> Model2Vec:
+         epochs: int, lr: float, l2: float, seed: int, device: str | torch.device,
+         steps: _Steps | None = None) -> Model2Vec:
     """One fit on tasks tv (T, D) that all have >= 2 measured experts in err (T, E)."""
     measured = ~np.isnan(err)
     dev = to_device(device)
@@ -312,6 +339,8 @@ def _fit(tv: np.ndarray, eb: np.ndarray, err: np.ndarray, t0v: np.ndarray, *, sc
         loss.backward()
         opt.step()
         history.append(float(ce.detach()))
+        if steps is not None:
+            steps.tick()
 
     vectors = (theta.detach().exp().cpu().numpy() * scale).astype(np.float32)
     return Model2Vec(

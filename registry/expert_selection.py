@@ -17,7 +17,7 @@ import numpy as np
 
 from taskreg import data as datasets
 from taskreg.errors import TaskregError
-from taskreg.progress import Progress
+from taskreg.progress import Progress, stage
 from taskreg.registry import catalog, expert_basis
 from taskreg.registry.expert_side import ExpertSide
 from taskreg.registry.index import search
@@ -178,14 +178,17 @@ class SelectionService:
                                                                 max_samples, seed, device, by_id, shortlist, progress)
         elif selector.cost == "index":
             ranked, scored, cost = self._rank_by_index(ds, selector, prec.name, embedding, alpha, max_samples, seed,
-                                                       device, by_id, top)
+                                                       device, by_id, top, progress)
         elif selector.cost == "forward":
             ranked, scored, cost = self._rank_by_forward(ds, selector, experts, device, progress)
         else:
+            stage(progress, f"ranking {len(experts)} experts by {selector.name} (no computation on the query)")
             ranked, scored, cost = self._rank_without_query(selector, experts, seed), 0, "no computation"
         # an expert the method cannot score comes last, with its reason instead of a number (never NaN)
         ranked = [r for r in ranked if r.score is not None] + [r for r in ranked if r.score is None]
 
+        if verify:
+            stage(progress, f"verifying the top {min(verify, len(ranked))} with a linear probe on the query")
         verified, winner = self._verify([r.expert for r in ranked[:verify]], ds, device) if verify else ((), None)
         with self.side.core.read() as con:  # measured on the query when it is a registered task, else when verified
             measured = catalog.measured_errors_by_fingerprint(con, ds.fingerprint())
@@ -226,7 +229,7 @@ class SelectionService:
         """Shortlist by the index method, re-rank the shortlist by the forward method; the rest follow, unscored."""
         t0 = time.perf_counter()
         ranked1, scored1, cost1 = self._rank_by_index(ds, first, probe, embedding, alpha, max_samples, seed, device,
-                                                      by_id, shortlist)
+                                                      by_id, shortlist, progress)
         short = [r.expert for r in ranked1 if r.score is not None][:shortlist]
         t1 = time.perf_counter()
         ranked2, scored2, cost2 = self._rank_by_forward(ds, second, short, device, progress)
@@ -272,12 +275,15 @@ class SelectionService:
 
     def _rank_by_index(self, ds: datasets.Dataset, selector: Selector, probe: str, embedding: str, alpha: float,
                        max_samples: int | None, seed: int, device: str, by_id: dict[int, catalog.ExpertRecord],
-                       top: int) -> tuple[list[Scored], int, str]:
+                       top: int, progress: Progress = None) -> tuple[list[Scored], int, str]:
         """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last, unscored."""
         from taskreg.selection.select import rerank
 
+        stage(progress, f"embedding the query ({embedding} Task2Vec on probe {probe}, "
+                        f"{min(ds.n, max_samples or ds.n)} images)")
         _, emb, dom = self.side.tasks.embed_dataset(ds, probe=probe, method=embedding, max_samples=max_samples,
-                                                    seed=seed, device=device)
+                                                    seed=seed, device=device, progress=progress)
+        stage(progress, f"ranking the experts by {selector.name} (index search and exact re-rank)")
         query = dom if "domain" in selector.needs else emb.vector
         vec_method = "domain" if "domain" in selector.needs else embedding
         t0 = self.side.probes.trivial(probe, embedding) if "trivial" in selector.needs else None
@@ -346,6 +352,9 @@ class SelectionService:
         pool: list[tuple[catalog.ExpertRecord, np.ndarray]] = []  # pooled selectors: scored after the loop
         refused: dict[int, str] = {}  # expert id -> why the scorer refused its outputs
         t0 = time.perf_counter()
+        stage(progress, f"scoring experts by {selector.name} (one forward pass of each over the query)")
+        if progress and experts:
+            progress(0, len(experts))
         for i, e in enumerate(experts):
             rec, model, spec = self.side.experts.load_expert(e.name)
             values = self.side.evaluator.expert_features(rec, model, spec, ds, device=device)  # cached per query

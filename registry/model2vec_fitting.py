@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from taskreg.errors import TaskregError
+from taskreg.progress import Progress
 from taskreg.registry import catalog, expert_basis
 from taskreg.registry.expert_side import ExpertSide
 from taskreg.registry.runs import pending_run
@@ -43,7 +44,8 @@ class Model2VecFitter:
         self.side = side
 
     def fit(self, *, probe: str | None = None, method: str = "montecarlo", alpha: float = 0.15, epochs: int = 300,
-            seed: int = 0, exclude_tasks: Sequence[str] = (), l2: float | str = "auto") -> Model2VecFit:
+            seed: int = 0, exclude_tasks: Sequence[str] = (), l2: float | str = "auto",
+            progress: Progress = None) -> Model2VecFit:
         """Fit ``m_i = F_i + b_i`` on the measured results and store the vectors (catalog + index).
 
         ``l2``: the bias penalty, or "auto" (cross-validated over the tasks, see embedders.model2vec)."""
@@ -68,7 +70,8 @@ class Model2VecFitter:
             if e.trained_on and e.trained_on in embedded:
                 base[j] = self.side.tasks.task_vectors(prec.name, method, [e.trained_on])[1][0]
         t0 = self.side.probes.trivial(prec.name, method)
-        fit = fit_model2vec(task_vecs, base, errors[keep], t0=t0, alpha=alpha, epochs=epochs, seed=seed, l2=l2)
+        fit = fit_model2vec(task_vecs, base, errors[keep], t0=t0, alpha=alpha, epochs=epochs, seed=seed, l2=l2,
+                            progress=progress)
         kind = self.side.index_manager.kind("model2vec", prec.name, method)
         initial_loss, final_loss = float(fit.loss_history[0]), float(fit.loss_history[-1])
         forms = {e.name: b for e, b in zip(exp_recs, fit.basis, strict=True) if b is not None}

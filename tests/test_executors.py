@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from taskreg.errors import TaskregError
+from taskreg.threads import applied
 from taskreg.trainers import transfer as T
 from taskreg.trainers.executors import LocalExecutor, RayExecutor, get_executor
 from taskreg.trainers.taskonomy_dictionary import RANDOM_TASK, DictionaryRef
@@ -25,9 +26,10 @@ needs_ray = pytest.mark.skipif(
 
 def test_get_executor() -> None:
     assert get_executor("local").workers == 1
-    ex = get_executor("local:2")
-    assert isinstance(ex, LocalExecutor) and ex.workers == 2 and ex.threads >= 1
-    assert get_executor(" LOCAL:3 ").workers == 3
+    with applied(4):  # a 4-CPU budget, whatever this machine has
+        ex = get_executor("local:2")
+        assert isinstance(ex, LocalExecutor) and ex.workers == 2 and ex.threads == 2
+        assert get_executor(" LOCAL:3 ").workers == 3
     bad_specs = [("dask", "unknown executor"), ("local:x", "not an integer"), ("local:0", ">= 1"), ("", "unknown"),
                  ("ray:", "worker count or a cluster address"), ("ray:0", ">= 1"), ("ray:-2", ">= 1")]
     for bad, msg in bad_specs:
@@ -35,6 +37,23 @@ def test_get_executor() -> None:
             get_executor(bad)
     with pytest.raises(TaskregError):
         LocalExecutor(workers=0)
+
+
+def test_local_workers_never_oversubscribe_the_thread_budget() -> None:
+    """workers x threads <= the budget (issue 16): extra workers are not started, threads are split between them,
+    and the worker processes really run with that many torch threads, waiting passively."""
+    import operator
+
+    with applied(4):
+        assert [(e.workers, e.threads) for e in (LocalExecutor(2), LocalExecutor(8), LocalExecutor(3, threads=2))] == [
+            (2, 2), (4, 1), (2, 2)]
+        assert LocalExecutor(8).requested == 8
+        ex = LocalExecutor(2)
+        env = dict(ex.map(os.getenv, ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"]))
+        assert env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
+        assert [n for _, n in ex.map(operator.call, [torch.get_num_threads] * 2)] == [2, 2]
+    with applied(1):
+        assert (get_executor("local:2").workers, get_executor("local:2").threads) == (1, 1)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,11 @@ Jobs should carry file paths (``.npy`` feature caches) and small references rath
 
 :class:`LocalExecutor` with ``workers=1`` runs in the calling process (results in job order, torch
 threads untouched). With ``workers > 1`` it uses a process pool with the 'spawn' start method
-(forking a process that has initialised torch's thread pools is unsafe) and sets each worker's
-torch threads to ``max(1, cores // workers)``; results arrive in completion order.
+(forking a process that has initialised torch's thread pools is unsafe); results arrive in completion order.
+Workers never oversubscribe the machine: with ``cpus`` the thread budget (:func:`taskreg.threads.current_budget`:
+``--threads``, ``TASKREG_THREADS`` or the CPUs this process may use, affinity and cgroup quota), at most ``cpus``
+workers run, each with ``max(1, cpus // workers)`` torch threads (OpenMP/MKL variables set before the worker
+imports torch, passive waiting), so ``workers x threads <= cpus``.
 
 :class:`RayExecutor` (optional dependency, ``pip install 'taskreg[ray]'``) runs each job as a Ray
 task, on a local Ray runtime it starts itself (``address=None``) or on an existing Ray cluster
@@ -42,6 +45,7 @@ from typing import Any, Protocol, TypeVar
 
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
+from taskreg.threads import current_budget, set_torch_threads, worker_environment
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -54,22 +58,14 @@ class Executor(Protocol):
         ...
 
 
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _init_worker(threads: int) -> None:
     import signal
-
-    import torch
 
     # Ctrl-C reaches the whole process group: the parent answers it (it terminates the pool), so a worker
     # ignores it instead of turning it into a traceback and going on with its next queued job.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(threads)
+    os.environ.update(worker_environment(threads))  # read by OpenMP/MKL when torch loads, just below
+    set_torch_threads(threads, interop=threads)
 
 
 def _terminate_workers(pool: cf.ProcessPoolExecutor) -> None:
@@ -87,18 +83,22 @@ def _terminate_workers(pool: cf.ProcessPoolExecutor) -> None:
 class LocalExecutor:
     """Run jobs on this machine: in-process (``workers=1``) or in a spawn-based process pool.
 
-    workers : number of processes (>= 1)
-    threads : torch threads per worker process (default ``max(1, cores // workers)``; ignored
+    workers : processes asked for (>= 1); at most ``cpus // threads`` run (``cpus``: the thread budget), so that
+        ``self.workers x self.threads <= cpus``; ``self.requested`` keeps the number asked for
+    threads : torch threads per worker process (default ``max(1, cpus // workers)``; ignored
         for ``workers=1``, which keeps the caller's setting)
+    cpus : the CPU budget (default :func:`taskreg.threads.current_budget`)
     """
 
-    def __init__(self, workers: int = 1, threads: int | None = None) -> None:
+    def __init__(self, workers: int = 1, threads: int | None = None, cpus: int | None = None) -> None:
         if workers < 1:
             raise TaskregError(f"workers must be >= 1, got {workers}")
         if threads is not None and threads < 1:
             raise TaskregError(f"threads must be >= 1, got {threads}")
-        self.workers = workers
-        self.threads = threads if threads is not None else max(1, _cores() // workers)
+        cpus = current_budget() if cpus is None else max(1, cpus)
+        self.requested = workers
+        self.workers = min(workers, max(1, cpus // (threads or 1)))
+        self.threads = threads if threads is not None else max(1, cpus // self.workers)
 
     def __repr__(self) -> str:
         return f"LocalExecutor(workers={self.workers}, threads={self.threads})"
@@ -172,9 +172,7 @@ def _run_ray_task(fn: Callable[[Any], Any], job: Any, threads: int) -> bytes:
     Returning bytes (unpickled by the driver) gives the caller ordinary writable objects that it owns,
     as with :class:`LocalExecutor`, instead of read-only arrays pinned in Ray's object store.
     """
-    import torch
-
-    torch.set_num_threads(threads)
+    set_torch_threads(threads)
     return pickle.dumps(fn(job), protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -186,9 +184,10 @@ class RayExecutor:
         ``"auto"`` (a cluster started on this machine with ``ray start --head`` or named by
         ``RAY_ADDRESS``), ``"HOST:6379"`` (from a node of the cluster) or ``"ray://HOST:10001"``
         (Ray Client, from any machine) connect to a running cluster; :meth:`close` only disconnects.
-    workers : jobs running at once. Local runtime: default one per core, and the runtime is given
+    workers : jobs running at once. Local runtime: default one per CPU of the thread budget
+        (:func:`taskreg.threads.current_budget`), at most ``budget // threads``, and the runtime is given
         ``workers * threads`` CPUs. Cluster: default the cluster's CPUs // threads.
-    threads : torch threads, and Ray CPUs requested, per job; default ``max(1, cores // workers)``
+    threads : torch threads, and Ray CPUs requested, per job; default ``max(1, budget // workers)``
         locally, 1 on a cluster.
 
     Ray is started (or connected to) by :meth:`start` or the first :meth:`map`, and reused by later
@@ -206,8 +205,9 @@ class RayExecutor:
         self.address = (address or "").strip() or None
         self._ray = _import_ray(local=self.address is None)
         if self.address is None:
-            self.workers: int | None = workers if workers is not None else _cores()
-            self.threads = threads if threads is not None else max(1, _cores() // self.workers)
+            cpus = current_budget()  # as LocalExecutor: workers x threads <= the CPUs this process may use
+            self.workers: int | None = min(workers, max(1, cpus // (threads or 1))) if workers else cpus
+            self.threads = threads if threads is not None else max(1, cpus // self.workers)
         else:
             self.workers = workers  # None: known once connected (cluster CPUs // threads)
             self.threads = threads if threads is not None else 1
