@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from taskreg.arrays import load_npy, save_npy
 from taskreg.registry.core import Core
 
 __all__ = ["load_array", "load_arrays", "save_array", "save_arrays"]
@@ -20,23 +21,13 @@ __all__ = ["load_array", "load_arrays", "save_array", "save_arrays"]
 
 def load_array(path: Path, *, rows: int | None = None) -> np.ndarray | None:
     """The ``.npy`` array at ``path``, or None if absent, unreadable or (``rows`` given) of another length."""
-    if not path.exists():
-        return None
-    try:
-        arr: np.ndarray = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    return arr if rows is None or arr.shape[0] == rows else None
+    return load_npy(path, rows=rows)
 
 
 def save_array(core: Core, path: Path, arr: np.ndarray) -> None:
     """Store ``arr`` at ``path`` (``.npy``) atomically, unless the registry is read-only."""
-    if core.read_only:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(path)
+    if not core.read_only:
+        save_npy(path, arr)
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray] | None:
