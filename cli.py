@@ -820,6 +820,8 @@ def expert_train(
 def expert_eval(
     experts: Annotated[str | None, typer.Option(help="Comma-separated experts (default: all).")] = None,
     tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks (default: all).")] = None,
+    executor: Annotated[str, typer.Option(help="Where the (expert, task) jobs run: local, local:N (processes), "
+                                               "ray, ray:N or ray:ADDRESS; results are committed here.")] = "local",
     device: DeviceOpt = "cpu", registry: RegistryOpt = None,
 ) -> None:
     """Linear probe of every expert on every task; test errors go to expert_task_results (resumable)."""
@@ -827,7 +829,7 @@ def expert_eval(
     notes: list[str] = []
     with progress_bar("measuring experts x tasks") as bar:
         done, skipped = reg.evaluate(experts=parse_list(experts), tasks=parse_list(tasks), device=device,
-                                     progress=bar, on_unmeasurable=notes.append)
+                                     progress=bar, on_unmeasurable=notes.append, executor=executor)
     for note in notes:
         typer.echo(f"note: {note}")
     typer.echo(f"measured {done} expert/task pair(s); {skipped} already measured"

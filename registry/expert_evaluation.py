@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +25,8 @@ from taskreg.registry.array_cache import load_array, save_array
 from taskreg.registry.core import Core
 from taskreg.registry.experts import ExpertService
 from taskreg.registry.tasks import TaskService
+from taskreg.registry.weights import file_sha256
+from taskreg.trainers.expert_eval_jobs import EvalJob, EvalOutcome, run_eval_job
 
 if TYPE_CHECKING:
     from torch import nn
@@ -43,11 +48,9 @@ class ExpertEvaluator:
         """Frozen features of an expert on a dataset at ``spec``'s resolution, computed once and cached in
         ``cache/features`` by weights, data and resolution (features at the arch's default resolution keep the
         name they had before experts recorded theirs, so those caches stay valid)."""
-        from taskreg.embedders.probes import default_spec
         from taskreg.trainers.experts import extract_features
 
-        size = "" if spec == default_spec(rec.arch) else f"-{spec.input_size}px"
-        path = self.core.cache_dir / "features" / f"{rec.sha256[:16]}-{ds.fingerprint()[:16]}{size}.npy"
+        path = self.feature_path(rec, spec, ds.fingerprint())
         cached = load_array(path, rows=ds.n)
         if cached is not None:
             return cached
@@ -55,58 +58,104 @@ class ExpertEvaluator:
         save_array(self.core, path, feats)
         return feats
 
+    def feature_path(self, rec: catalog.ExpertRecord, spec: ProbeSpec, fingerprint: str) -> Path:
+        """Where an expert's features of a dataset are cached: by weights, data and resolution (features at the
+        arch's default resolution keep the name they had before experts recorded theirs)."""
+        from taskreg.embedders.probes import default_spec
+
+        size = "" if spec == default_spec(rec.arch) else f"-{spec.input_size}px"
+        return self.core.cache_dir / "features" / f"{rec.sha256[:16]}-{fingerprint[:16]}{size}.npy"
+
     def evaluate(
         self, *, experts: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
         protocol: LinearProbeProtocol | None = None, device: str = "cpu", progress: Progress = None,
-        on_unmeasurable: Callable[[str], None] | None = None,
+        on_unmeasurable: Callable[[str], None] | None = None, executor: str = "local",
+        batch_seconds: float = 2.0,
     ) -> tuple[int, int]:
         """Fill ``expert_task_results`` with linear-probe test errors; skips pairs already measured.
 
-        Returns (measured now, already present). Each result is committed on its own, so an
-        interrupted run resumes where it stopped. An expert whose features on a task hold NaN or Inf
-        (broken weights) cannot be measured: without ``on_unmeasurable`` that is a TaskregError naming
-        it; with it, the pair is skipped (nothing stored), every other pair is measured, and the callback
-        receives one line per such expert at the end.
+        Returns (measured now, already present). The (expert, task) pairs run as jobs on ``executor`` (``local``,
+        ``local:N``, ``ray[:N|:ADDRESS]``; :func:`taskreg.trainers.expert_eval_jobs.run_eval_job`): workers compute
+        features (cached per expert and dataset where they can see the registry's cache) and the linear probe, and
+        never open the catalog; this process commits their results in batches (every ``batch_seconds``), so an
+        interrupted run resumes where it stopped, losing at most one batch. An expert whose features on a task hold
+        NaN or Inf (broken weights) cannot be measured: without ``on_unmeasurable`` that is a TaskregError naming
+        it; with it, the pair is skipped (nothing stored), every other pair is measured, and the callback receives
+        one line per such expert at the end. Data, weights and executor are checked before any job runs.
         """
-        from taskreg.trainers.experts import LinearProbeProtocol, linear_probe_error
+        from taskreg.trainers.executors import RayExecutor, get_executor
+        from taskreg.trainers.experts import LinearProbeProtocol
 
         protocol = protocol or LinearProbeProtocol()
+        run_on = get_executor(executor)
         exp_recs = [self.experts.get_expert(n) for n in experts] if experts else self.experts.list_experts()
         task_recs = [self.tasks.get_task(n) for n in tasks] if tasks else self.tasks.list_tasks()
         with self.core.read() as con:
             done = {(r.expert_id, r.task_id) for r in catalog.expert_task_results(con)}
         todo = [(e, t) for e in exp_recs for t in task_recs if (e.id, t.id) not in done]
         skipped = len(exp_recs) * len(task_recs) - len(todo)
-        data: dict[int, datasets.Dataset] = {}
-        loaded: dict[int, tuple[catalog.ExpertRecord, nn.Module, ProbeSpec]] = {}
+        jobs = self._jobs(todo, protocol, device)
+        names = {e.id: e.name for e in exp_recs} | {t.id: t.name for t in task_recs}
         broken: dict[str, list[str]] = {}  # expert -> tasks on which its features are not finite
-        measured = 0
-        for i, (erec, trec) in enumerate(todo):
-            if trec.id not in data:
-                data[trec.id] = self.tasks.task_data(trec)
-            if erec.id not in loaded:
-                loaded = {erec.id: self.experts.load_expert(erec.name)}  # keep one network in memory at a time
-            _, model, spec = loaded[erec.id]
-            feats = self.expert_features(erec, model, spec, data[trec.id], device=device)
-            if not np.isfinite(feats).all():
-                if on_unmeasurable is None:
-                    raise TaskregError(unmeasurable_note(erec.name, [trec.name]))
-                broken.setdefault(erec.name, []).append(trec.name)
-                if progress:
-                    progress(i + 1, len(todo))
-                continue
-            res = linear_probe_error(feats, data[trec.id].y, protocol)
-            measured += 1
-            with self.core.write() as con:  # nothing is stored for an expert or task removed meanwhile
-                catalog.insert_expert_task_result(con, expert_id=erec.id, task_id=trec.id, test_error=res.test_error,
-                                                  train_error=res.train_error, protocol=json.dumps(asdict(protocol)),
-                                                  seconds=res.seconds)
-            if progress:
-                progress(i + 1, len(todo))
+        pending: list[EvalOutcome] = []
+        measured, last_commit = 0, time.monotonic()
+        params = json.dumps(asdict(protocol))
+        with contextlib.ExitStack() as stack:
+            if isinstance(run_on, RayExecutor):
+                stack.enter_context(run_on)  # a Ray runtime this call started is shut down after it
+            try:
+                for _, out in run_on.map(run_eval_job, jobs, progress=progress):
+                    if not out.finite:
+                        if on_unmeasurable is None:
+                            raise TaskregError(unmeasurable_note(names[out.expert_id], [names[out.task_id]]))
+                        broken.setdefault(names[out.expert_id], []).append(names[out.task_id])
+                        continue
+                    pending.append(out)
+                    if time.monotonic() - last_commit >= batch_seconds:
+                        measured += self._commit(pending, params)
+                        pending, last_commit = [], time.monotonic()
+            finally:  # what finished before an error or Ctrl-C is kept: the rerun does only the rest
+                measured += self._commit(pending, params)
         for name, failed in broken.items():  # only filled when on_unmeasurable is given
             if on_unmeasurable is not None:
                 on_unmeasurable(unmeasurable_note(name, failed))
         return measured, skipped
+
+    def _jobs(self, todo: list[tuple[catalog.ExpertRecord, catalog.TaskRecord]], protocol: LinearProbeProtocol,
+              device: str) -> list[EvalJob]:
+        """One job per pair, grouped by expert; each expert's weights and each task's data are checked here
+        first (the same one-line errors as a measurement in this process would give)."""
+        from taskreg.registry.experts import expert_spec
+
+        checked_experts: set[int] = set()
+        checked_tasks: set[int] = set()
+        jobs = []
+        for erec, trec in todo:
+            if erec.id not in checked_experts:
+                path = self.core.root / erec.weights
+                if not path.exists() or file_sha256(path) != erec.sha256:
+                    raise TaskregError(f"expert {erec.name}: weights file {erec.weights} is missing or altered "
+                                       "(run check)")
+                checked_experts.add(erec.id)
+            if trec.id not in checked_tasks:
+                self.tasks.task_data(trec)  # loads and checks the data is still what was registered
+                checked_tasks.add(trec.id)
+            spec = expert_spec(erec.arch, erec.input_size)
+            cache = None if self.core.read_only else str(self.feature_path(erec, spec, trec.fingerprint))
+            jobs.append(EvalJob(erec.id, erec.name, trec.id, trec.name, str(self.core.root / erec.weights),
+                                erec.sha256, erec.arch, spec, trec.source, trec.fingerprint, cache, protocol, device))
+        return jobs
+
+    def _commit(self, outcomes: list[EvalOutcome], protocol: str) -> int:
+        """Store a batch of results in one transaction; nothing for an expert or task removed meanwhile."""
+        if not outcomes:
+            return 0
+        with self.core.write() as con:
+            for out in outcomes:
+                catalog.insert_expert_task_result(con, expert_id=out.expert_id, task_id=out.task_id,
+                                                  test_error=out.test_error, train_error=out.train_error,
+                                                  protocol=protocol, seconds=out.seconds)
+        return len(outcomes)
 
     def results_matrix(self) -> tuple[list[str], list[str], np.ndarray]:
         """(task names, expert names, (T, E) test errors with NaN where not measured)."""
