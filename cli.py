@@ -90,6 +90,7 @@ def _check_device_option(value: str) -> str:
 DeviceOpt = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, mps ...",
                                         callback=_check_device_option)]
 SeedOpt = Annotated[int, typer.Option(help="Random seed (results are deterministic given it).")]
+FisherSamplesOpt = Annotated[int, typer.Option(help="Class-balanced subsample used for the Fisher.")]
 ProbeOpt = Annotated[str | None, typer.Option(help="Probe name (default: the probe named 'default').")]
 EstimatorOpt = Annotated[str, typer.Option("--estimator", help="Task2Vec estimator: montecarlo or variational.")]
 
@@ -639,7 +640,7 @@ def task_add(
     data: Annotated[str, typer.Option("--data", help="Dataset source (path.npz, image folder, builtin:...).")],
     probe: ProbeOpt = None,
     estimator: EstimatorOpt = "montecarlo",
-    max_samples: Annotated[int, typer.Option(help="Class-balanced subsample used for the Fisher.")] = 1000,
+    max_samples: FisherSamplesOpt = 1000,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     registry: RegistryOpt = None,
@@ -664,7 +665,7 @@ def task_add_many(
     manifest: Annotated[Path, typer.Argument(help="CSV (header: name,source[,domain][,seed]) or JSON Lines file.")],
     probe: ProbeOpt = None,
     estimator: EstimatorOpt = "montecarlo",
-    max_samples: Annotated[int, typer.Option(help="Class-balanced subsample used for the Fisher.")] = 1000,
+    max_samples: FisherSamplesOpt = 1000,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     registry: RegistryOpt = None,

@@ -44,6 +44,21 @@ def sources(n: int) -> list[tuple[str, str]]:
     return out
 
 
+def random_probe_registry(root: Path, seed: int = 0) -> object:
+    """A new registry at ``root`` whose default probe is a cifar_resnet8 with seeded random weights (a timing of
+    the registry's work does not depend on what the probe learned); returns the opened Registry."""
+    import torch
+
+    from taskreg.embedders.probes import create_model
+    from taskreg.registry import Registry
+
+    reg = Registry.init(root)
+    torch.manual_seed(seed)
+    torch.save(create_model("cifar_resnet8", num_classes=10).state_dict(), root.parent / "probe.pt")
+    reg.add_probe("default", arch="cifar_resnet8", weights=root.parent / "probe.pt")
+    return reg
+
+
 def run(argv: list[str]) -> float:
     started = time.perf_counter()
     res = subprocess.run(argv, capture_output=True, text=True)
@@ -58,19 +73,13 @@ def main() -> None:
     ap.add_argument("--max-samples", type=int, default=100)
     a = ap.parse_args()
 
-    import torch
-
-    from taskreg.embedders.probes import create_model
     from taskreg.registry import Registry
 
     tasks = sources(a.tasks)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         template = d / "template"
-        reg = Registry.init(template)
-        torch.manual_seed(0)
-        torch.save(create_model("cifar_resnet8", num_classes=10).state_dict(), d / "probe.pt")
-        reg.add_probe("default", arch="cifar_resnet8", weights=d / "probe.pt")
+        random_probe_registry(template)
         manifest = d / "tasks.csv"
         manifest.write_text("name,source\n" + "".join(f'{n},"{s}"\n' for n, s in tasks))
         one, many = d / "one-by-one", d / "add-many"

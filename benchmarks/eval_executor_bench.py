@@ -34,6 +34,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import torch
+    from bulk_bench import random_probe_registry
 
     from taskreg.embedders.probes import create_model
     from taskreg.registry import Registry
@@ -42,10 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         template = d / "template"
-        reg = Registry.init(template)
-        torch.manual_seed(0)
-        torch.save(create_model("cifar_resnet8", num_classes=10).state_dict(), d / "probe.pt")
-        reg.add_probe("default", arch="cifar_resnet8", weights=d / "probe.pt")
+        reg = random_probe_registry(template)
         for i in range(a.tasks):
             classes = ",".join(map(str, groups[i % len(groups)]))
             reg.add_task(f"t{i:02d}", f"builtin:digits?classes={classes}&n={60 + 20 * (i % 4)}", max_samples=30)
