@@ -1133,6 +1133,22 @@ def backup(
 
 @app.command()
 @handle_errors
+def export(
+    dest: Annotated[Path, typer.Argument(help="New or empty directory that receives the snapshot.")],
+    with_experts: Annotated[bool, typer.Option("--with-experts", help="Also copy the experts' weights (needed by "
+                                                                     "the forward-pass selection methods).")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Write a read-only snapshot (catalog as Parquet, indexes, probe weights) that `--registry DIR` opens on any
+    machine: it answers select, policy, sql and the listings, and refuses every write."""
+    reg = open_registry(registry)
+    t0 = time.perf_counter()
+    out = reg.export(dest, with_experts=with_experts)
+    typer.echo(f"exported {reg.root} to {out} in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+@handle_errors
 def restore(
     src: Annotated[Path, typer.Argument(help="A directory written by `taskreg backup`.")],
     force: Annotated[bool, typer.Option("--force", help="Replace an existing, non-empty registry.")] = False,

@@ -34,6 +34,7 @@ import duckdb
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
 from taskreg.registry.index import IndexStore
+from taskreg.registry.snapshot import is_snapshot, snapshot_catalog
 from taskreg.registry.tracking import Tracker
 
 DEFAULT_ROOT = ".taskreg"
@@ -63,7 +64,9 @@ class Core:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
-        self.catalog_path = self.root / "catalog.duckdb"
+        # a snapshot (`taskreg export`) is read-only, its catalog built from its Parquet files into the user's cache
+        self.snapshot = is_snapshot(self.root)
+        self.catalog_path = snapshot_catalog(self.root) if self.snapshot else self.root / "catalog.duckdb"
         self.tracker = Tracker(self.root)
         self.indexes = IndexStore(self.root / "index")
         self.cache_dir = self.root / "cache"
@@ -95,12 +98,17 @@ class Core:
     @property
     def read_only(self) -> bool:
         """Whether this user cannot write the registry: its directory, catalog, MLflow database, artifacts or
-        indexes (a shared registry owned by someone else, a read-only mount)."""
+        indexes (a shared registry owned by someone else, a read-only mount), or a snapshot."""
+        if self.snapshot:
+            return True
         paths = (self.root, self.catalog_path, self.root / "mlflow.db", self.root / "artifacts", self.indexes.folder)
         return any(p.exists() and not os.access(p, os.W_OK) for p in paths)
 
     def require_write_access(self, what: str) -> None:
         """Refuse, in one line, ``what`` (a command) on a registry this user cannot write."""
+        if self.snapshot:
+            raise TaskregError(f"{self.root} is a read-only snapshot (taskreg export): {what} needs the registry it "
+                               "was exported from")
         if self.read_only:
             raise TaskregError(f"registry {self.root} is read-only for this user: {what} needs write access")
 

@@ -199,7 +199,17 @@ class Registry:
 
     def backup(self, dest: Path | str) -> Path:
         """Write a consistent copy of the registry into ``dest`` (see :func:`taskreg.registry.backup.backup`)."""
+        if self.core.snapshot:
+            raise TaskregError(f"{self.root} is a snapshot (taskreg export): copy its directory to back it up")
         return backups.backup(self.core, dest)
+
+    def export(self, dest: Path | str, *, with_experts: bool = False) -> Path:
+        """Write a read-only snapshot for readers elsewhere (see :func:`taskreg.registry.snapshot.export`)."""
+        from taskreg.registry.snapshot import export
+
+        if self.core.snapshot:
+            raise TaskregError(f"{self.root} is itself a snapshot: export from the registry it came from")
+        return export(self.core, dest, with_experts=with_experts)
 
     @classmethod
     def restore(cls, backup: Path | str, root: Path | str | None = None, *, force: bool = False,

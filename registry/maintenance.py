@@ -121,6 +121,18 @@ class Maintenance:
             runs = catalog.run_references(con)
             files = catalog.weight_files(con)
             experts = catalog.expert_names(con)
+        if self.core.snapshot:  # no MLflow store in a snapshot: its tables, copied weights and indexes only
+            for what, rel, sha in files:
+                path = self.core.root / rel
+                if path.is_file() and file_sha256(path) != sha:
+                    report.problems.append(f"{what}: weights file {rel} does not match its sha256")
+            missing = sum(not (self.core.root / rel).is_file() for _, rel, _ in files)
+            report.notes.append("a snapshot (taskreg export): MLflow runs and registered models stay with the "
+                                "registry it came from" + (f"; {missing} weight file(s) not copied (export "
+                                                           "--with-experts)" if missing else ""))
+            for kind, why in self.index_manager.problems().items():
+                report.problems.append(f"index {kind}: {why}")
+            return report
         referenced = set()
         tracked = self.core.tracker.run_states()
         states, run_tags = tracked.states, tracked.tags

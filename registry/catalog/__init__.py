@@ -12,6 +12,7 @@ probes are unique.
 - :mod:`.integrity` — what ``check``, recovery and relocation ask of the catalog as a whole
 - :mod:`.probes`, :mod:`.tasks`, :mod:`.experts` (with ``expert_task_results``), :mod:`.model2vec`,
   :mod:`.affinity`, :mod:`.policies` — one table family each
+- :mod:`.snapshot` — the catalog as Parquet files (``taskreg export``) and back
 - :mod:`.taskonomy` — the Taskonomy pipeline's transfers, per-image losses and win rates
 - :mod:`.mlflow_store` — the SQL on MLflow's own sqlite schema (not DuckDB); deliberately not re-exported here:
   only :mod:`taskreg.registry.tracking` imports it, so every MLflow access stays behind the tracking layer
@@ -84,6 +85,7 @@ from taskreg.registry.catalog.schema import (
     set_registry_id,
     transaction,
 )
+from taskreg.registry.catalog.snapshot import SNAPSHOT_TABLES, export_tables, import_tables
 from taskreg.registry.catalog.taskonomy import (
     TransferRecord,
     WinRate,
@@ -125,7 +127,8 @@ from taskreg.registry.catalog.tasks import (
 from taskreg.registry.catalog.vectors import bump_generation, generation, kind_count, kind_vectors, kinds
 
 __all__ = [
-    "CONSOLE_CONFIG", "CONSOLE_STATEMENTS", "MIGRATIONS", "SCHEMA_VERSION", "TABLES",
+    "CONSOLE_CONFIG", "CONSOLE_STATEMENTS", "MIGRATIONS", "SCHEMA_VERSION", "SNAPSHOT_TABLES", "TABLES",
+    "export_tables", "import_tables",
     "EmbeddingInfo", "ExpertRecord", "ProbeRecord", "TaskRecord",
     "ExpertTaskError", "ExpertTaskResult",
     "bump_generation", "connect", "connect_console", "console_query", "count_tasks", "counts",
