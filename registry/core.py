@@ -67,12 +67,32 @@ class Core:
         # a snapshot (`taskreg export`) is read-only, its catalog built from its Parquet files into the user's cache
         self.snapshot = is_snapshot(self.root)
         self.catalog_path = snapshot_catalog(self.root) if self.snapshot else self.root / "catalog.duckdb"
-        self.tracker = Tracker(self.root)
+        self._tracker: Tracker | None = None
         self.indexes = IndexStore(self.root / "index")
         self.cache_dir = self.root / "cache"
         self.damage: str | None = None  # set by ``Registry.open(damaged_ok=True)`` on a damaged registry
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ MLflow
+    @property
+    def tracker(self) -> Tracker:
+        """The registry's MLflow store: ``<root>/mlflow.db``, or the tracking server its catalog names (a setting
+        made by ``init --tracking-uri``; no environment variable overrides it)."""
+        if self._tracker is None:  # a snapshot has no MLflow store: the server stays the writer host's business
+            self._tracker = Tracker(self.root, None if self.snapshot else self.tracking_uri())
+        return self._tracker
+
+    def tracking_uri(self) -> str | None:
+        """The tracking server recorded in the catalog; None for a local MLflow store (or no catalog yet)."""
+        if not self.catalog_path.exists():
+            return None
+        with self.read() as con:
+            return catalog.tracking_uri(con)
+
+    def use_tracking_server(self, uri: str) -> None:
+        """Bind this core to the tracking server ``uri`` before the catalog records it (``init``)."""
+        self._tracker = Tracker(self.root, uri)
 
     # ------------------------------------------------------------------ identity
     def catalog_state(self) -> tuple[int, str | None]:

@@ -22,9 +22,9 @@ from taskreg.registry.damage import clear_stray_model, refuse_lost_model
 from taskreg.registry.index import IndexManager
 from taskreg.registry.names import check_name
 from taskreg.registry.probes import ProbeService
-from taskreg.registry.runs import marking_removal, pending_run, store_weights
+from taskreg.registry.runs import marking_removal, pending_run, store_weights, verified_weights
 from taskreg.registry.tasks import TaskService
-from taskreg.registry.weights import file_sha256, head_classes
+from taskreg.registry.weights import head_classes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -149,9 +149,7 @@ class ExpertService:
         from taskreg.embedders.weight_files import load_state_dict_file, load_weights
 
         rec = self.get_expert(name)
-        path = self.core.root / rec.weights
-        if not path.exists() or file_sha256(path) != rec.sha256:
-            raise TaskregError(f"expert {name}: weights file {rec.weights} is missing or altered (run check)")
+        path = verified_weights(self.core, rec.weights, rec.sha256, f"expert {name}")
         state = load_state_dict_file(path)
         model = create_model(rec.arch, num_classes=head_classes(state))
         load_weights(model, state, ignore_head=False)

@@ -48,6 +48,7 @@ from taskreg.registry.probes import ProbeService
 from taskreg.registry.recovery import Recovery
 from taskreg.registry.taskonomy_pipeline import TaskonomyPipeline
 from taskreg.registry.tasks import TaskService
+from taskreg.registry.tracking import check_tracking_uri
 from taskreg.registry.zoo import ZooService
 
 
@@ -220,18 +221,28 @@ class Registry:
 
     # ------------------------------------------------------------------ open / init
     @classmethod
-    def init(cls, root: Path | str | None = None) -> Registry:
+    def init(cls, root: Path | str | None = None, *, tracking_uri: str | None = None) -> Registry:
         """Create (or upgrade) a registry at ``root``; idempotent on a healthy registry.
 
         Refuses, changing nothing, a directory whose ``mlflow.db`` holds a registry but whose catalog is
         missing or empty, and a registry whose catalog lost records that MLflow still holds: that is a
         damaged registry, not a new one (see the module docstring).
+
+        ``tracking_uri`` (http(s)://HOST:PORT of an ``mlflow server --serve-artifacts``): the new registry keeps its
+        runs, weights and registered models on that server, a setting recorded in the catalog that every later
+        open uses. An existing registry keeps the store it was created with (refused when ``tracking_uri`` names
+        another), and a server that already holds a registry's runs or models is refused.
         """
+        uri = check_tracking_uri(tracking_uri) if tracking_uri is not None else None
         reg = cls(Path(root) if root is not None else default_root())
         if reg.root.exists() and not reg.root.is_dir():
             raise TaskregError(f"{reg.root} exists and is not a directory")
         reg.require_write_access("init")
         if reg.core.catalog_state()[0] > 0:
+            current = reg.core.tracking_uri()
+            if uri is not None and uri != current:
+                raise TaskregError(f"registry {reg.root} keeps its MLflow store in {current or 'mlflow.db'}: "
+                                   f"--tracking-uri {uri} cannot move an existing registry")
             reg = cls.open(reg.root)
             lost = unaccounted(reg.core)
             if lost:
@@ -242,12 +253,21 @@ class Registry:
         store = reg.tracker.store_summary()
         if store is not None and store.holds_registry():
             raise TaskregError(missing_catalog(store))
+        if uri is not None:
+            reg.core.use_tracking_server(uri)
+            server = reg.tracker.store_summary()  # one-line error when the server is unreachable
+            if server is not None and server.holds_registry():
+                raise TaskregError(f"tracking server {uri} already holds "
+                                   f"{'registry ' + server.registry_id if server.registry_id else 'taskreg runs'} "
+                                   f"({server.describe()}): a tracking server serves one registry")
         for sub in ("artifacts", "index", "cache"):
             (reg.root / sub).mkdir(parents=True, exist_ok=True)
         registry_id = uuid.uuid4().hex
         with reg.write(transactional=False) as con:
             catalog.migrate(con)
             catalog.set_registry_id(con, registry_id)
+            if uri is not None:
+                catalog.set_tracking_uri(con, uri)
         reg.tracker.init(registry_id)  # after the catalog: an MLflow identity always had a catalog first
         return reg
 

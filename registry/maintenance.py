@@ -143,7 +143,7 @@ class Maintenance:
                 report.problems.append(f"{what}: MLflow run {run_id} is {state or 'missing'}")
         hashes = HashCache(self.core.cache_dir / "weights-sha256.json")
         for what, rel, sha in files:
-            path = self.core.root / rel
+            path = self.core.tracker.local_file(rel, refresh=deep)  # a tracking server's: its cached download
             if not path.is_file():
                 report.problems.append(f"{what}: weights file {rel} is missing")
             elif hashes.sha256(path, deep=deep) != sha:

@@ -16,8 +16,8 @@ from taskreg.progress import Progress
 from taskreg.registry import catalog
 from taskreg.registry.core import Core
 from taskreg.registry.names import check_name
-from taskreg.registry.runs import pending_run, store_weights
-from taskreg.registry.weights import file_sha256, head_classes
+from taskreg.registry.runs import pending_run, store_weights, verified_weights
+from taskreg.registry.weights import head_classes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -52,9 +52,7 @@ class ProbeService:
         from taskreg.embedders.weight_files import load_state_dict_file, load_weights
 
         rec = self.resolve_probe(name)
-        path = self.core.root / rec.weights
-        if not path.exists() or file_sha256(path) != rec.sha256:
-            raise TaskregError(f"probe {rec.name}: weights file {rec.weights} is missing or altered (run check)")
+        path = verified_weights(self.core, rec.weights, rec.sha256, f"probe {rec.name}")
         state = load_state_dict_file(path)
         model = create_model(rec.arch, num_classes=head_classes(state))
         load_weights(model, state, ignore_head=False)

@@ -140,7 +140,7 @@ class Recovery:
             report.skipped.append(f"{what} {name}: its weights artifact {path} is missing")
             return None
         try:
-            rel = str(path.resolve().relative_to(self.core.root))
+            rel = self.core.tracker.artifact_ref(run.run_id, path.resolve())
         except ValueError:
             report.skipped.append(f"{what} {name}: its weights artifact {path} is outside the registry")
             return None

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from taskreg.errors import TaskregError
 from taskreg.registry.tracking import RunRef
 from taskreg.registry.weights import file_sha256
 
@@ -60,11 +61,25 @@ def marking_removal(tracker: Tracker) -> Iterator[Callable[[list[str]], None]]:
 
 
 def store_weights(core: Core, run: RunRef, state_dict: dict, filename: str) -> tuple[str, str]:
-    """Save a state_dict as a run artifact; return (path relative to the root, sha256)."""
+    """Save a state_dict as a run artifact; return (how the catalog names it, sha256): the path relative to the root,
+    or ``runs:/RUN_ID/weights/FILE`` on a tracking server (see :meth:`Tracker.artifact_ref`)."""
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / filename
         torch.save(state_dict, local)
         stored = core.tracker.log_artifact(run.run_id, local, "weights")
-    return str(stored.relative_to(core.root)), file_sha256(stored)
+    return core.tracker.artifact_ref(run.run_id, stored), file_sha256(stored)
+
+
+def verified_weights(core: Core, ref: str, sha256: str, what: str) -> Path:
+    """The local file of the weights the catalog names ``ref``, checked against its recorded ``sha256``; a cached
+    download that does not match is fetched again once from the tracking server. One-line error otherwise."""
+    path = core.tracker.local_file(ref)
+    if path.is_file() and file_sha256(path) == sha256:
+        return path
+    if core.tracker.remote:
+        path = core.tracker.local_file(ref, refresh=True)
+        if path.is_file() and file_sha256(path) == sha256:
+            return path
+    raise TaskregError(f"{what}: weights file {ref} is missing or altered (run check)")

@@ -1,5 +1,8 @@
 """MLflow tracking inside the registry: runs, artifacts and registered models.
 
+Size: the whole MLflow boundary is this one module by design (issue 13); a local store and a tracking server differ
+method by method, side by side.
+
 This is the whole MLflow boundary by design (issue 13): the client calls, the batched logging, and the fast
 paths over MLflow's own sqlite schema that ``check``, ``recover``, relocation and backup need (their SQL lives in
 :mod:`taskreg.registry.catalog.mlflow_store`, which only this module calls), so no other module touches MLflow.
@@ -23,18 +26,29 @@ mark is a record the catalog lost (``check`` reports it and never deletes it), n
 
 The registry's identity (a uuid, also stored in the catalog) is the tag ``taskreg.registry_id`` of the
 ``taskreg-tasks`` experiment: a catalog created anew beside an existing MLflow store does not match it.
+
+A shared tracking server (issue 17): a registry created with ``taskreg init --tracking-uri http(s)://HOST:PORT``
+(an ``mlflow server --serve-artifacts``, typically over PostgreSQL) keeps that URI in its catalog and every
+:class:`Tracker` of it talks to the server instead (``remote``): runs, metrics, weight artifacts and registered
+models live there, the fast paths over ``mlflow.db`` give way to the ``*_via_api`` reads, and a weight file is
+named in the catalog as ``runs:/RUN_ID/weights/NAME.pt`` and read back through MLflow's artifact download into
+``<root>/cache/artifacts/RUN_ID/`` (:meth:`Tracker.local_file`; the caller checks its sha256 as for a local file).
+``MLFLOW_TRACKING_URI`` never applies: the URI is always passed to the client explicitly.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from taskreg.errors import TaskregError
 from taskreg.registry.catalog import mlflow_store
 
 if TYPE_CHECKING:
@@ -49,6 +63,37 @@ REGISTRY_ID_TAG = "taskreg.registry_id"
 RECORD_RUN_KINDS = ("task_embedding", "expert", "probe", "task_network")
 
 
+RUNS_SCHEME = "runs:/"
+
+
+def check_tracking_uri(uri: str) -> str:
+    """``uri`` without a trailing slash when it is an http(s)://HOST[:PORT][/PATH] address; else a one-line error."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise TaskregError(f"--tracking-uri must be the http(s)://HOST:PORT address of an `mlflow server "
+                           f"--serve-artifacts`, got {uri!r}")
+    return uri.strip().rstrip("/")
+
+
+def require_reachable(uri: str, timeout: float = 5.0) -> None:
+    """One-line error unless the tracking server at ``uri`` answers its ``/health`` endpoint within ``timeout``."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=timeout) as response:  # noqa: S310 (http(s) only)
+            if response.status == 200:
+                return
+            why = f"HTTP {response.status}"
+    except urllib.error.HTTPError as e:
+        why = f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError) as e:
+        why = str(getattr(e, "reason", e))
+    raise TaskregError(f"tracking server {uri} is unreachable ({why}): start it or fix the registry's tracking URI")
+
+
 def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -60,7 +105,8 @@ def _quiet_mlflow() -> None:
 @dataclass(frozen=True)
 class RunRef:
     run_id: str
-    artifact_dir: Path  # local directory holding the run's artifacts
+    artifact_dir: Path  # local directory holding the run's artifacts (remote store: the run's local cache)
+    artifact_uri: str = ""  # the run's artifact root as MLflow names it (set by start_run)
 
 
 @dataclass(frozen=True)
@@ -77,18 +123,25 @@ class RunData:
 
 
 class Tracker:
-    """Thin wrapper over ``MlflowClient`` bound to one registry root."""
+    """Thin wrapper over ``MlflowClient`` bound to one registry root (and its tracking server, when ``uri``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, uri: str | None = None) -> None:
         self.root = Path(root).resolve()
         self.db = self.root / "mlflow.db"
-        self.uri = f"sqlite:///{self.db}"
+        self.remote = uri is not None
+        self.uri = check_tracking_uri(uri) if uri is not None else f"sqlite:///{self.db}"
+        self.artifact_cache = self.root / "cache" / "artifacts"
         self._client: MlflowClient | None = None
         self._experiments: dict[str, str] = {}
 
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
+            if self.remote:  # fail in one line (not after MLflow's minutes of retries) when the server is down
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+                os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # stdout is the command's (--json)
+                require_reachable(self.uri)
             _quiet_mlflow()
             from mlflow.tracking import MlflowClient
 
@@ -100,7 +153,9 @@ class Tracker:
         if name not in self._experiments:
             full = f"taskreg-{name}"
             exp = self.client.get_experiment_by_name(full)
-            if exp is None:
+            if exp is None and self.remote:  # the server's artifact root (mlflow-artifacts:/...)
+                eid = self.client.create_experiment(full)
+            elif exp is None:
                 location = self.root / "artifacts" / name
                 location.mkdir(parents=True, exist_ok=True)
                 eid = self.client.create_experiment(full, artifact_location=location.as_uri())
@@ -117,6 +172,12 @@ class Tracker:
         here with the registry's ``artifacts/`` as its artifact root, and an older registry's ``Default`` that
         points elsewhere is re-pointed, so nothing an MLflow user logs to it lands outside the registry.
         """
+        if self.remote:
+            for name in EXPERIMENTS:
+                self.experiment_id(name)
+            if registry_id is not None:
+                self.set_registry_id(registry_id)
+            return
         if not (self.root / "mlflow.db").exists():
             _quiet_mlflow()
             from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -145,7 +206,9 @@ class Tracker:
         rid = run.info.run_id
         if params:  # one call for all parameters
             self.client.log_batch(rid, params=[Param(key, str(value)[:6000]) for key, value in params.items()])
-        return RunRef(rid, mlflow_store.local_path(run.info.artifact_uri))
+        if self.remote:
+            return RunRef(rid, self.artifact_cache / rid, run.info.artifact_uri)
+        return RunRef(rid, mlflow_store.local_path(run.info.artifact_uri), run.info.artifact_uri)
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log ``metrics`` in one call (one timestamp for all)."""
@@ -159,14 +222,60 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
 
     def artifact_dir(self, run_id: str) -> Path:
-        """The local directory holding the artifacts of run ``run_id``."""
+        """The local directory holding the artifacts of run ``run_id`` (remote store: all of them downloaded into
+        the run's cache directory)."""
+        if self.remote:
+            target = self.artifact_cache / run_id
+            target.mkdir(parents=True, exist_ok=True)
+            self.client.download_artifacts(run_id, "", str(target))
+            return target
         return mlflow_store.local_path(self.client.get_run(run_id).info.artifact_uri)
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> Path:
-        """Copy a local file into the run's artifacts; return the stored file's path."""
+        """Copy a local file into the run's artifacts; return the stored file's local path (remote store: the file
+        is uploaded to the server and its copy kept in the run's cache directory)."""
         self.client.log_artifact(run_id, str(path), artifact_path)
-        base = self.artifact_dir(run_id)
-        return (base / artifact_path / Path(path).name) if artifact_path else base / Path(path).name
+        base = self.artifact_cache / run_id if self.remote else self.artifact_dir(run_id)
+        stored = (base / artifact_path / Path(path).name) if artifact_path else base / Path(path).name
+        if self.remote:
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stored.with_name(f"{stored.name}.{os.getpid()}.tmp")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, stored)
+        return stored
+
+    def artifact_ref(self, run_id: str, stored: Path) -> str:
+        """How the catalog names an artifact file :meth:`log_artifact` stored: its path relative to the registry
+        root, or ``runs:/RUN_ID/PATH`` on a remote store."""
+        if self.remote:
+            return f"{RUNS_SCHEME}{run_id}/{stored.relative_to(self.artifact_cache / run_id).as_posix()}"
+        return str(stored.relative_to(self.root))
+
+    def local_file(self, ref: str, *, refresh: bool = False) -> Path:
+        """The local file of an artifact named as :meth:`artifact_ref` does: ``<root>/REF``, or for ``runs:/`` its
+        copy in the artifact cache, downloaded from the tracking server when missing (or ``refresh``). The path
+        may not exist (a missing artifact); the caller checks the sha256 the catalog recorded."""
+        if not ref.startswith(RUNS_SCHEME):
+            return self.root / ref
+        run_id, _, path = ref[len(RUNS_SCHEME):].partition("/")
+        local = self.artifact_cache / run_id / path
+        if local.is_file() and not refresh:
+            return local
+        from mlflow.exceptions import MlflowException
+
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=self.artifact_cache) as tmp:
+            try:
+                got = Path(self.client.download_artifacts(run_id, path, tmp))
+            except (MlflowException, OSError):
+                return local if local.is_file() and not refresh else self._forget(local)
+            os.replace(got, local)
+        return local
+
+    @staticmethod
+    def _forget(local: Path) -> Path:
+        local.unlink(missing_ok=True)
+        return local
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
@@ -201,8 +310,9 @@ class Tracker:
 
     def run_data(self, run_id: str) -> RunData:
         run = self.client.get_run(run_id)
+        artifacts = self.artifact_dir(run_id) if self.remote else mlflow_store.local_path(run.info.artifact_uri)
         return RunData(run_id, run.info.run_name or "", int(run.info.start_time or 0), dict(run.data.tags),
-                       dict(run.data.params), dict(run.data.metrics), mlflow_store.local_path(run.info.artifact_uri))
+                       dict(run.data.params), dict(run.data.metrics), artifacts)
 
     def pending_runs(self) -> list[str]:
         return list(self.runs_in_state("pending"))
@@ -230,7 +340,11 @@ class Tracker:
             self.client.get_registered_model(name)
         except MlflowException:
             self.client.create_registered_model(name, tags=dict(tags))
-        source = (run.artifact_dir / artifact_path).as_uri()
+        if self.remote:
+            base = run.artifact_uri or self.client.get_run(run.run_id).info.artifact_uri
+            source = f"{base.rstrip('/')}/{artifact_path}"
+        else:
+            source = (run.artifact_dir / artifact_path).as_uri()
         mv = self.client.create_model_version(name, source=source, run_id=run.run_id, tags=dict(tags))
         self.client.set_registered_model_alias(name, ALIAS, mv.version)
         return str(mv.version)
@@ -247,6 +361,8 @@ class Tracker:
         """Registered model name -> tags. Read straight from ``mlflow.db`` (10,000 models: ~20 s through the
         MLflow client on a loaded 2-core machine, well under a second this way); through the client when
         the schema is not the expected one."""
+        if self.remote:
+            return self.registered_models_via_api()
         models = mlflow_store.registered_model_tags(self.db)
         return self.registered_models_via_api() if models is None else models
 
@@ -270,7 +386,7 @@ class Tracker:
     def model_runs(self, name: str | None = None) -> dict[str, set[str]]:
         """Registered model name -> the run ids of its versions (only ``name`` when given), read like
         :meth:`run_states`; through the client when the schema differs."""
-        out = mlflow_store.model_version_runs(self.db, name)
+        out = None if self.remote else mlflow_store.model_version_runs(self.db, name)
         if out is None:
             runs = self.model_runs_via_api()
             return runs if name is None else {k: v for k, v in runs.items() if k == name}
@@ -295,7 +411,7 @@ class Tracker:
         well under a second, where MLflow's ORM spends ~1 ms a run (and seconds on its import). When
         the tracking schema is not the expected one, one paged ``search_runs`` gives the same answer.
         """
-        runs = mlflow_store.run_tags(self.db, [f"taskreg-{name}" for name in EXPERIMENTS])
+        runs = None if self.remote else mlflow_store.run_tags(self.db, [f"taskreg-{name}" for name in EXPERIMENTS])
         if runs is None:
             return self.run_states_via_api()
         states = {r: "deleted" if stage == "deleted" else runs.tags[r].get("taskreg.state", "committed")
@@ -319,15 +435,41 @@ class Tracker:
                 return out
 
     def stored_registry_id(self) -> str | None:
-        """The registry id recorded in ``mlflow.db`` (read-only, no MLflow import); None when there is none."""
+        """The registry id recorded in ``mlflow.db`` (read-only, no MLflow import), or on the tracking server; None
+        when there is none."""
+        if self.remote:
+            exp = self.client.get_experiment_by_name("taskreg-tasks")
+            return None if exp is None else exp.tags.get(REGISTRY_ID_TAG)
         return stored_registry_id(self.db)
 
     def store_summary(self) -> StoreSummary | None:
-        """What ``mlflow.db`` holds, read-only (see :func:`store_summary`); None when it is not an MLflow store."""
+        """What ``mlflow.db`` (or the tracking server) holds, read-only (see :func:`store_summary`); None when it is
+        not an MLflow store."""
+        if self.remote:
+            return self.store_summary_via_api()
         return store_summary(self.db)
 
+    def store_summary_via_api(self) -> StoreSummary:
+        """:meth:`store_summary` through the client: the taskreg experiments' active runs by (state, kind), and the
+        registered models (all of the server's: a tracking server holds one registry)."""
+        ids = [exp.experiment_id for name in EXPERIMENTS
+               if (exp := self.client.get_experiment_by_name(f"taskreg-{name}")) is not None]
+        runs: dict[tuple[str, str], int] = {}
+        token = None
+        while ids:
+            page = self.client.search_runs(ids, max_results=5000, page_token=token)
+            for run in page:
+                key = (run.data.tags.get("taskreg.state", "committed"), run.data.tags.get("taskreg.kind", ""))
+                runs[key] = runs.get(key, 0) + 1
+            token = page.token
+            if not token:
+                break
+        return StoreSummary(self.stored_registry_id(), runs, len(self.registered_models_via_api()))
+
     def recorded_root(self) -> Path | None:
-        """The registry root that ``mlflow.db`` was created under."""
+        """The registry root that ``mlflow.db`` was created under (None on a remote store: nothing to relocate)."""
+        if self.remote:
+            return None
         location = mlflow_store.tasks_artifact_location(self.db)
         return None if location is None else mlflow_store.local_path(location).parent.parent  # <root>/artifacts/tasks
 
@@ -346,7 +488,10 @@ class Tracker:
 
     def copy_store(self, dest: Path) -> None:
         """A transactionally consistent copy of this ``mlflow.db`` as ``dest`` (a new file; sqlite's online backup
-        API, so a concurrent MLflow reader or writer never leaves a torn copy)."""
+        API, so a concurrent MLflow reader or writer never leaves a torn copy). Refused on a remote store."""
+        if self.remote:
+            raise TaskregError(f"the MLflow store of this registry is the tracking server {self.uri}: it cannot be "
+                               "copied from here (back up the server's database and artifact store there)")
         mlflow_store.copy_database(self.db, dest)
 
 

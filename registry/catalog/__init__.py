@@ -83,6 +83,8 @@ from taskreg.registry.catalog.schema import (
     registry_id,
     schema_version,
     set_registry_id,
+    set_tracking_uri,
+    tracking_uri,
     transaction,
 )
 from taskreg.registry.catalog.snapshot import SNAPSHOT_TABLES, export_tables, import_tables
@@ -142,7 +144,8 @@ __all__ = [
     "list_tasks", "migrate", "referenced_run_ids", "registry_id", "run_references", "schema_version",
     "measured_errors_by_fingerprint", "measured_expert_ids", "model2vec_count", "model2vec_expert_ids",
     "model2vec_kinds_of_expert", "model2vec_rows", "model2vec_vectors", "model2vec_with_bias", "replace_model2vec",
-    "set_created_at", "set_registry_id", "task_embedding_infos", "task_exists", "task_results",
+    "set_created_at", "set_registry_id", "set_tracking_uri", "tracking_uri", "task_embedding_infos", "task_exists",
+    "task_results",
     "task_name_by_fingerprint",
     "task_run_ids", "task_vector_kinds", "task_vectors", "task_vectors_by_id", "transaction",
     "trivial_embedding", "vector_param", "vectors_to_numpy", "weight_files",

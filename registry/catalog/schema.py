@@ -195,7 +195,7 @@ CREATE TABLE trivial_embeddings (
 
 _MIGRATION_3 = """
 CREATE TABLE registry_info (
-    key         VARCHAR PRIMARY KEY,       -- 'registry_id'
+    key         VARCHAR PRIMARY KEY,       -- 'registry_id'; 'tracking_uri' (a registry on a tracking server)
     value       VARCHAR NOT NULL
 );
 """
@@ -303,6 +303,19 @@ def registry_id(con: duckdb.DuckDBPyConnection) -> str | None:
 
 def set_registry_id(con: duckdb.DuckDBPyConnection, value: str) -> None:
     con.execute("INSERT INTO registry_info VALUES ('registry_id', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
+                [value, value])
+
+
+def tracking_uri(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The MLflow tracking server the registry's runs, weights and models live on; None: the local ``mlflow.db``."""
+    if schema_version(con) < 3:
+        return None
+    row = con.execute("SELECT value FROM registry_info WHERE key = 'tracking_uri'").fetchone()
+    return str(row[0]) if row else None
+
+
+def set_tracking_uri(con: duckdb.DuckDBPyConnection, value: str) -> None:
+    con.execute("INSERT INTO registry_info VALUES ('tracking_uri', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
                 [value, value])
 
 

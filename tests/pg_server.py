@@ -1,0 +1,126 @@
+"""A real PostgreSQL cluster and an ``mlflow server --serve-artifacts`` over it on 127.0.0.1, in a temporary directory
+(tests/test_tracking_server.py and benchmarks/tracking_server_bench.py). :func:`tracking_server` raises
+:class:`Unavailable` with a one-line reason where they cannot start."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVER_WAIT = 90.0  # seconds: the first start runs MLflow's migrations on the empty database
+
+
+class Unavailable(RuntimeError):
+    """PostgreSQL or the MLflow server cannot run here (the message says why, in one line)."""
+
+
+@dataclass(frozen=True)
+class TrackingServer:
+    uri: str
+    artifacts: Path  # the server's --artifacts-destination
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(versions[-1]) if versions else None
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: there, run it as the ``postgres`` user of Debian's package."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "no output"
+
+
+@contextmanager
+def tracking_server() -> Iterator[TrackingServer]:
+    """Start PostgreSQL (initdb in a temporary directory, a free port, its socket directory there too), create a
+    database, start ``mlflow server`` on it with served artifacts; stop both and remove everything on exit."""
+    try:
+        import psycopg  # noqa: F401  (the backend store's driver, the `team` extra)
+    except ImportError:
+        raise Unavailable("psycopg is not installed (pip install 'taskreg[team]')") from None
+    tools = {name: _pg_bin(name) for name in ("initdb", "pg_ctl", "createdb")}
+    if None in tools.values():
+        raise Unavailable(f"PostgreSQL binaries not found ({', '.join(k for k, v in tools.items() if not v)})")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        raise Unavailable("running as root without runuser to start PostgreSQL as another user")
+    base = Path(tempfile.mkdtemp(prefix="taskreg-pg-"))  # not pytest's tmp dir: the postgres user must reach it
+    data, sock, pg_port, ml_port = base / "data", base / "sock", free_port(), free_port()
+    sock.mkdir()
+    pg_started, mlflow = False, None
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(base, "postgres")
+            shutil.chown(sock, "postgres")
+        init = subprocess.run(_as_postgres([str(tools["initdb"]), "-D", str(data), "-A", "trust", "-U", "taskreg",
+                                            "--no-sync"]), capture_output=True, text=True)
+        if init.returncode:
+            raise Unavailable(f"initdb failed: {_last_line(init.stderr)}")
+        start = subprocess.run(_as_postgres([str(tools["pg_ctl"]), "-D", str(data), "-l", str(base / "pg.log"), "-w",
+                                             "-o", f"-h 127.0.0.1 -p {pg_port} -k {sock} -F", "start"]),
+                               capture_output=True, text=True)
+        if start.returncode:
+            raise Unavailable(f"PostgreSQL did not start: {_last_line(start.stderr)}")
+        pg_started = True
+        made = subprocess.run([str(tools["createdb"]), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "taskreg",
+                               "mlflow"], capture_output=True, text=True)
+        if made.returncode:
+            raise Unavailable(f"createdb failed: {_last_line(made.stderr)}")
+        artifacts = base / "artifacts"
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+        with open(base / "mlflow.log", "wb") as log:
+            mlflow = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                 f"postgresql+psycopg://taskreg@127.0.0.1:{pg_port}/mlflow", "--serve-artifacts",
+                 "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(ml_port),
+                 "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        uri = f"http://127.0.0.1:{ml_port}"
+        deadline = time.monotonic() + SERVER_WAIT
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if mlflow.poll() is not None or time.monotonic() > deadline:
+                raise Unavailable(f"mlflow server did not come up: {_last_line((base / 'mlflow.log').read_text())}")
+            time.sleep(0.5)
+        yield TrackingServer(uri, artifacts)
+    finally:
+        if mlflow is not None:
+            os.killpg(mlflow.pid, signal.SIGTERM)
+            try:
+                mlflow.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                os.killpg(mlflow.pid, signal.SIGKILL)
+                mlflow.wait()
+        if pg_started:
+            subprocess.run(_as_postgres([str(tools["pg_ctl"]), "-D", str(data), "-m", "immediate", "stop"]),
+                           capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
