@@ -62,27 +62,49 @@ def _train_sample(n: int, per_list: int, nlist: int, seed: int = 0) -> np.ndarra
     return np.sort(rng.choice(n, size=min(n, per_list * nlist), replace=False))
 
 
+_CENTROIDS: dict[int, tuple[np.ndarray, float]] = {}  # nlist -> (k-means centroids, seconds to train them)
+
+
+def coarse_centroids(x: np.ndarray, nlist: int, train_per_list: int) -> tuple[np.ndarray, float]:
+    """The IVF lists' k-means, trained once per nlist and shared by the candidates that use it (same sample, seed
+    and settings as ``build_index``; the build time of each candidate includes it)."""
+    import faiss
+
+    if nlist not in _CENTROIDS:
+        t0 = time.perf_counter()
+        cp = faiss.ClusteringParameters()
+        cp.niter, cp.seed, cp.max_points_per_centroid = 10, 0, train_per_list
+        clus = faiss.Clustering(x.shape[1], nlist, cp)
+        clus.train(np.ascontiguousarray(x[_train_sample(len(x), train_per_list, nlist)]), faiss.IndexFlatIP(x.shape[1]))
+        _CENTROIDS[nlist] = faiss.vector_to_array(clus.centroids).reshape(nlist, -1), time.perf_counter() - t0
+    return _CENTROIDS[nlist]
+
+
 def ivf_quantised(nlist: int, code: str, refine: bool, *, train_per_list: int = 40) -> Callable:
-    """IVF over ``code`` ('SQ8', 'SQfp16', 'PQ<m>') with an exact IndexRefineFlat on top when ``refine``."""
+    """IVF over ``code`` ('Flat', 'SQ8', 'SQfp16', 'PQ<m>') with an exact IndexRefineFlat on top when ``refine``.
+    Returns a builder giving (index, seconds of k-means training to add to its build time)."""
 
     def build(ids: np.ndarray, x: np.ndarray) -> object:
         import faiss
 
         d = x.shape[1]
+        shared = nlist in _CENTROIDS  # trained by an earlier candidate: add its time to this build's
+        centroids, kmeans_s = coarse_centroids(x, nlist, train_per_list)
+        kmeans_s = kmeans_s if shared else 0.0
         quantizer = faiss.IndexFlatIP(d)
-        if code.startswith("PQ"):
+        quantizer.add(centroids)  # trained: IndexIVF.train skips the k-means
+        if code == "Flat":
+            base = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        elif code.startswith("PQ"):
             base = faiss.IndexIVFPQ(quantizer, d, nlist, int(code[2:]), 8, faiss.METRIC_INNER_PRODUCT)
         else:
             qt = {"SQ8": faiss.ScalarQuantizer.QT_8bit, "SQfp16": faiss.ScalarQuantizer.QT_fp16}[code]
             base = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, qt, faiss.METRIC_INNER_PRODUCT)
-        base.cp.niter = 10
-        base.cp.seed = 0
-        base.cp.max_points_per_centroid = train_per_list
         base.train(np.ascontiguousarray(x[_train_sample(len(x), train_per_list, nlist)]))
         inner = faiss.IndexRefineFlat(base) if refine else base
         index = faiss.IndexIDMap2(inner)
         index.add_with_ids(x, ids)  # one call: the refine store is allocated once, not grown by doubling
-        return index
+        return index, kmeans_s
 
     return build
 
@@ -154,17 +176,20 @@ def candidates(n: int) -> list[Candidate]:
     from taskreg.registry import index as ix
 
     nl = ix.ivf_nlist(n)  # 500 at 1M: the registry's nlist before this issue
-    nl4 = 4 * nl
+    nl2, nl4 = 2 * nl, 4 * nl
+
+    def ivf(ps: tuple[int, ...], kfs: tuple[float | None, ...] = (None,)) -> list[tuple[str, Callable[[], object]]]:
+        return [(f"nprobe={p}" + (f" k_factor={kf:g}" if kf else ""), ivf_params(p, kf)) for p in ps for kf in kfs]
+
     return [
         Candidate(f"IVF{nl}-Flat (baseline: build_index before issue 16)",
-                  lambda ids, x: ix.build_index(ids, x, index_type="ivf"),
-                  [(f"nprobe={p}", ivf_params(p)) for p in sorted({24, ix.ivf_nprobe(nl)})]),
-        Candidate(f"IVF{nl}-SQ8 + RefineFlat", ivf_quantised(nl, "SQ8", True),
-                  [(f"nprobe={p} k_factor={kf}", ivf_params(p, kf)) for p in (24, 40, 64) for kf in (4, 8)]),
+                  lambda ids, x: ix.build_index(ids, x, index_type="ivf"), ivf(tuple(sorted({24, ix.ivf_nprobe(nl)})))),
+        Candidate(f"IVF{nl4}-Flat", ivf_quantised(nl4, "Flat", False), ivf((64,))),
+        Candidate(f"IVF{nl4}-SQfp16", ivf_quantised(nl4, "SQfp16", False), ivf((48, 64, 100))),
         Candidate(f"IVF{nl4}-SQ8 + RefineFlat", ivf_quantised(nl4, "SQ8", True),
-                  [(f"nprobe={p} k_factor={kf}", ivf_params(p, kf)) for p in (64, 100, 160, 240) for kf in (4, 8)]),
-        Candidate(f"IVF{nl}-PQ98 + RefineFlat", ivf_quantised(nl, "PQ98", True),
-                  [(f"nprobe={p} k_factor={kf}", ivf_params(p, kf)) for p in (40,) for kf in (8, 32)]),
+                  ivf((64,), (4, 8)) + ivf((100,), (8,))),
+        Candidate(f"IVF{nl2}-SQfp16", ivf_quantised(nl2, "SQfp16", False), ivf((40, 64))),
+        Candidate(f"IVF{nl}-PQ98 + RefineFlat", ivf_quantised(nl, "PQ98", True), ivf((40,), (32,))),
     ]
 
 
@@ -194,9 +219,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--hnsw-n", type=int, default=200_000, help="HNSW is built on this prefix only (0: skip): "
                     "at 1M its build alone would take ~10 min on this machine")
+    ap.add_argument("--hnsw-sq", action="store_true", help="also HNSW over SQ8 codes + exact refine")
     ap.add_argument("--only", nargs="*", default=None, help="candidate label prefixes to run")
     ap.add_argument("--registry", action="store_true", help="also time build_index()/search() as the registry "
                     "runs them (the chosen type)")
+    ap.add_argument("--under", default="/work/wt/alone", help="how the run was scheduled (said in RESULTS.md)")
     ap.add_argument("--no-results", action="store_true")
     args = ap.parse_args()
     from taskreg.registry import index as ix
@@ -225,9 +252,10 @@ def main() -> None:
     if args.hnsw_n:
         h = min(args.hnsw_n, n)
         runs += [Candidate(f"HNSW32-Flat efC=80 [first {h:,}]", hnsw(32, 80, None),
-                           [(f"efSearch={e}", hnsw_params(e)) for e in (64, 256)]),
-                 Candidate(f"HNSW32-SQ8 + RefineFlat efC=80 [first {h:,}]", hnsw(32, 80, "SQ8"),
-                           [(f"efSearch={e} k_factor=4", hnsw_params(e, 4)) for e in (64, 256)])]
+                           [(f"efSearch={e}", hnsw_params(e)) for e in (64, 256)])]
+        if args.hnsw_sq:
+            runs.append(Candidate(f"HNSW32-SQ8 + RefineFlat efC=80 [first {h:,}]", hnsw(32, 80, "SQ8"),
+                                  [(f"efSearch={e} k_factor=4", hnsw_params(e, 4)) for e in (64, 256)]))
     for cand in runs:
         if args.only and not any(cand.label.startswith(o) for o in args.only):
             continue
@@ -236,8 +264,10 @@ def main() -> None:
         gc.collect()
         before = rss_mb()
         t0 = time.perf_counter()
-        index = cand.build(ids[:sub_n], db[:sub_n])
-        build_s = time.perf_counter() - t0
+        built = cand.build(ids[:sub_n], db[:sub_n])
+        index, extra_s = built if isinstance(built, tuple) else (built, 0.0)
+        del built  # else the tuple keeps this index alive next to the next one
+        build_s = time.perf_counter() - t0 + extra_s  # + the shared k-means, when it was trained earlier
         grown = rss_mb() - before
         mb = index_mb(index)
         for label, make in cand.settings:
@@ -252,7 +282,7 @@ def main() -> None:
         gc.collect()
         before = rss_mb()
         t0 = time.perf_counter()
-        index = ix.build_index(ids, np.array(db))  # what rebuild gets: an in-memory array read from DuckDB
+        index = ix.build_index(ids, db)
         build_s = time.perf_counter() - t0
         grown = rss_mb() - before
         times, found = [], []
@@ -268,13 +298,14 @@ def main() -> None:
                   p99 / base_p99, recall(got[~unseen], truth[~unseen]), recall(got[unseen], truth[unseen]))
         print(" | ".join(str(c) for c in table.rows[-1]), flush=True)
         del index
+        gc.collect()
     del db
     os.unlink(Path(tmp) / "db.f32")
     os.rmdir(tmp)
     table.print()
     load_end = os.getloadavg()
     machine = (f"{os.cpu_count()} CPU cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB "
-               f"RAM; run under /work/wt/alone (no other benchmark), load average {load_start[0]:.1f} at the start, "
+               f"RAM; run under {args.under}, load average {load_start[0]:.1f} at the start, "
                f"{load_end[0]:.1f} at the end; {time.perf_counter() - t_start:.0f} s in all; peak RSS "
                f"{peak_rss_gb():.1f} GB; {time.strftime('%Y-%m-%d')}")
     print(machine)
