@@ -20,7 +20,7 @@ families) in 1.6 GB, where IVF-Flat with 500 lists (the type before issue 16, st
 9 / 16 ms at 1.0 / 0.97 in 3.2 GB: half the bytes per scanned vector and lists four times smaller. It builds in
 about 70 s at 1M (the k-means on 2,000 lists; IVF-Flat: 27 s). Rejected by the same measurement: IVF-SQ8 with
 exact re-ranking (IndexRefineFlat) is as fast but loses unseen-family neighbours in its 8-bit codes (0.97 at
-k_factor 8) and needs 3.9 GB; IVF-PQ + refine lost even seen neighbours; HNSW builds ten times slower, has the
+k_factor 8) and needs 3.9 GB; IVF-PQ + refine lost even seen neighbours; HNSW builds 8x slower, has the
 worst recall on unseen families and cannot remove ids.
 Vectors are normalised and added in chunks, so building never holds a second full copy of them.
 
