@@ -124,6 +124,7 @@ def one_size(n: int, gen: FisherLike, workdir: Path) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--under", default="/work/wt/alone", help="how the run was scheduled (said in RESULTS.md)")
     ap.add_argument("--no-results", action="store_true", help="print only; do not touch RESULTS.md")
     args = ap.parse_args()
     gen = FisherLike(probe_layout())
@@ -139,7 +140,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     command = ("OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/index_add_bench.py "
                + " ".join(sys.argv[1:]))
-    machine = (f"{os.cpu_count()} CPU cores, run under /work/wt/alone, load average {load_start:.1f} at the start, "
+    machine = (f"{os.cpu_count()} CPU cores, run under {args.under}, load average {load_start:.1f} at the start, "
                f"{os.getloadavg()[0]:.1f} at the end; {time.perf_counter() - t_start:.0f} s in all; "
                f"{time.strftime('%Y-%m-%d')}")
     section = "\n".join([
