@@ -15,10 +15,11 @@ one exact query took 39 ms p50 on the shared 2-core test machine), 16,300 of Res
 64-dim domain vectors of a catalog below 1.2M tasks. IVF-SQfp16 clusters the vectors with k-means into
 ``ivf_nlist(n, "ivf16")`` lists (2 sqrt(n): 2,000 at 1M), stores each vector as float16 and scans the
 ``ivf_nprobe`` lists nearest to the query (3.2 %, at least 32: 64 at 1M). At 1M x 784 it answers a top-10
-query in about 3 ms p50 / 6 ms p99 on one thread at recall@10 0.997 (0.98 on queries from unseen task
+query in 2.4 ms p50 / 3.1 ms p99 on one thread at recall@10 0.995 (0.98 on queries from unseen task
 families) in 1.6 GB, where IVF-Flat with 500 lists (the type before issue 16, still ``index_type="ivf"``) took
-9 / 16 ms at 1.0 / 0.97 in 3.2 GB: half the bytes per scanned vector and lists four times smaller. It builds in
-about 70 s at 1M (the k-means on 2,000 lists; IVF-Flat: 27 s). Rejected by the same measurement: IVF-SQ8 with
+9.4 / 12.2 ms at 1.0 / 0.97 in 3.2 GB: half the bytes per scanned vector and lists four times smaller. It builds in
+35 s at 1M on an idle machine (the k-means on 2,000 lists; IVF-Flat: 8 s).
+Rejected by the same measurement: IVF-SQ8 with
 exact re-ranking (IndexRefineFlat) is as fast but loses unseen-family neighbours in its 8-bit codes (0.97 at
 k_factor 8) and needs 3.9 GB; IVF-PQ + refine lost even seen neighbours; HNSW builds 8x slower, has the
 worst recall on unseen families and cannot remove ids.
