@@ -414,6 +414,21 @@ def index_rebuild(registry: RegistryOpt = None) -> None:
     typer.echo(f"rebuilt {len(built)} index(es) in {time.perf_counter() - t0:.2f} s")
 
 
+@index_app.command("compact")
+@handle_errors
+def index_compact(registry: RegistryOpt = None) -> None:
+    """Merge the append logs of large indexes (where `task add` / `task remove` record their vectors) into
+    the index files."""
+    from taskreg.registry import Registry
+
+    reg = Registry.open(root(registry), repair_indexes=False, write="index compact")
+    t0 = time.perf_counter()
+    done = reg.compact_indexes()
+    for kind, (merged, n) in done.items():
+        typer.echo(f"{kind}: {merged} logged vectors merged, {n} in the index")
+    typer.echo(f"compacted {len(done)} index(es) in {time.perf_counter() - t0:.2f} s")
+
+
 # --------------------------------------------------------------------------- data
 
 @data_app.command("inspect")

@@ -1,23 +1,28 @@
-"""Index upkeep after `task add`: appending the new vector to the index on disk vs rebuilding it.
+"""Index upkeep after `task add`: the append log (issue 16) vs rewriting the saved index vs rebuilding it.
 
-Run: .venv/bin/python benchmarks/index_add_bench.py [--sizes 10000 100000 1000000] [--no-results]
+Run: OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/index_add_bench.py
+     [--sizes 10000 100000 1000000] [--no-results]
 
 For each size N: a registry whose catalog holds N synthetic Task2Vec-like vectors (dimension 784, the
-``cifar_resnet20`` probe; the generator of ``scale_bench.py``), its index built and saved. Then one
-more task is committed the way ``add_task`` commits it (catalog row + vector + one generation bump),
-and the index is brought up to date twice from that same state, in the same process:
+``cifar_resnet20`` probe; the generator of ``scale_bench.py``), its index built (``build_index``'s choice) and
+saved. Then tasks are committed one at a time the way ``add_task`` commits them (catalog row + vector + one
+generation bump), and after each the index is brought up to date, in the same process, by:
 
-* baseline: ``rebuild_index`` -- read every vector from DuckDB, build (exact below the size
-  threshold, IVF-Flat with k-means training above), save;
-* ``add_to_index`` -- what ``task add`` does now: load the saved index, append one vector, save.
+* ``add_to_index`` with the append log: one batch appended (O_APPEND + fsync) next to the untouched index file
+  (what ``task add`` does for an index file of at least LOG_MIN_BYTES);
+* ``add_to_index`` rewriting the index file (the path before issue 16, and still for small files): load it,
+  add the log and the vector, save it whole with fsync;
+* ``taskreg index compact``: merge a log of 5 commits into the index file;
+* the baseline, ``rebuild_index``: read every vector from DuckDB, build, save.
 
-Both end with a saved, current index (checked: ``index_problems()`` is empty and the new task is its
-own nearest neighbour). Results go to the "## Index upkeep" section of benchmarks/RESULTS.md.
+Each ends with a saved, current index (checked: ``index_problems()`` is empty and the new task is its own nearest
+neighbour in a freshly opened registry). Results go to the issue-16 section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import shutil
@@ -35,93 +40,121 @@ from scale_bench import FisherLike, probe_layout  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 KIND = "task/p/montecarlo"
-NOTE = """At a million vectors the append is bounded by I/O: the saved index (3.1 GB) is read whole and written
-whole (with fsync) for one new vector. An append-only delta file next to the index would make it
-constant-time; not done. The benchmark holds the vectors, the catalog's Arrow copy and two indexes at
-once: peak RSS {rss:.1f} GB."""
+FILL_CHUNK = 200_000  # vectors generated and inserted at a time (bounded memory at 1M)
 
 
-def fill(reg: object, vectors: np.ndarray, start: int) -> np.ndarray:
-    """Insert one task + montecarlo vector per row (bulk, Arrow) and bump the generation once; returns ids."""
+def fill(reg: object, gen: FisherLike, n: int, start: int, seed: int, *, novel: bool = False) -> tuple[
+        np.ndarray, np.ndarray]:
+    """Insert ``n`` tasks + montecarlo vectors (bulk, Arrow, in chunks) in one transaction and bump the generation
+    once; returns (ids, the vectors of the last chunk)."""
     from taskreg.registry import catalog
 
-    n = len(vectors)
-    names = [f"t{start + i:07d}" for i in range(n)]
+    all_ids = []
     with reg.write() as con:
-        catalog.insert_columns(con, "tasks", {
-            "name": names, "source": ["s"] * n, "domain": ["d"] * n, "n_samples": np.ones(n, np.int32),
-            "n_classes": np.full(n, 2, np.int32), "fingerprint": ["f"] * n})
-        ids = np.array([r[0] for r in con.execute(
-            "SELECT id FROM tasks WHERE name >= ? ORDER BY name", [names[0]]).fetchall()], dtype=np.int64)
-        catalog.insert_columns(con, "task_embeddings", {
-            "task_id": ids.astype(np.int32), "probe": ["p"] * n, "method": ["montecarlo"] * n, "vector": vectors,
-            "norm": np.linalg.norm(vectors, axis=1).astype(np.float64), "n_samples": np.ones(n, np.int32),
-            "seed": np.zeros(n, np.int32), "seconds": np.zeros(n), "run_id": [None] * n})
+        for c0 in range(0, n, FILL_CHUNK):
+            m = min(FILL_CHUNK, n - c0)
+            vectors = gen.sample_novel(m, seed=seed + c0) if novel else gen.sample(m, seed=seed + c0)
+            names = [f"t{start + c0 + i:07d}" for i in range(m)]
+            catalog.insert_columns(con, "tasks", {
+                "name": names, "source": ["s"] * m, "domain": ["d"] * m, "n_samples": np.ones(m, np.int32),
+                "n_classes": np.full(m, 2, np.int32), "fingerprint": ["f"] * m})
+            ids = np.array([r[0] for r in con.execute(
+                "SELECT id FROM tasks WHERE name >= ? ORDER BY name", [names[0]]).fetchall()], dtype=np.int64)
+            catalog.insert_columns(con, "task_embeddings", {
+                "task_id": ids.astype(np.int32), "probe": ["p"] * m, "method": ["montecarlo"] * m,
+                "vector": vectors, "norm": np.linalg.norm(vectors, axis=1).astype(np.float64),
+                "n_samples": np.ones(m, np.int32), "seed": np.zeros(m, np.int32), "seconds": np.zeros(m),
+                "run_id": [None] * m})
+            all_ids.append(ids)
         catalog.bump_generation(con, KIND)
-    return ids
+    return np.concatenate(all_ids), vectors
 
 
-def one_size(n: int, gen: FisherLike, workdir: Path) -> tuple[float, float, str]:
+def timed(fn: object) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()  # type: ignore[operator]
+    return time.perf_counter() - t0, out
+
+
+def one_size(n: int, gen: FisherLike, workdir: Path) -> dict[str, object]:
     from taskreg.registry import Registry
-    from taskreg.registry.index import search
+    from taskreg.registry.index import LOG_MIN_BYTES, search
 
     root = workdir / f"reg-{n}"
     reg = Registry.init(root)
-    fill(reg, gen.sample(n, seed=1), 0)
+    fill(reg, gen, n, 0, seed=1)
+    gc.collect()
     reg.rebuild_index(KIND)
-    index_type = reg.indexes.manifest(KIND).index_type
-    new = gen.sample_novel(1, seed=2)
-    new_id = fill(reg, new, n)
-    saved = reg.indexes.paths(KIND)[0].read_bytes(), reg.indexes.paths(KIND)[1].read_bytes()
+    gc.collect()
+    m = reg.indexes.manifest(KIND)
+    out: dict[str, object] = {"n": n, "type": m.index_type, "MB": m.file_size / 1e6,
+                              "default": "log" if m.file_size >= LOG_MIN_BYTES else "rewrite"}
+    manager, total, serial = reg.index_manager, n, 0
 
-    t0 = time.perf_counter()
-    reg.rebuild_index(KIND)
-    rebuild = time.perf_counter() - t0
+    def commit_and_add(path: str) -> float:
+        nonlocal total, serial
+        serial += 1
+        new_id, new = fill(reg, gen, 1, n + serial, seed=100 + serial, novel=True)
+        manager.log_min_bytes = 0 if path == "log" else 2**62
+        seconds, count = timed(lambda: reg.add_to_index(KIND, new_id, new))
+        total += 1
+        assert count == total and reg.index_problems() == {}, (count, total, reg.index_problems())
+        logged = reg.indexes.log_path(KIND).exists()
+        assert logged == (path == "log"), (path, logged)
+        ids, _ = search(Registry.open(root).index(KIND), new[0], 1)
+        assert ids.tolist() == new_id.tolist(), (ids, new_id)
+        return seconds
+
+    out["log"] = float(np.median([commit_and_add("log") for _ in range(5)]))
+    out["rewrite"] = commit_and_add("rewrite")  # merges the log's 5 vectors too
+    for _ in range(5):
+        commit_and_add("log")
+    out["compact"], done = timed(reg.compact_indexes)
+    assert done == {KIND: (5, total)} and not reg.indexes.log_path(KIND).exists(), done
     assert reg.index_problems() == {}
-    for path, data in zip(reg.indexes.paths(KIND), saved, strict=True):  # back to the pre-commit index
-        path.write_bytes(data)
-    reg.index_manager.cache.clear()
-
-    t0 = time.perf_counter()
-    total = reg.add_to_index(KIND, new_id, new)
-    append = time.perf_counter() - t0
-    assert total == n + 1 and reg.index_problems() == {}
-    ids, _ = search(Registry.open(root).index(KIND), new[0], 1)
-    assert ids.tolist() == new_id.tolist(), (ids, new_id)
+    gc.collect()
+    out["rebuild"], _ = timed(lambda: reg.rebuild_index(KIND))
+    out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(out, flush=True)
     shutil.rmtree(root)
-    return rebuild, append, index_type
+    gc.collect()
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--under", default="/work/wt/alone", help="how the run was scheduled (said in RESULTS.md)")
     ap.add_argument("--no-results", action="store_true", help="print only; do not touch RESULTS.md")
     args = ap.parse_args()
     gen = FisherLike(probe_layout())
     rows = []
+    load_start = os.getloadavg()[0]
+    t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="index-add-bench-") as tmp:
         for n in args.sizes:
-            rebuild, append, kind = one_size(n, gen, Path(tmp))
-            rows.append(f"| {n:,} | {kind} | {rebuild:.2f} | {append:.2f} | {rebuild / append:.1f}x |")
+            r = one_size(n, gen, Path(tmp))
+            rows.append(f"| {n:,} | {r['type']} | {r['MB']:,.0f} | {r['default']} | {r['log']:.4f} | "
+                        f"{r['rewrite']:.2f} | {r['compact']:.2f} | {r['rebuild']:.2f} | "
+                        f"{r['rewrite'] / r['log']:,.0f}x | {r['rss']:.1f} |")
             print(rows[-1], flush=True)
-    command = ".venv/bin/python benchmarks/index_add_bench.py " + " ".join(sys.argv[1:])
+    command = ("OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/index_add_bench.py "
+               + " ".join(sys.argv[1:]))
+    machine = (f"{os.cpu_count()} CPU cores, run under {args.under}, load average {load_start:.1f} at the start, "
+               f"{os.getloadavg()[0]:.1f} at the end; {time.perf_counter() - t_start:.0f} s in all; "
+               f"{time.strftime('%Y-%m-%d')}")
     section = "\n".join([
-        "## Index upkeep after `task add`", "",
-        f"Command: `{command.strip()}` (dimension {gen.dim}; seconds to make the index current after one "
-        "new task; both paths end with the index saved and checked).", "",
-        "| vectors | index | rebuild from DuckDB (s) | append to saved index (s) | speed-up |",
-        "|---:|---|---:|---:|---:|", *rows, "",
-        NOTE.format(rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20), ""])
+        "### Index upkeep after `task add` (`benchmarks/index_add_bench.py`)", "",
+        f"Command: `{command.strip()}` (dimension {gen.dim}; seconds to make the index current after one new "
+        "task; every path ends with the index saved and checked).", "", machine, "",
+        "| vectors | index | file MB | `task add` uses | append to the log (s, median of 5) | rewrite the index "
+        "file (s) | compact a 5-commit log (s) | rebuild from DuckDB (s) | rewrite / log | peak RSS so far (GB) |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|", *rows, ""])
     print(section)
     if not args.no_results:
-        text = RESULTS.read_text()
-        start = text.find("## Index upkeep")
-        if start >= 0:
-            end = text.find("\n## ", start + 3)
-            text = text[:start] + section + ("" if end < 0 else text[end + 1:])
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        RESULTS.write_text(text)
+        from index_bench import write_section
+
+        write_section(section)
 
 
 if __name__ == "__main__":

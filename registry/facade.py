@@ -128,6 +128,7 @@ class Registry:
     add_to_index = _Delegate("index_manager.add")
     remove_from_index = _Delegate("index_manager.remove")
     rebuild_indexes = _Delegate("index_manager.rebuild_all")
+    compact_indexes = _Delegate("index_manager.compact_all")
     index_problems = _Delegate("index_manager.problems")
     repair_indexes = _Delegate("index_manager.repair")
 

@@ -1,86 +1,87 @@
-"""Faiss indexes derived from the catalog: build, persist atomically, detect staleness, search, and their
-lifecycle in a registry (:class:`IndexManager`: rebuild, repair, append, remove).
+"""Faiss indexes derived from the catalog: build, search, and their lifecycle in a registry
+(:class:`IndexManager`: rebuild, repair, append, remove, compact). The files (index, manifest, append log)
+are :mod:`taskreg.registry.index_store`'s.
 
 One index per vector kind (``task/<probe>/<method>``, ``model2vec/<probe>/<method>``,
 ``domain/<probe>/domain``), keyed by catalog ids (``IndexIDMap2``). Vectors are L2-normalised so
 inner product is cosine similarity. The asymmetric Task2Vec distance is not a metric, so the
 index only proposes candidates; the caller re-ranks them exactly.
 
-Index type (chosen by measurement, see ``benchmarks/scale_bench.py`` and the "Scale" section of
-``benchmarks/RESULTS.md``): an exact ``IndexFlatIP`` while an exact query is cheap, an
-``IndexIVFFlat`` above that. An exact query reads all n x dim floats, so the switch is at
-``n * dim >= APPROXIMATE_THRESHOLD`` floats: 100,000 Task2Vec vectors of ``cifar_resnet20``
-(784 filters; there one exact query took 39 ms p50 on the shared 2-core test machine, IVF 5.6 ms
-at recall@10 0.996), 16,300 of ResNet-18 (4,800), never for the 64-dim domain vectors of a catalog
-below 1.2M tasks. IVF-Flat clusters the vectors with k-means into ``ivf_nlist(n)`` lists
-(sqrt(n)/2: 500 at 1M) and scans the ``ivf_nprobe(nlist)`` lists nearest to the query (8 %, at
-least 24), with exact inner products inside them: at 1M, 21 ms p50 against 307 ms for numpy brute
-force, recall@10 0.990. Against HNSW (M=32), on the same Fisher-like vectors, it builds 8x faster
-(the index is rebuilt from DuckDB when stale: 6 s instead of 47 s at 100k), has the better recall
-(HNSW's was 0.94, and 0.72 on queries from unseen task families, IVF's 0.996 and 0.98), supports
-``remove_ids``, and its search is deterministic.
+Index type (chosen by measurement: ``benchmarks/scale_bench.py``, ``benchmarks/index_bench.py`` and the sections
+"Scale" and "Issue 16" of ``benchmarks/RESULTS.md``): an exact ``IndexFlatIP`` while an exact query is cheap,
+IVF-SQfp16 above that. An exact query reads all n x dim floats, so the switch is at
+``n * dim >= APPROXIMATE_THRESHOLD`` floats: 100,000 Task2Vec vectors of ``cifar_resnet20`` (784 filters; there
+one exact query took 39 ms p50 on the shared 2-core test machine), 16,300 of ResNet-18 (4,800), never for the
+64-dim domain vectors of a catalog below 1.2M tasks. IVF-SQfp16 clusters the vectors with k-means into
+``ivf_nlist(n, "ivf16")`` lists (2 sqrt(n): 2,000 at 1M), stores each vector as float16 and scans the
+``ivf_nprobe`` lists nearest to the query (3.2 %, at least 32: 64 at 1M). At 1M x 784 it answers a top-10
+query in 2.4 ms p50 / 3.1 ms p99 on one thread at recall@10 0.995 (0.98 on queries from unseen task
+families) in 1.6 GB, where IVF-Flat with 500 lists (the type before issue 16, still ``index_type="ivf"``) took
+9.4 / 12.2 ms at 1.0 / 0.97 in 3.2 GB: half the bytes per scanned vector and lists four times smaller. It builds in
+35 s at 1M on an idle machine (the k-means on 2,000 lists; IVF-Flat: 8 s).
+Rejected by the same measurement: IVF-SQ8 with
+exact re-ranking (IndexRefineFlat) is as fast but loses unseen-family neighbours in its 8-bit codes (0.97 at
+k_factor 8) and needs 3.9 GB; IVF-PQ + refine lost even seen neighbours; HNSW builds 8x slower, has the
+worst recall on unseen families and cannot remove ids.
 Vectors are normalised and added in chunks, so building never holds a second full copy of them.
 
-Each index file ``index/<kind>.faiss`` has a manifest ``index/<kind>.json`` recording the catalog
-generation it was built from, the number of vectors, the dimension and the file size. An index
-whose manifest is missing, whose generation differs from the catalog's, or whose file is truncated
-or unreadable is stale and gets rebuilt from DuckDB. Files are written to a temporary name and
-renamed, so a crash never leaves a half-written index behind. Indexes are loaded memory-mapped
-(the vectors stay in the page cache instead of being copied into each process), which is safe
-because a file is never modified in place: a rebuild writes a new file and renames it.
+Each index file has a manifest recording the catalog generation it was built from; an index whose manifest is
+missing, whose generation differs from the catalog's, or whose file is truncated or unreadable is stale and gets
+rebuilt from DuckDB. Files are written to a temporary name and renamed, so a crash never leaves a half-written
+index behind. Indexes are loaded memory-mapped (the vectors stay in the page cache instead of being copied into
+each process), which is safe because a file is never modified in place: a rebuild writes a new file and renames
+it. A large index file (``LOG_MIN_BYTES``) is not rewritten for each ``task add`` / ``task remove``: the commit
+goes to its append log (see :mod:`taskreg.registry.index_store`), searches merge the file's hits with an exact
+search of the log (:class:`LoggedIndex`), and ``taskreg index compact``, a rebuild, or the commit that finds
+``LOG_MAX_VECTORS`` in the log merges it into the file.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
+from taskreg.registry.index_store import AppendLog, IndexStore, Manifest, kind_name, parse_log
+
+__all__ = ["AppendLog", "IndexManager", "IndexStore", "LoggedIndex", "Manifest", "build_index", "kind_name",
+           "normalise", "parse_log", "search"]
 
 if TYPE_CHECKING:
     import faiss
 
     from taskreg.registry.core import Core
 
-# n * dim (floats read by one exact query) from which IVF-Flat replaces the exact flat index.
+# n * dim (floats read by one exact query) from which an IVF index replaces the exact flat index.
 APPROXIMATE_THRESHOLD = 100_000 * 784
 IVF_MIN_VECTORS = 10_000  # below this, exact whatever the dimension (k-means on a few lists is pointless)
-# Fraction of the IVF lists scanned per query, with a floor: recall@10 against the exact answer on
-# Fisher-like vectors >= 0.95 up to 1M vectors, also for queries unlike anything indexed (RESULTS.md:
-# at 1M, 16 of 500 lists gave 0.97, but 0.85 on queries from unseen task families; 40 give 0.99 and 0.95).
+# IVF-Flat (the type before issue 16; kept for index_type="ivf"): nlist = sqrt(n)/2, and the fraction of the lists
+# scanned per query, with a floor: at 1M, 16 of 500 lists gave recall@10 0.97, but 0.85 on queries from unseen
+# task families; 40 give 0.99 and 0.95 (RESULTS.md, "Scale").
 IVF_SCAN_FRACTION = 0.08
 IVF_MIN_NPROBE = 24
+# IVF-SQfp16 (the type above the threshold since issue 16; benchmarks/index_bench.py): four times as many, smaller
+# lists (2 sqrt(n): 2,000 at 1M) of which a smaller share is scanned (64 of 2,000 at 1M), each vector stored
+# as float16 (half the bytes a scan reads, half the memory).
+IVF16_LISTS_PER_SQRT = 2.0
+IVF16_SCAN_FRACTION = 0.032
+IVF16_MIN_NPROBE = 32
+IVF_MAX_NLIST = 4096
 IVF_TRAIN_PER_LIST = 40  # k-means training points per list (Faiss warns below 39)
 IVF_KMEANS_ITERATIONS = 10
 ADD_CHUNK = 65_536  # rows normalised and added at a time
-INDEX_TYPES = ("flat", "ivf")
-
-
-@dataclass(frozen=True)
-class Manifest:
-    kind: str
-    generation: int
-    ntotal: int
-    dim: int
-    index_type: str
-    file_size: int
-
-
-def kind_name(family: str, probe: str, method: str) -> str:
-    return f"{family}/{probe}/{method}"
-
-
-def _file_stem(kind: str) -> str:
-    return kind.replace("/", "__")
+INDEX_TYPES = ("flat", "ivf", "ivf16")
+# What each index type is called in a manifest (the Faiss class inside the IndexIDMap2).
+INDEX_CLASSES = {"flat": "IndexFlatIP", "ivf": "IndexIVFFlat", "ivf16": "IndexIVFScalarQuantizer"}
+# Append log (``index/<kind>.log``): an index whose file is at least this big takes new and removed vectors
+# into its log instead of being rewritten, until the log holds LOG_MAX_VECTORS (then they are merged).
+LOG_MIN_BYTES = 64 * 2**20
+LOG_MAX_VECTORS = 4096
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -90,27 +91,34 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return v / np.maximum(norms, 1e-12)
 
 
-def ivf_nlist(n: int) -> int:
-    """Number of IVF lists for ``n`` vectors: sqrt(n) / 2, so lists of ~2 sqrt(n) vectors (500 of 2,000 at 1M)."""
-    return int(min(max(round(math.sqrt(max(n, 1)) / 2), 16), 4096, max(n // IVF_TRAIN_PER_LIST, 1)))
+def ivf_nlist(n: int, index_type: str = "ivf") -> int:
+    """Number of IVF lists for ``n`` vectors: sqrt(n) / 2 for IVF-Flat (500 of 2,000 vectors at 1M), 2 sqrt(n)
+    for IVF-SQfp16 (2,000 of 500), within [16, 4096] and at least ``IVF_TRAIN_PER_LIST`` vectors per list."""
+    per_sqrt = IVF16_LISTS_PER_SQRT if index_type == "ivf16" else 0.5
+    return int(min(max(round(math.sqrt(max(n, 1)) * per_sqrt), 16), IVF_MAX_NLIST,
+                   max(n // IVF_TRAIN_PER_LIST, 1)))
 
 
-def ivf_nprobe(nlist: int) -> int:
-    """Lists scanned per query: ``IVF_SCAN_FRACTION`` of them, at least ``IVF_MIN_NPROBE`` (40 of 500 at 1M)."""
-    return int(min(nlist, max(IVF_MIN_NPROBE, math.ceil(IVF_SCAN_FRACTION * nlist))))
+def ivf_nprobe(nlist: int, index_type: str = "ivf") -> int:
+    """Lists scanned per query: a fraction of them with a floor (IVF-Flat: 40 of 500 at 1M; IVF-SQfp16: 64 of
+    2,000)."""
+    fraction, floor = ((IVF16_SCAN_FRACTION, IVF16_MIN_NPROBE) if index_type == "ivf16"
+                       else (IVF_SCAN_FRACTION, IVF_MIN_NPROBE))
+    return int(min(nlist, max(floor, math.ceil(fraction * nlist))))
 
 
 def choose_index_type(n: int, dim: int) -> str:
-    """'ivf' when an exact query would read ``APPROXIMATE_THRESHOLD`` floats or more, else 'flat' (exact)."""
-    return "ivf" if n >= IVF_MIN_VECTORS and n * dim >= APPROXIMATE_THRESHOLD else "flat"
+    """'ivf16' when an exact query would read ``APPROXIMATE_THRESHOLD`` floats or more, else 'flat' (exact)."""
+    return "ivf16" if n >= IVF_MIN_VECTORS and n * dim >= APPROXIMATE_THRESHOLD else "flat"
 
 
 def build_index(ids: np.ndarray, vectors: np.ndarray, *, index_type: str | None = None, seed: int = 0,
                 nprobe: int | None = None) -> faiss.Index:
-    """An ``IndexIDMap2`` over cosine similarity: exact while small, IVF-Flat above the threshold.
+    """An ``IndexIDMap2`` over cosine similarity: exact while small, IVF-SQfp16 above the threshold.
 
     ids : (N,) int64 catalog ids; vectors : (N, D) float32 (normalised here, chunk by chunk).
-    index_type : 'flat' or 'ivf'; None chooses by size (:func:`choose_index_type`).
+    index_type : 'flat', 'ivf' (IVF-Flat, the type before issue 16) or 'ivf16' (IVF over float16 codes,
+        ``IndexIVFScalarQuantizer`` QT_fp16); None chooses by size (:func:`choose_index_type`).
     seed : k-means initialisation and training sample of the IVF lists (the build is deterministic).
     nprobe : lists an IVF search scans by default (stored in the index file); None: :func:`ivf_nprobe`.
     """
@@ -124,17 +132,23 @@ def build_index(ids: np.ndarray, vectors: np.ndarray, *, index_type: str | None 
     if index_type not in INDEX_TYPES:
         raise TaskregError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
     inner: faiss.Index
-    if index_type == "ivf":
-        nlist = ivf_nlist(n)
+    if index_type in ("ivf", "ivf16"):
+        nlist = ivf_nlist(n, index_type)
         quantizer = faiss.IndexFlatIP(dim)  # kept alive by the IVF index's Python wrapper
-        inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        inner.cp.niter = IVF_KMEANS_ITERATIONS
-        inner.cp.seed = seed
-        inner.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
-        inner.nprobe = min(nprobe or ivf_nprobe(nlist), nlist)
+        ivf: faiss.IndexIVF
+        if index_type == "ivf":
+            ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                                faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.niter = IVF_KMEANS_ITERATIONS
+        ivf.cp.seed = seed
+        ivf.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
+        ivf.nprobe = min(nprobe or ivf_nprobe(nlist, index_type), nlist)
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, size=min(n, IVF_TRAIN_PER_LIST * nlist), replace=False))
-        inner.train(normalise(vectors[sample]))
+        ivf.train(normalise(vectors[sample]))
+        inner = ivf
     else:
         inner = faiss.IndexFlatIP(dim)
     index = faiss.IndexIDMap2(inner)
@@ -144,11 +158,31 @@ def build_index(ids: np.ndarray, vectors: np.ndarray, *, index_type: str | None 
     return index
 
 
-def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+def _inner(index: faiss.Index) -> faiss.Index:
     import faiss
 
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    return faiss.downcast_index(index.index) if hasattr(index, "index") else index
+
+
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF part of an index (IVF-Flat or IVF-SQfp16); None for an exact index."""
+    import faiss
+
+    inner = _inner(index)
     return faiss.extract_index_ivf(inner) if isinstance(inner, faiss.IndexIVF) else None
+
+
+def describe(index: faiss.Index | LoggedIndex) -> str:
+    """One line: the index type and its search settings, e.g. 'IVF2000-SQfp16, nprobe 64'."""
+    import faiss
+
+    if isinstance(index, LoggedIndex):
+        return f"{describe(index.main)} + append log of {index.log.batches} commits"
+    ivf = _ivf(index)
+    if ivf is None:
+        return "exact flat"
+    code = "SQfp16" if isinstance(faiss.downcast_index(ivf), faiss.IndexIVFScalarQuantizer) else "Flat"
+    return f"IVF{ivf.nlist}-{code}, nprobe {ivf.nprobe}"
 
 
 @contextmanager
@@ -168,115 +202,68 @@ def _one_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def search(index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index | LoggedIndex, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k ids and cosine similarities for one query vector (D,).
 
     On an IVF index the number of lists scanned grows with ``k`` so that the scanned lists hold
-    about twice ``k`` vectors: a large candidate request still gets ``k`` answers.
+    about twice ``k`` vectors: a large candidate request still gets ``k`` answers. An index with
+    an append log (:class:`LoggedIndex`) merges the main index's hits with an exact search of the log.
     """
-    import faiss
-
     k = min(int(k), int(index.ntotal))
     if k <= 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     q = normalise(np.asarray(query, dtype=np.float32).reshape(1, -1))
     if q.shape[1] != index.d:
         raise TaskregError(f"query has dimension {q.shape[1]}, the index holds vectors of dimension {index.d}")
-    params = None
+    if isinstance(index, LoggedIndex):
+        return index.search(q[0], k)
+    return _search_faiss(index, q, k)
+
+
+def _search_faiss(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of one normalised query (1, D) in a Faiss index; k <= ntotal."""
+    import faiss
+
+    params: faiss.SearchParameters | None = None
     ivf = _ivf(index)
     if ivf is not None:
-        per_list = max(index.ntotal / max(ivf.nlist, 1), 1.0)
-        params = faiss.SearchParametersIVF()
-        params.nprobe = int(min(ivf.nlist, max(ivf.nprobe, math.ceil(2 * k / per_list))))
+        per_list = max(ivf.ntotal / max(ivf.nlist, 1), 1.0)
+        ivf_params = faiss.SearchParametersIVF()
+        ivf_params.nprobe = int(min(ivf.nlist, max(ivf.nprobe, math.ceil(2 * k / per_list))))
+        params = ivf_params
     with _one_thread():
         sims, ids = index.search(q, k, params=params)
     keep = ids[0] >= 0
     return ids[0][keep], sims[0][keep]
 
+class LoggedIndex:
+    """An index file plus its append log, searched as one: the file's hits minus the removed ids, merged with an
+    exact search over the added vectors (at most LOG_MAX_VECTORS: about a millisecond at dimension 784)."""
 
-class IndexStore:
-    """The ``index/`` folder of a registry."""
+    def __init__(self, main: faiss.Index, log: AppendLog) -> None:
+        self.main, self.log = main, log
+        self.removed = set(log.removed.tolist())
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
+    @property
+    def ntotal(self) -> int:
+        return int(self.main.ntotal) + self.log.net
 
-    def paths(self, kind: str) -> tuple[Path, Path]:
-        stem = _file_stem(kind)
-        return self.folder / f"{stem}.faiss", self.folder / f"{stem}.json"
+    @property
+    def d(self) -> int:
+        return int(self.main.d)
 
-    def manifest(self, kind: str) -> Manifest | None:
-        _, mpath = self.paths(kind)
-        try:
-            return Manifest(**json.loads(mpath.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def problem(self, kind: str, generation: int, count: int) -> str | None:
-        """Why the persisted index of ``kind`` cannot be used (None when it is fresh)."""
-        ipath, _ = self.paths(kind)
-        m = self.manifest(kind)
-        if m is None or not ipath.exists():
-            return "missing"
-        if m.generation != generation or m.ntotal != count:
-            return (
-                f"stale (built at generation {m.generation} with {m.ntotal} vectors, "
-                f"catalog at {generation} with {count})"
-            )
-        if ipath.stat().st_size != m.file_size:
-            return "truncated or modified file"
-        return None
-
-    def save(self, kind: str, index: faiss.Index, generation: int) -> Manifest:
-        import faiss
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        ipath, mpath = self.paths(kind)
-        # per-process temporary names: two processes rebuilding one index never write the same file
-        tmp = ipath.with_name(f"{ipath.name}.{os.getpid()}.tmp")
-        faiss.write_index(index, str(tmp))
-        _fsync(tmp)
-        inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-        manifest = Manifest(
-            kind=kind, generation=generation, ntotal=int(index.ntotal), dim=int(index.d),
-            index_type=type(inner).__name__, file_size=tmp.stat().st_size,
-        )
-        os.replace(tmp, ipath)
-        mtmp = mpath.with_name(f"{mpath.name}.{os.getpid()}.tmp")
-        mtmp.write_text(json.dumps(manifest.__dict__, indent=1))
-        _fsync(mtmp)
-        os.replace(mtmp, mpath)
-        return manifest
-
-    def load(self, kind: str, *, mmap: bool = True) -> faiss.Index | None:
-        """Read a persisted index (memory-mapped unless ``mmap`` is False); None when it cannot be read.
-
-        A memory-mapped index is for searching: it loads in milliseconds whatever its size, but
-        must not be modified (build a new one with :func:`build_index` instead).
-        """
-        import faiss
-
-        ipath, _ = self.paths(kind)
-        try:
-            return faiss.read_index(str(ipath), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
-        except (RuntimeError, OSError):
-            return None
-
-    def kinds_on_disk(self) -> list[str]:
-        if not self.folder.exists():
-            return []
-        return sorted(p.stem.replace("__", "/") for p in self.folder.glob("*.json"))
-
-    def remove(self, kind: str) -> None:
-        for p in self.paths(kind):
-            p.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids (k,), similarities (k,)) of one normalised query (D,)."""
+        want = min(k + len(self.removed), int(self.main.ntotal))
+        ids, sims = _search_faiss(self.main, q[None], want) if want > 0 else (np.zeros(0, np.int64),
+                                                                              np.zeros(0, np.float32))
+        if self.removed:
+            keep = ~np.isin(ids, self.log.removed)
+            ids, sims = ids[keep], sims[keep]
+        ids = np.concatenate([ids, self.log.added_ids])
+        sims = np.concatenate([sims, self.log.added @ q])
+        order = np.argsort(-sims, kind="stable")[:k]
+        return ids[order], sims[order].astype(np.float32)
 
 
 class IndexManager:
@@ -289,7 +276,9 @@ class IndexManager:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.store = core.indexes
-        self.cache: dict[str, tuple[int, faiss.Index]] = {}
+        self.cache: dict[str, tuple[int, faiss.Index | LoggedIndex]] = {}
+        self.log_min_bytes = LOG_MIN_BYTES  # index files from this size take commits into their append log
+        self.log_max_vectors = LOG_MAX_VECTORS  # a log this long is merged into its index file by the next commit
 
     @staticmethod
     def kind(family: str, probe: str, method: str) -> str:
@@ -312,6 +301,7 @@ class IndexManager:
             self.cache.pop(kind, None)
             return 0
         index = build_index(ids, vecs)
+        del vecs
         with self.core.read() as con:
             current = catalog.generation(con, kind)
         if current == gen and not read_only:  # else a newer commit landed meanwhile and its rebuild saves that
@@ -321,62 +311,107 @@ class IndexManager:
 
     def add(self, kind: str, ids: np.ndarray, vectors: np.ndarray) -> int:
         """After a commit that added exactly ``ids`` (N,) / ``vectors`` (N, D) to ``kind`` and bumped its
-        generation once: append them to the index on disk instead of rebuilding it from the catalog.
+        generation once: bring the index on disk up to date without rebuilding it from the catalog.
 
-        Falls back to :meth:`rebuild` whenever the index on disk is not exactly the state before
-        that commit (another writer came between, a file is stale or damaged) or the new size calls for
-        the other index type. Returns the number of vectors in the index.
+        A large index file (``log_min_bytes``) gets the vectors in its append log, in constant time; a small one
+        is rewritten with them (and with its log, if any). Falls back to :meth:`rebuild` whenever the index on
+        disk is not exactly the state before that commit (another writer came between, a file is stale, damaged
+        or its log torn). Returns the number of vectors in the index.
         """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        found = self._before_commit(kind, len(ids), int(vectors.shape[1]))
-        if found is None:
-            return self.rebuild(kind)
-        gen, index = found
-        if len(ids):
-            index.add_with_ids(normalise(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)), ids)
-        return self._save_updated(kind, gen, index)
+        vectors = normalise(np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1))
+        return self._commit(kind, 1, ids, vectors)
 
     def remove(self, kind: str, ids: np.ndarray) -> int:
-        """After a commit that removed exactly ``ids`` from ``kind`` and bumped its generation once: drop
-        them from the index on disk (same fallback to a rebuild as :meth:`add`)."""
+        """After a commit that removed exactly ``ids`` from ``kind`` and bumped its generation once: drop them from
+        the index on disk (logged as removed for a large index file; same fallback to a rebuild as :meth:`add`)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        return self._commit(kind, -1, ids, None)
+
+    def _commit(self, kind: str, op: int, ids: np.ndarray, vectors: np.ndarray | None) -> int:
+        with self.core.lock():  # the registry's write lock: appending and rewriting exclude each other
+            with self.core.read() as con:
+                gen = catalog.generation(con, kind)
+                count = catalog.kind_count(con, kind)
+            state = self.store.state(kind)
+            found = None if count <= 0 or isinstance(state, str) else state
+            if found is not None:
+                m, log = found
+                before = (log.generation, m.ntotal + log.net) if log else (m.generation, m.ntotal)
+                if before != (gen - 1, count - op * len(ids)) or (vectors is not None and vectors.shape[1] != m.dim):
+                    found = None
+            if found is not None:
+                records = (log.records if log else 0) + len(ids)
+                if m.file_size >= self.log_min_bytes and records <= self.log_max_vectors:
+                    self.store.append_log(kind, m, log, op, ids, vectors, gen)
+                    self.cache.pop(kind, None)
+                    return count
+                merged = self._merged(kind, m, log, op, ids, vectors, count)
+                if merged is not None:
+                    self.store.save(kind, merged, gen)
+                    self.cache[kind] = (gen, merged)
+                    return int(merged.ntotal)
+        return self.rebuild(kind)
+
+    def _merged(self, kind: str, m: Manifest, log: AppendLog | None, op: int, ids: np.ndarray,
+                vectors: np.ndarray | None, count: int) -> faiss.Index | None:
+        """The index file of ``kind`` loaded for modification with its log and one more batch applied; None
+        when that is not possible (the size calls for the other index type, the type cannot remove ids)."""
         import faiss
 
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        found = self._before_commit(kind, -len(ids), None)
-        if found is None:
-            return self.rebuild(kind)
-        gen, index = found
-        if index.remove_ids(faiss.IDSelectorBatch(ids)) != len(ids):
-            return self.rebuild(kind)
-        return self._save_updated(kind, gen, index)
-
-    def _before_commit(self, kind: str, change: int, dim: int | None) -> tuple[int, faiss.Index] | None:
-        """(catalog generation, index loaded for modification) when the index on disk is exactly the state
-        one commit before (generation - 1, ``change`` fewer vectors, dimension ``dim``, None: any) and the
-        index type still fits; else None."""
-        with self.core.read() as con:
-            gen = catalog.generation(con, kind)
-            count = catalog.kind_count(con, kind)
-        before = count - change
-        m = self.store.manifest(kind)
-        if count <= 0 or before <= 0 or m is None or (dim is not None and m.dim != dim):
-            return None
-        dim = m.dim
-        wanted = {"flat": "IndexFlatIP", "ivf": "IndexIVFFlat"}[choose_index_type(count, dim)]
-        if m.index_type != wanted or self.store.problem(kind, gen - 1, before) is not None:
+        if m.index_type != INDEX_CLASSES[choose_index_type(count, m.dim)]:
             return None
         index = self.store.load(kind, mmap=False)
-        if index is None or index.ntotal != before:
+        if index is None or index.ntotal != m.ntotal:
             return None
-        return gen, index
+        removed = [log.removed] if log is not None else []
+        added_ids, added = ([log.added_ids], [log.added]) if log is not None else ([], [])
+        if op == 1 and vectors is not None:
+            added_ids.append(ids)
+            added.append(vectors)
+        elif op == -1:
+            in_log = np.isin(ids, added_ids[0]) if added_ids else np.zeros(len(ids), bool)
+            if in_log.any():  # removed before ever reaching the file
+                keep = ~np.isin(added_ids[0], ids)
+                added_ids[0], added[0] = added_ids[0][keep], added[0][keep]
+            removed.append(ids[~in_log])
+        gone = np.concatenate(removed) if removed else np.zeros(0, np.int64)
+        if len(gone):
+            try:
+                if index.remove_ids(faiss.IDSelectorBatch(gone)) != len(gone):
+                    return None
+            except RuntimeError:  # a type that cannot remove ids: rebuild
+                return None
+        if added_ids and sum(len(a) for a in added_ids):
+            index.add_with_ids(np.concatenate(added), np.concatenate(added_ids))
+        return index if index.ntotal == count else None
 
-    def _save_updated(self, kind: str, gen: int, index: faiss.Index) -> int:
-        with self.core.read() as con:
-            current = catalog.generation(con, kind)
-        if current == gen:  # else a newer commit landed meanwhile and that writer saves the newer index
-            self.store.save(kind, index, gen)
-        self.cache[kind] = (gen, index)
-        return int(index.ntotal)
+    def compact(self, kind: str) -> tuple[int, int]:
+        """Merge the append log of ``kind`` into its index file (``taskreg index compact``); a stale index is
+        rebuilt instead. Returns (log records merged, vectors in the index)."""
+        with self.core.lock():  # the registry's write lock: appending and rewriting exclude each other
+            with self.core.read() as con:
+                gen = catalog.generation(con, kind)
+                count = catalog.kind_count(con, kind)
+            found = self.store.state(kind)
+            if count > 0 and not isinstance(found, str) and self.store.problem(kind, gen, count) is None:
+                m, log = found
+                if log is None:
+                    return 0, m.ntotal
+                merged = self._merged(kind, m, log, 0, np.zeros(0, np.int64), None, count)
+                if merged is not None:
+                    self.store.save(kind, merged, gen)
+                    self.cache[kind] = (gen, merged)
+                    return log.records, int(merged.ntotal)
+                records = log.records
+            else:
+                records = 0
+        return records, self.rebuild(kind)
+
+    def compact_all(self) -> dict[str, tuple[int, int]]:
+        """:meth:`compact` every vector kind whose index has an append log on disk."""
+        kinds = self.catalog_kinds()
+        return {kind: self.compact(kind) for kind in sorted(kinds) if self.store.log_path(kind).exists()}
 
     def rebuild_all(self) -> dict[str, int]:
         """Recreate every index from the catalog (``taskreg index rebuild``)."""
@@ -414,7 +449,7 @@ class IndexManager:
                 self.store.remove(kind)
         return problems
 
-    def get(self, kind: str) -> faiss.Index | None:
+    def get(self, kind: str) -> faiss.Index | LoggedIndex | None:
         """The Faiss index of one vector kind, loaded from disk or rebuilt when stale; None if empty."""
         with self.core.read() as con:
             gen = catalog.generation(con, kind)
@@ -425,9 +460,12 @@ class IndexManager:
         if cached and cached[0] == gen and cached[1].ntotal == count:
             return cached[1]
         if self.store.problem(kind, gen, count) is None:
+            found = self.store.state(kind)
             index = self.store.load(kind)
-            if index is not None and index.ntotal == count:
-                self.cache[kind] = (gen, index)
-                return index
+            if index is not None and not isinstance(found, str):
+                full: faiss.Index | LoggedIndex = index if found[1] is None else LoggedIndex(index, found[1])
+                if full.ntotal == count:
+                    self.cache[kind] = (gen, full)
+                    return full
         self.rebuild(kind)
         return self.cache[kind][1]

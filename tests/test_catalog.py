@@ -93,6 +93,31 @@ def test_vectors_round_trip_through_arrow(registry: Registry) -> None:
     np.testing.assert_array_equal(got, vecs)
 
 
+def test_kind_vectors_stream_in_batches_and_come_back_in_id_order(registry: Registry, monkeypatch) -> None:
+    """vectors_to_numpy copies record batch after record batch into one array (bounded memory at 1M); kind_vectors
+    reads without ORDER BY and sorts ids itself when storage order is not id order."""
+    from taskreg.registry.catalog import rows
+
+    monkeypatch.setattr(rows, "VECTOR_BATCH_ROWS", 4)  # 30 rows: eight batches
+    vecs = np.random.default_rng(1).random((30, 5), dtype=np.float32)
+    with registry.write() as con:
+        tids = [catalog.insert_task(con, name=f"t{i}", source="s", domain="d", n_samples=1, n_classes=2,
+                                    fingerprint="f") for i in range(30)]
+        for i in np.random.default_rng(2).permutation(30):  # embeddings stored out of id order
+            con.execute("INSERT INTO task_embeddings (task_id, probe, method, vector, norm, n_samples, seed) "
+                        "VALUES (?, 'p', 'montecarlo', ?, 0, 1, 0)", [tids[i], catalog.vector_param(vecs[i])])
+    with registry.read() as con:
+        ids, got = catalog.kind_vectors(con, "task/p/montecarlo")
+        assert ids.tolist() == tids
+        np.testing.assert_array_equal(got, vecs)
+        none_ids, none = catalog.kind_vectors(con, "task/q/montecarlo")
+        assert none_ids.shape == (0,) and none.shape == (0, 0)
+    with registry.write() as con:
+        con.execute("UPDATE task_embeddings SET vector = [1.0, 2.0] WHERE task_id = ?", [tids[17]])
+    with registry.read() as con, pytest.raises(TaskregError, match="different lengths"):
+        catalog.kind_vectors(con, "task/p/montecarlo")
+
+
 def test_sql_is_read_only(registry: Registry) -> None:
     with pytest.raises(TaskregError, match="SQL refused"):
         registry.sql("DELETE FROM tasks")

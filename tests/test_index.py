@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from taskreg.registry import Registry, catalog
+from taskreg.registry import index as ix
 from taskreg.registry.index import build_index, normalise, search
 
 KIND = "task/p/montecarlo"
@@ -129,8 +131,8 @@ def test_ivf_index_finds_the_exact_neighbours_and_survives_a_memory_mapped_reloa
 
     vecs, queries = clustered(4000, 24, seed=0), clustered(50, 24, seed=1)
     ids = np.arange(4000, dtype=np.int64) * 3 + 7  # catalog ids are not positions
-    assert ix.choose_index_type(99_999, 784) == "flat" and ix.choose_index_type(100_000, 784) == "ivf"
-    assert ix.choose_index_type(20_000, 4800) == "ivf" and ix.choose_index_type(1_000_000, 64) == "flat"
+    assert ix.choose_index_type(99_999, 784) == "flat" and ix.choose_index_type(100_000, 784) == "ivf16"
+    assert ix.choose_index_type(20_000, 4800) == "ivf16" and ix.choose_index_type(1_000_000, 64) == "flat"
     assert ix.ivf_nlist(1_000_000) == 500 and ix.ivf_nprobe(500) == 40 and ix.ivf_nprobe(100) == 24
     index = build_index(ids, vecs, index_type="ivf")
     assert ix._ivf(index) is not None and index.ntotal == 4000
@@ -148,6 +150,39 @@ def test_ivf_index_finds_the_exact_neighbours_and_survives_a_memory_mapped_reloa
         np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
     got, sims = search(loaded, queries[0], 1500)  # more than the default lists hold: nprobe grows with k
     assert len(got) == 1500 and len(set(got.tolist())) == 1500 and np.all(np.diff(sims) <= 1e-6)
+
+
+def test_ivf_fp16_finds_the_exact_neighbours_with_near_exact_similarities(tmp_path) -> None:
+    """The type above the threshold: IVF over float16 codes, more and smaller lists than IVF-Flat."""
+    import faiss
+
+    vecs, queries = clustered(4000, 24, seed=0), clustered(50, 24, seed=1)
+    ids = np.arange(4000, dtype=np.int64) * 3 + 7
+    assert ix.ivf_nlist(1_000_000, "ivf16") == 2000 and ix.ivf_nprobe(2000, "ivf16") == 64
+    assert ix.ivf_nlist(100_000, "ivf16") == 632 and ix.ivf_nprobe(632, "ivf16") == 32
+    index = build_index(ids, vecs, index_type="ivf16")
+    ivf = faiss.downcast_index(ix._ivf(index))
+    assert isinstance(ivf, faiss.IndexIVFScalarQuantizer) and ivf.nlist == 100  # 4000 / 40 vectors per list
+    assert ix.describe(index) == "IVF100-SQfp16, nprobe 32"
+    exact = normalise(queries) @ normalise(vecs).T
+    by_id = dict(zip(ids.tolist(), range(4000), strict=True))
+    hits = []
+    for q, e in zip(queries, exact, strict=True):
+        got, sims = search(index, q, 10)
+        hits.append(len(set(got.tolist()) & set(ids[np.argsort(-e)[:10]].tolist())) / 10)
+        np.testing.assert_allclose(sims, e[[by_id[i] for i in got.tolist()]], atol=2e-3)  # float16 codes
+    assert np.mean(hits) >= 0.95
+    again = build_index(ids, vecs, index_type="ivf16")  # deterministic given the seed
+    assert faiss.serialize_index(again).tobytes() == faiss.serialize_index(index).tobytes()
+    store = ix.IndexStore(tmp_path)
+    assert store.save(KIND, index, generation=2).index_type == ix.INDEX_CLASSES["ivf16"]
+    loaded = store.load(KIND)  # memory-mapped
+    for q in queries[:5]:
+        a, b = search(index, q, 10), search(loaded, q, 10)
+        assert a[0].tolist() == b[0].tolist()
+    got, sims = search(loaded, queries[0], 1500)  # more than the default lists hold: nprobe grows with k
+    assert len(set(got.tolist())) == 1500 and np.all(np.diff(sims) <= 1e-6)
+    assert again.remove_ids(faiss.IDSelectorBatch(ids[:2])) == 2  # compaction can drop logged removals
 
 
 def test_chunked_build_equals_exact_search_and_bad_shapes_are_refused(monkeypatch) -> None:
@@ -242,3 +277,109 @@ def test_check_finds_a_deleted_run_and_an_altered_weights_file(registry: Registr
     assert registry.check(deep=True).ok
     registry.tracker.delete_run(run.run_id)
     assert any(f"MLflow run {run.run_id} is deleted" in p for p in registry.check().problems)
+
+
+# --------------------------------------------------------------------------- the append log (issue 16)
+
+
+def exact_top(registry: Registry, q: np.ndarray, k: int) -> list[int]:
+    with registry.read() as con:
+        ids, vecs = catalog.kind_vectors(con, KIND)
+    return ids[np.argsort(-(normalise(vecs) @ normalise(q[None])[0]), kind="stable")[:k]].tolist()
+
+
+def logged_registry(registry: Registry, n: int = 200) -> tuple[list[int], np.ndarray]:
+    """A registry whose index file is saved and whose commits go to the append log (any size counts as large)."""
+    vecs = clustered(n, 16, seed=6)
+    ids = add_vectors(registry, vecs)
+    registry.rebuild_indexes()
+    registry.index_manager.log_min_bytes = 0
+    return ids, vecs
+
+
+def test_append_log_takes_commits_in_constant_time_and_compact_merges_it(registry: Registry, monkeypatch) -> None:
+    ids, vecs = logged_registry(registry)
+    ipath, mpath = registry.indexes.paths(KIND)
+    saved = ipath.read_bytes(), mpath.read_bytes()
+    monkeypatch.setattr(registry.index_manager, "rebuild", lambda kind: pytest.fail("rebuilt instead of logged"))
+    new = clustered(3, 16, seed=7) * 5.0
+    new_ids = add_vectors(registry, new, prefix="u")
+    assert registry.add_to_index(KIND, np.array(new_ids), new) == 203
+    assert (ipath.read_bytes(), mpath.read_bytes()) == saved  # the index file is not rewritten
+    log = registry.indexes.log_path(KIND)
+    assert log.exists() and registry.index_problems() == {}
+    with registry.write() as con:  # a removal is logged too
+        con.execute("DELETE FROM task_embeddings WHERE task_id = ?", [ids[0]])
+        con.execute("DELETE FROM tasks WHERE id = ?", [ids[0]])
+        catalog.bump_generation(con, KIND)
+    assert registry.remove_from_index(KIND, np.array([ids[0]])) == 202
+    assert (ipath.read_bytes(), mpath.read_bytes()) == saved and registry.index_problems() == {}
+    fresh = Registry.open(registry.root)  # another process: file + log, nothing rebuilt
+    index = fresh.index(KIND)
+    assert isinstance(index, ix.LoggedIndex) and index.ntotal == 202
+    queries = [new[1], vecs[0], vecs[5], clustered(1, 16, seed=8)[0]]
+    before = [search(index, q, 12) for q in queries]
+    assert before[0][0][0] == new_ids[1]  # the logged vector is found
+    for q, (got, _) in zip(queries, before, strict=True):
+        assert got.tolist() == exact_top(registry, q, 12) and ids[0] not in got.tolist()
+    monkeypatch.undo()
+    from typer.testing import CliRunner
+
+    from taskreg.cli import app
+
+    res = CliRunner().invoke(app, ["--registry", str(registry.root), "index", "compact"])
+    assert res.exit_code == 0 and f"{KIND}: 4 logged vectors merged, 202 in the index" in res.output, res.output
+    assert not log.exists() and fresh.index_problems() == {}
+    assert fresh.indexes.manifest(KIND).ntotal == 202
+    compacted = Registry.open(registry.root).index(KIND)
+    assert not isinstance(compacted, ix.LoggedIndex)
+    for q, (got, sims) in zip(queries, before, strict=True):
+        again = search(compacted, q, 12)
+        assert again[0].tolist() == got.tolist()
+        np.testing.assert_allclose(again[1], sims, rtol=1e-5)
+
+
+def test_a_torn_or_stale_append_log_is_detected_and_the_index_rebuilt(registry: Registry) -> None:
+    ids, vecs = logged_registry(registry)
+    new = clustered(2, 16, seed=9)
+    new_ids = add_vectors(registry, new, prefix="u")
+    registry.add_to_index(KIND, np.array(new_ids), new)
+    log = registry.indexes.log_path(KIND)
+    whole = log.read_bytes()
+    log.write_bytes(whole[:-5])  # a crash in the middle of the append
+    assert registry.index_problems()[KIND].startswith("torn append log")
+    fresh = Registry.open(registry.root)  # opening repairs it from DuckDB, the source of truth
+    assert fresh.index_problems() == {} and not log.exists()
+    assert search(fresh.index(KIND), new[0], 1)[0].tolist() == [new_ids[0]]
+    fresh.index_manager.log_min_bytes = 0
+    # a flipped byte fails the checksum
+    more = clustered(1, 16, seed=10)
+    more_ids = add_vectors(fresh, more, prefix="v")
+    fresh.add_to_index(KIND, np.array(more_ids), more)
+    data = bytearray(log.read_bytes())
+    data[-3] ^= 0xFF
+    log.write_bytes(bytes(data))
+    assert fresh.index_problems()[KIND] == "corrupt append log (checksum)"
+    fresh.repair_indexes()
+    # a commit that never reached the log (killed after the catalog commit): stale, as without a log
+    later = add_vectors(fresh, clustered(1, 16, seed=11), prefix="w")
+    assert "stale" in fresh.index_problems()[KIND] and later
+    # a log from before the index file was last saved is a leftover: ignored, then replaced by the next append
+    fresh.repair_indexes()
+    log.write_bytes(whole)
+    assert fresh.index_problems() == {}
+    last = clustered(1, 16, seed=12)
+    last_ids = add_vectors(fresh, last, prefix="x")
+    fresh.add_to_index(KIND, np.array(last_ids), last)
+    assert fresh.index_problems() == {} and log.read_bytes() != whole
+    assert search(Registry.open(fresh.root).index(KIND), last[0], 1)[0].tolist() == last_ids
+
+
+def test_a_long_log_is_merged_by_the_next_commit(registry: Registry) -> None:
+    logged_registry(registry)
+    registry.index_manager.log_max_vectors = 2
+    for i in range(3):
+        v = clustered(1, 16, seed=20 + i)
+        registry.add_to_index(KIND, np.array(add_vectors(registry, v, prefix=f"u{i}-")), v)
+        assert registry.indexes.log_path(KIND).exists() == (i < 2)
+    assert registry.index_problems() == {} and registry.indexes.manifest(KIND).ntotal == 203

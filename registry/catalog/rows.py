@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,27 +19,46 @@ def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object]
     return row
 
 
+VECTOR_BATCH_ROWS = 16_384  # rows per Arrow record batch when streaming vectors out of DuckDB
+
+
 def vectors_to_numpy(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] = ()) -> tuple[
     np.ndarray, np.ndarray
 ]:
     """Run ``sql`` selecting ``(id, vector)`` and return ``ids (N,) int64`` and ``vectors (N, D) float32``.
 
-    Uses Arrow so a million vectors come back without a Python loop.
+    Streams the result in Arrow record batches of ``VECTOR_BATCH_ROWS`` (a million vectors come back without a
+    Python loop over rows) and copies each batch into the result as it arrives: the peak memory is about one
+    copy of the vectors. Fetching the whole result as one Arrow table and combining its chunks held about
+    4.7 copies (15 GB for 1M x 784, issue 16).
     """
-    with warnings.catch_warnings():  # DuckDB notes the one extra copy; fine for catalog-sized results
-        warnings.simplefilter("ignore", UserWarning)
-        table = con.execute(sql, list(params)).to_arrow_table()
-    if table is None:  # only a statement without a result set (not a SELECT) gives none
+    con.execute("SELECT 1").fetchall()  # finish a result the caller left half-read
+    n = int(con.execute(f"SELECT count(*) FROM ({sql})", list(params)).fetchall()[0][0])
+    rel = con.sql(sql, params=list(params))  # a relation streams; a DB-API result would be materialised first
+    if rel is None:  # only a statement without a result set (not a SELECT) gives none
         raise RuntimeError(f"catalog query returned no result set: {sql}")
-    ids = table.column(0).to_numpy().astype(np.int64)
-    if table.num_rows == 0:
-        return ids, np.zeros((0, 0), dtype=np.float32)
-    col = table.column(1).combine_chunks()
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    lengths = np.diff(col.offsets.to_numpy())
-    if not np.all(lengths == lengths[0]):
-        raise TaskregError("catalog holds vectors of different lengths under one kind; run `taskreg check`")
-    return ids, flat.reshape(len(ids), int(lengths[0]))
+    ids = np.empty(n, dtype=np.int64)
+    out: np.ndarray | None = None
+    start = 0
+    for batch in rel.to_arrow_reader(VECTOR_BATCH_ROWS):
+        m = batch.num_rows
+        if m == 0:
+            continue
+        col = batch.column(1)
+        offsets = col.offsets.to_numpy()
+        lengths = np.diff(offsets)
+        if out is None:
+            out = np.empty((n, int(lengths[0])), dtype=np.float32)
+        if not np.all(lengths == out.shape[1]):
+            raise TaskregError("catalog holds vectors of different lengths under one kind; run `taskreg check`")
+        ids[start:start + m] = batch.column(0).to_numpy()
+        out[start:start + m] = col.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]].reshape(m, -1)
+        start += m
+    if out is None:
+        return ids[:0], np.zeros((0, 0), dtype=np.float32)
+    if start != n:
+        raise RuntimeError(f"catalog query returned {start} rows after counting {n}: {sql}")
+    return ids, out
 
 
 def vector_param(v: np.ndarray) -> list[float]:
