@@ -47,15 +47,23 @@ class ProbeService:
         by_name = {p.name: p for p in probes}
         return by_name.get("default", probes[0])
 
-    def load_probe(self, name: str | None = None) -> tuple[catalog.ProbeRecord, nn.Module, ProbeSpec]:
-        from taskreg.embedders.probes import ProbeSpec, create_model
-        from taskreg.embedders.weight_files import load_state_dict_file, load_weights
-
+    def checked_probe(self, name: str | None = None) -> catalog.ProbeRecord:
+        """The probe's record, after checking that its weights file is the registered one (sha256); no torch."""
         rec = self.resolve_probe(name)
         path = self.core.root / rec.weights
         if not path.exists() or file_sha256(path) != rec.sha256:
             raise TaskregError(f"probe {rec.name}: weights file {rec.weights} is missing or altered (run check)")
-        state = load_state_dict_file(path)
+        return rec
+
+    def load_probe(self, name: str | None = None) -> tuple[catalog.ProbeRecord, nn.Module, ProbeSpec]:
+        return self.load_checked_probe(self.checked_probe(name))
+
+    def load_checked_probe(self, rec: catalog.ProbeRecord) -> tuple[catalog.ProbeRecord, nn.Module, ProbeSpec]:
+        """The network of a probe whose weights :meth:`checked_probe` verified: (record, model in eval mode, spec)."""
+        from taskreg.embedders.probes import ProbeSpec, create_model
+        from taskreg.embedders.weight_files import load_state_dict_file, load_weights
+
+        state = load_state_dict_file(self.core.root / rec.weights)
         model = create_model(rec.arch, num_classes=head_classes(state))
         load_weights(model, state, ignore_head=False)
         model.eval()
