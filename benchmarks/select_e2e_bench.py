@@ -1,6 +1,8 @@
 """`taskreg select` end to end on a 100,000-task / 10,000-expert registry, against its probe pass alone (issue 16).
 
-Run: .venv/bin/python benchmarks/select_e2e_bench.py [--cache DIR] [--repeats 5] [--no-results]
+Run: .venv/bin/python benchmarks/select_e2e_bench.py [--cache DIR] [--repeats 5] [--before DIR] [--no-results]
+(--before DIR: also time DIR/taskreg, e.g. `git archive COMMIT | tar -x -C DIR/taskreg`, in the same rounds;
+the table is appended to the "Issue 16" section of benchmarks/RESULTS.md)
 
 The registry is the scale benchmark's (``scale_bench.build_catalog``: bulk Arrow inserts, real MLflow rows,
 hard-linked weight files, the indexes rebuilt); with ``--cache DIR`` it is built once into DIR and reused.
