@@ -344,8 +344,9 @@ class SelectionService:
         with self.side.core.read() as con:
             return expert_basis.unscored_reasons(con, method, probe, vec_method, experts, want)
 
-    def _candidates(self, index: faiss.Index | LoggedIndex | None, method: str, probe: str, vec_method: str, query: np.ndarray,
-                    want: int, by_id: dict[int, catalog.ExpertRecord]) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:
+    def _candidates(self, index: faiss.Index | LoggedIndex | None, method: str, probe: str, vec_method: str,
+                    query: np.ndarray, want: int, by_id: dict[int, catalog.ExpertRecord]
+                    ) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:
         """(expert, vector) pairs for the top ``want`` hits of ``index`` (``method``'s: "model2vec" or "task")."""
         if index is None:
             return []
