@@ -35,6 +35,16 @@ def check_device(name: str) -> str:
     return name
 
 
+def device_type(name: str) -> str:
+    """The type of a ``--device`` argument (``"cpu"``, ``"cuda"``, ...), as ``torch.device(name).type``; ``cpu``
+    without importing torch (a cached query needs no torch at all)."""
+    if name in ("cpu", "cpu:0"):
+        return "cpu"
+    from taskreg.embedders.probes import to_device
+
+    return to_device(name).type
+
+
 def _unavailable(torch: Any, dev: Any) -> str | None:  # torch module and torch.device, imported lazily
     """Why ``dev`` cannot be used (None when it can)."""
     if dev.type == "cpu":

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from taskreg.embedders.distances import d_asym_many
+from taskreg.embedders.model2vec_basis import BASIS_BIAS, BASIS_TASK, BASIS_TASK_AND_BIAS, basis_of
 from taskreg.embedders.probes import to_device
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
@@ -69,9 +70,6 @@ __all__ = ["BASIS_BIAS", "BASIS_TASK", "BASIS_TASK_AND_BIAS", "NO_EVIDENCE", "Mo
 _REL_EPS = 1e-6
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 CV_FOLDS = 4
-BASIS_TASK_AND_BIAS = "F_i + b_i"  # the training task's embedding plus a bias fitted on measured errors
-BASIS_BIAS = "b_i"  # no training task (F_i unknown): placed by its measured errors alone
-BASIS_TASK = "F_i"  # training task known, no measured error on the tasks used: b_i = 0
 NO_EVIDENCE = ("no training task (F_i unknown) and no measured test error on any task used: nothing places it "
                "(measure it with `taskreg expert eval`)")
 
@@ -359,16 +357,3 @@ def rank(query: np.ndarray, model2vec: Model2Vec, t0: np.ndarray, alpha: float |
     if fitted.any():
         scores[fitted] = d_asym_many(query, model2vec.vectors[fitted], t0, a)
     return np.argsort(scores, kind="stable").astype(np.int64)
-
-
-def basis_of(vector: np.ndarray, bias: np.ndarray) -> str:
-    """The form of a stored Model2Vec vector, from the vector and its bias alone (F_i = vector - bias):
-    BASIS_BIAS when F_i was unknown (zero: the bias is the vector), BASIS_TASK when the bias is zero
-    (no measured error moved it; only clamping noise), else BASIS_TASK_AND_BIAS."""
-    m = np.asarray(vector, dtype=np.float64)
-    b = np.asarray(bias, dtype=np.float64)
-    if np.array_equal(m, b):
-        return BASIS_BIAS
-    if np.abs(b).max(initial=0.0) <= 1e-5 * np.abs(m).max(initial=0.0):
-        return BASIS_TASK
-    return BASIS_TASK_AND_BIAS

@@ -76,7 +76,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -92,6 +91,7 @@ from taskreg.embedders.task2vec_variational import (
     VAR_SOLVERS,
     variational_fisher,
 )
+from taskreg.embedders.task_embedding import TaskEmbedding
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
 
@@ -112,28 +112,6 @@ TRIVIAL_N = 256
 # 5,000 images (2.2 GB) first-touch page faults cost as much as the forward pass saved, so beyond 1 GiB: no.
 _RETAIN_CAP = 2**30
 _EPS = 1e-12
-
-
-@dataclass
-class TaskEmbedding:
-    """A Task2Vec embedding and how it was obtained.
-
-    vector : (D,) float32, one value per probe filter (order given by ``layout``).
-    layout : [(conv weight name, number of filters)], the blocks of ``vector`` in order.
-    """
-
-    vector: np.ndarray
-    method: str
-    arch: str
-    n_samples: int
-    n_classes: int
-    seed: int
-    layout: list[tuple[str, int]] = field(default_factory=list)
-    head_train_accuracy: float = float("nan")
-    head_train_loss: float = float("nan")
-    seconds: float = 0.0
-    mean_features: np.ndarray | None = None  # (feature_dim,) mean probe features of the images used: the
-    # domain embedding of those images, a by-product of the features pass (see :func:`domain_embedding`)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def skipped_reason(expert: catalog.ExpertRecord, probe: str, estimator: str) -> 
 
 def model2vec_basis(expert: catalog.ExpertRecord, vector: np.ndarray, bias: np.ndarray) -> tuple[str, str]:
     """(form, what it rests on) of one stored Model2Vec vector of ``expert``."""
-    from taskreg.embedders.model2vec import BASIS_TASK, BASIS_TASK_AND_BIAS, basis_of
+    from taskreg.embedders.model2vec_basis import BASIS_TASK, BASIS_TASK_AND_BIAS, basis_of
 
     form = basis_of(vector, bias)
     if form == BASIS_TASK_AND_BIAS:

@@ -24,6 +24,9 @@ from taskreg.registry.index import search
 from taskreg.registry.model2vec_fitting import Model2VecFitter
 
 if TYPE_CHECKING:
+    import faiss
+
+    from taskreg.registry.index import LoggedIndex
     from taskreg.selection.selectors import Selector
 
 
@@ -154,11 +157,13 @@ class SelectionService:
             raise TaskregError(f"--top must be at least 1, got {top}")
         if verify < 0:
             raise TaskregError(f"--verify must be >= 0, got {verify}")
-        experts = self.side.experts.list_experts()
-        if not experts:
-            raise TaskregError("no experts registered: `taskreg expert add` or `taskreg expert train` first")
-        prec = self.side.probes.resolve_probe(probe)
-        index_default = "model2vec" if self.model2vec.fitted(prec.name, embedding) else "asym"
+        with self.side.core.session():  # these reads share one catalog connection
+            experts = self.side.experts.list_experts()
+            if not experts:
+                raise TaskregError("no experts registered: `taskreg expert add` or `taskreg expert train` first")
+            prec = self.side.probes.resolve_probe(probe)
+            fitted = self.model2vec.fitted(prec.name, embedding)
+        index_default = "model2vec" if fitted else "asym"
         if method is None:
             method = index_default
         if method == TWO_STAGE:
@@ -166,7 +171,7 @@ class SelectionService:
         else:
             first, selector = None, get_selector(method)  # an unknown method: one line listing the registered ones
         for sel_ in (first, selector):
-            if sel_ is not None and "model2vec" in sel_.needs and not self.model2vec.fitted(prec.name, embedding):
+            if sel_ is not None and "model2vec" in sel_.needs and not fitted:
                 raise TaskregError("Model2Vec is not fitted for this probe: run `taskreg model2vec fit`")
         ds = dataset if dataset is not None else datasets.load(source)
         by_id = {e.id: e for e in experts}
@@ -178,7 +183,7 @@ class SelectionService:
                                                                 max_samples, seed, device, by_id, shortlist, progress)
         elif selector.cost == "index":
             ranked, scored, cost = self._rank_by_index(ds, selector, prec.name, embedding, alpha, max_samples, seed,
-                                                       device, by_id, top, progress)
+                                                       device, by_id, top, progress, shown=top)
         elif selector.cost == "forward":
             ranked, scored, cost = self._rank_by_forward(ds, selector, experts, device, progress)
         else:
@@ -275,10 +280,13 @@ class SelectionService:
 
     def _rank_by_index(self, ds: datasets.Dataset, selector: Selector, probe: str, embedding: str, alpha: float,
                        max_samples: int | None, seed: int, device: str, by_id: dict[int, catalog.ExpertRecord],
-                       top: int, progress: Progress = None) -> tuple[list[Scored], int, str]:
-        """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last, unscored."""
-        from taskreg.selection.select import rerank
+                       top: int, progress: Progress = None, shown: int | None = None
+                       ) -> tuple[list[Scored], int, str]:
+        """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last, unscored.
 
+        ``shown``: only the first ``shown`` rows of the ranking will be read, so it stops there (the unscored
+        experts beyond are not listed: finding each one's reason reads every task name of the catalog).
+        """
         stage(progress, f"embedding the query ({embedding} Task2Vec on probe {probe}, "
                         f"{min(ds.n, max_samples or ds.n)} images)")
         _, emb, dom = self.side.tasks.embed_dataset(ds, probe=probe, method=embedding, max_samples=max_samples,
@@ -286,12 +294,27 @@ class SelectionService:
         stage(progress, f"ranking the experts by {selector.name} (index search and exact re-rank)")
         query = dom if "domain" in selector.needs else emb.vector
         vec_method = "domain" if "domain" in selector.needs else embedding
-        t0 = self.side.probes.trivial(probe, embedding) if "trivial" in selector.needs else None
         vectors = "model2vec" if "model2vec" in selector.needs else "task"  # the experts' own vectors, or their tasks'
+        # Model2Vec: the index holds expert vectors. Task2Vec / domain: it holds task vectors, and an expert is
+        # represented by its training task. Loaded (or rebuilt, when stale) before the session below.
+        index = self.side.index_manager.get(self.side.index_manager.kind(vectors, probe, vec_method))
+        with self.side.core.session():  # the catalog reads after the probe pass share one connection
+            return self._rank_embedded(ds, selector, probe, embedding, vec_method, vectors, index, query, alpha,
+                                       max_samples, by_id, top, shown)
+
+    def _rank_embedded(self, ds: datasets.Dataset, selector: Selector, probe: str, embedding: str, vec_method: str,
+                       vectors: str, index: faiss.Index | LoggedIndex | None, query: np.ndarray, alpha: float,
+                       max_samples: int | None, by_id: dict[int, catalog.ExpertRecord], top: int,
+                       shown: int | None) -> tuple[list[Scored], int, str]:
+        """:meth:`_rank_by_index` once the query is embedded: ``query`` (D,), ``index`` the experts' (``vectors``
+        "model2vec") or their training tasks' ("task") Faiss index of ``vec_method`` vectors."""
+        from taskreg.selection.select import rerank
+
+        t0 = self.side.probes.trivial(probe, embedding) if "trivial" in selector.needs else None
         n_experts = len(by_id)
         want = max(candidate_floor_for(top), top)
         while True:
-            pairs = self._candidates(vectors, probe, vec_method, query, want, by_id)
+            pairs = self._candidates(index, vectors, probe, vec_method, query, want, by_id)
             if len({e.id for e, _ in pairs}) >= min(top, n_experts) or want >= 4 * n_experts + 64:
                 break
             want *= 4
@@ -307,6 +330,8 @@ class SelectionService:
                     ranked.append(Scored(e, r.score))
         ranked_ids = {x.expert.id for x in ranked}
         rest = [e for e in by_id.values() if e.id not in ranked_ids]
+        if shown is not None:
+            rest = rest[:max(0, shown - len(ranked))]
         if rest:
             reasons = self._unscored_reasons(vectors, probe, vec_method, rest, want)
             ranked += [Scored(e, None, reasons[e.id]) for e in rest]
@@ -319,16 +344,13 @@ class SelectionService:
         with self.side.core.read() as con:
             return expert_basis.unscored_reasons(con, method, probe, vec_method, experts, want)
 
-    def _candidates(self, method: str, probe: str, vec_method: str, query: np.ndarray, want: int,
-                    by_id: dict[int, catalog.ExpertRecord]) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:
-        """(expert, vector) pairs for the index's top ``want`` hits."""
-        # Model2Vec: the index holds expert vectors. Task2Vec / domain: it holds task vectors, and an expert is
-        # represented by its training task.
-        family, fetch = (("model2vec", catalog.model2vec_vectors) if method == "model2vec"
-                         else ("task", catalog.expert_task_vectors))
-        index = self.side.index_manager.get(self.side.index_manager.kind(family, probe, vec_method))
+    def _candidates(self, index: faiss.Index | LoggedIndex | None, method: str, probe: str, vec_method: str,
+                    query: np.ndarray, want: int, by_id: dict[int, catalog.ExpertRecord]
+                    ) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:
+        """(expert, vector) pairs for the top ``want`` hits of ``index`` (``method``'s: "model2vec" or "task")."""
         if index is None:
             return []
+        fetch = catalog.model2vec_vectors if method == "model2vec" else catalog.expert_task_vectors
         ids, _ = search(index, query, want)
         with self.side.core.read() as con:
             found, vectors = fetch(con, probe, vec_method, ids.tolist())

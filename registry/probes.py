@@ -47,13 +47,21 @@ class ProbeService:
         by_name = {p.name: p for p in probes}
         return by_name.get("default", probes[0])
 
+    def checked_probe(self, name: str | None = None) -> catalog.ProbeRecord:
+        """The probe's record, after checking that its weights file is the registered one (sha256); no torch."""
+        rec = self.resolve_probe(name)
+        verified_weights(self.core, rec.weights, rec.sha256, f"probe {rec.name}")
+        return rec
+
     def load_probe(self, name: str | None = None) -> tuple[catalog.ProbeRecord, nn.Module, ProbeSpec]:
+        return self.load_checked_probe(self.checked_probe(name))
+
+    def load_checked_probe(self, rec: catalog.ProbeRecord) -> tuple[catalog.ProbeRecord, nn.Module, ProbeSpec]:
+        """The network of a probe whose weights :meth:`checked_probe` verified: (record, model in eval mode, spec)."""
         from taskreg.embedders.probes import ProbeSpec, create_model
         from taskreg.embedders.weight_files import load_state_dict_file, load_weights
 
-        rec = self.resolve_probe(name)
-        path = verified_weights(self.core, rec.weights, rec.sha256, f"probe {rec.name}")
-        state = load_state_dict_file(path)
+        state = load_state_dict_file(self.core.tracker.local_file(rec.weights))
         model = create_model(rec.arch, num_classes=head_classes(state))
         load_weights(model, state, ignore_head=False)
         model.eval()

@@ -26,7 +26,7 @@ from taskreg.registry.probes import ProbeService
 from taskreg.registry.runs import marking_removal, pending_run
 
 if TYPE_CHECKING:
-    from taskreg.embedders.task2vec import TaskEmbedding
+    from taskreg.embedders.task_embedding import TaskEmbedding
 
 METHODS = ("montecarlo", "variational")
 
@@ -100,17 +100,19 @@ class TaskService:
         The domain embedding (mean probe features) comes from the Task2Vec features pass, on the same
         class-balanced subsample of ``max_samples`` images: no second pass over the data.
         """
-        from taskreg.embedders.probes import to_device
-        from taskreg.embedders.task2vec import embed
+        from taskreg.devices import device_type
 
         if method not in METHODS:
             raise TaskregError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        rec, model, spec = self.probes.load_probe(probe)
-        dev = to_device(device).type  # a GPU's result may differ from the CPU's in the last bits
+        rec = self.probes.checked_probe(probe)
+        dev = device_type(device)  # a GPU's result may differ from the CPU's in the last bits
         path = self.core.cache_dir / "task2vec" / (f"{rec.sha256[:16]}-{rec.input_size}px-{ds.fingerprint()[:16]}-"
                                                    f"{method}-{max_samples}-{seed}-{dev}.npz")
         emb = _embedding_from_arrays(load_arrays(path))
-        if emb is None:
+        if emb is None:  # only now torch and the probe's network: a cached query needs neither
+            from taskreg.embedders.task2vec import embed
+
+            _, model, spec = self.probes.load_checked_probe(rec)
             emb = embed(model, spec, ds.x, ds.y, method=method, max_samples=max_samples, seed=seed, device=device,
                         progress=progress)
             save_arrays(self.core, path, _embedding_arrays(emb))
@@ -278,7 +280,7 @@ def _embedding_arrays(emb: TaskEmbedding) -> dict[str, np.ndarray]:
 
 def _embedding_from_arrays(arrays: dict[str, np.ndarray] | None) -> TaskEmbedding | None:
     """The TaskEmbedding cached by :func:`_embedding_arrays`; None for a miss or a file of another shape."""
-    from taskreg.embedders.task2vec import TaskEmbedding
+    from taskreg.embedders.task_embedding import TaskEmbedding
 
     want = {"vector", "mean_features", "layout_names", "layout_sizes", *_EMBEDDING_SCALARS}
     if arrays is None or set(arrays) != want:

@@ -78,6 +78,24 @@ def test_write_rolls_back_on_error(registry: Registry) -> None:
     assert registry.list_tasks() == []
 
 
+def test_reads_in_a_session_share_one_connection_and_a_write_inside_still_commits(registry: Registry) -> None:
+    """issue 16: ``select`` groups its catalog reads in a session (one DuckDB connect instead of a dozen); a write
+    inside closes the shared read-only connection first (DuckDB refuses both modes on one file in one process)."""
+    core = registry.core
+    with core.session():
+        with core.read() as a, core.read() as b:
+            assert a is b
+        with core.write() as con:
+            con.execute("INSERT INTO registry_info VALUES ('session-test', 'x')")
+        with core.read() as c:
+            assert c.execute("SELECT value FROM registry_info WHERE key = 'session-test'").fetchone() == ("x",)
+    with core.read() as d:
+        assert d is not c
+        assert d.execute("SELECT count(*) FROM registry_info WHERE key = 'session-test'").fetchone() == (1,)
+    with pytest.raises(duckdb.ConnectionException):
+        c.execute("SELECT 1")  # closed with the session
+
+
 def test_vectors_round_trip_through_arrow(registry: Registry) -> None:
     rng = np.random.default_rng(0)
     vecs = rng.random((7, 13), dtype=np.float32)

@@ -170,6 +170,27 @@ def test_a_query_is_embedded_once_and_every_forward_score_shares_one_pass_per_ex
     assert reg.select(q, method="asym", top=3).to_json()["results"] == first["asym"] and calls["embed"] == 2
 
 
+def test_a_cached_query_is_ranked_without_torch(built: Path, tmp_path: Path) -> None:
+    """issue 16: a query select has seen is ranked from ``cache/task2vec`` without importing torch or loading the
+    probe's network (2 s of a fresh process's start-up), with the same answer; the probe's weights are still checked."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "reg"
+    shutil.copytree(built, root)
+    q = "builtin:mnist5k?classes=5,6&n=120&split=test"
+    first = [r.to_json() for r in Registry.open(root).select(q, method="asym", top=3).results]
+    code = ("import json, sys\nfrom taskreg.registry import Registry\n"
+            f"out = Registry.open({str(root)!r}).select({q!r}, method='asym', top=3)\n"
+            "print(json.dumps(['torch' in sys.modules, [r.to_json() for r in out.results]]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [False, first]
+    probe = Registry.open(root).list_probes()[0]
+    (root / probe.weights).write_bytes(b"altered")
+    with pytest.raises(TaskregError, match="missing or altered"):
+        Registry.open(root).select(q, method="asym", top=3)
+
+
 def test_two_stage_scores_only_the_shortlist_and_says_what_each_stage_cost(
         built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """issue 15: asym shortlists 2 of the 3 experts, LogME scores those 2 only (one forward pass each), with the
