@@ -24,8 +24,8 @@ from taskreg.registry import catalog
 from taskreg.registry.array_cache import load_array, save_array
 from taskreg.registry.core import Core
 from taskreg.registry.experts import ExpertService
+from taskreg.registry.runs import verified_weights
 from taskreg.registry.tasks import TaskService
-from taskreg.registry.weights import file_sha256
 from taskreg.trainers.expert_eval_jobs import EvalJob, EvalOutcome, run_eval_job
 
 if TYPE_CHECKING:
@@ -127,23 +127,19 @@ class ExpertEvaluator:
         first (the same one-line errors as a measurement in this process would give)."""
         from taskreg.registry.experts import expert_spec
 
-        checked_experts: set[int] = set()
+        weights: dict[int, Path] = {}  # expert id -> its verified local weight file
         checked_tasks: set[int] = set()
         jobs = []
         for erec, trec in todo:
-            if erec.id not in checked_experts:
-                path = self.core.root / erec.weights
-                if not path.exists() or file_sha256(path) != erec.sha256:
-                    raise TaskregError(f"expert {erec.name}: weights file {erec.weights} is missing or altered "
-                                       "(run check)")
-                checked_experts.add(erec.id)
+            if erec.id not in weights:  # the check load_expert makes (a tracking server's weights are fetched)
+                weights[erec.id] = verified_weights(self.core, erec.weights, erec.sha256, f"expert {erec.name}")
             if trec.id not in checked_tasks:
                 self.tasks.task_data(trec)  # loads and checks the data is still what was registered
                 checked_tasks.add(trec.id)
             spec = expert_spec(erec.arch, erec.input_size)
             cache = None if self.core.read_only else str(self.feature_path(erec, spec, trec.fingerprint))
-            jobs.append(EvalJob(erec.id, erec.name, trec.id, trec.name, str(self.core.root / erec.weights),
-                                erec.sha256, erec.arch, spec, trec.source, trec.fingerprint, cache, protocol, device))
+            jobs.append(EvalJob(erec.id, erec.name, trec.id, trec.name, str(weights[erec.id]), erec.sha256,
+                                erec.arch, spec, trec.source, trec.fingerprint, cache, protocol, device))
         return jobs
 
     def _commit(self, outcomes: list[EvalOutcome], protocol: str) -> int:

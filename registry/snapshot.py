@@ -45,6 +45,9 @@ def export(core: Core, dest: Path | str, *, with_experts: bool = False) -> Path:
     from taskreg.registry.backup import _copy_tree, _is_empty_dir, _publish, _require_writable_parent, _staging_dir
 
     dest = Path(dest).expanduser().resolve()
+    if core.tracker.remote:
+        raise TaskregError(f"{core.root} keeps its weights on a tracking server: export copies local weight files "
+                           "only, which such a registry does not have")
     if dest == core.root or core.root in dest.parents or dest in core.root.parents:
         raise TaskregError(f"{core.root} and {dest} overlap: export into a directory outside the registry")
     if dest.exists() and not _is_empty_dir(dest):
