@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from taskreg.errors import TaskregError
 from taskreg.selection.selectors import (  # metadata only: no torch, no numpy
@@ -34,8 +35,21 @@ TASK_LIST_LIMIT = 50  # rows of `task list` rendered as a table unless --limit s
 if TYPE_CHECKING:
     from taskreg.registry import Registry
 
+HELP_FLAG = "--help"
+
+
+class _Root(TyperGroup):
+    """The top-level group; it keeps the arguments after the global options (``ctx.meta["taskreg.rest"]``) so the
+    callback can tell a request for help, which runs nothing and so needs no valid thread budget."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        ctx.meta["taskreg.rest"] = list(args)
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(
     name="taskreg",
+    cls=_Root,
     help="A database-backed meta-learning model registry: Task2Vec/Model2Vec expert selection and "
     "Taskonomy transfer policies.",
     no_args_is_help=True,
@@ -146,6 +160,8 @@ def _main(ctx: typer.Context, registry: RegistryOpt = None, threads: ThreadsOpt 
     try:
         ctx.with_resource(applied(threads))
     except TaskregError as exc:
+        if HELP_FLAG in ctx.meta.get("taskreg.rest", ()) or not ctx.meta.get("taskreg.rest"):
+            return  # `taskreg CMD --help` (or a group's usage) runs nothing: a bad budget must not hide the help
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 

@@ -168,3 +168,16 @@ def test_a_bad_budget_is_one_line_and_in_process_runs_leave_no_trace(tmp_path: P
     res = runner.invoke(app, ["--threads", "1", "--registry", str(tmp_path / "r"), "init"])
     assert res.exit_code == 0, res.output
     assert {var: os.environ.get(var) for var in MANAGED_VARS} == before
+
+
+def test_a_bad_budget_does_not_hide_the_help(tmp_path: Path) -> None:
+    """`--help` runs nothing, so a bad TASKREG_THREADS must not replace the help with its error; the command
+    itself still refuses it."""
+    from taskreg.cli import app
+
+    runner = CliRunner()
+    for argv in (["select", "--help"], ["task", "--help"], ["task", "add", "--help"]):
+        res = runner.invoke(app, argv, env={ENV: "lots"})
+        assert res.exit_code == 0 and "Usage: " in res.output and "TASKREG_THREADS" not in res.output, argv
+    res = runner.invoke(app, ["--registry", str(tmp_path / "r"), "task", "list"], env={ENV: "lots"})
+    assert res.exit_code == 2 and "TASKREG_THREADS" in res.output
