@@ -121,21 +121,30 @@ def speed(args: argparse.Namespace, mx: np.ndarray, my: np.ndarray) -> None:
     print(f"\n## 1. Speed ({args.arch}, {init}, MNIST at {args.size}x{args.size}, batch 64)")
     print("(rounds interleave the floor and the embedding, so slow phases of a noisy machine hit both; the ratio "
           "is the median over rounds of embed / floor of the same round, with the range in brackets)")
-    print(f"{'N':>6} {'method':<12} {'embed s':>9} {'fwd+bwd s':>10} {'ratio':>7}  range")
+    # --retain-gb: montecarlo with each cap on the graphs its features pass may keep, in the same rounds
+    retains: list[float | None] = list(args.retain_gb) if args.retain_gb else [None]
+    print(f"{'N':>6} {'method':<12} {'keep':>8} {'embed s':>9} {'fwd+bwd s':>10} {'ratio':>7}  range")
     for n in args.sizes:
         x, y = mx[:n], my[:n]
         for method in args.methods:
             kw = var_kwargs(args) if method == "variational" else {}
+            variants = retains if method == "montecarlo" else [None]
             rounds = args.repeats if method == "montecarlo" else 1
-            pairs = [(best_of(lambda x=x, y=y: plain_pass(model, spec, x, y, 64), 1),
-                      best_of(lambda x=x, y=y, m=method, kw=kw: embed(model, spec, x, y, method=m, batch_size=64,
-                                                                       **kw), 1)) for _ in range(rounds)]
-            ratios = sorted(t / max(b, 1e-9) for b, t in pairs)
-            base, t = statistics.median(b for b, _ in pairs), statistics.median(t for _, t in pairs)
+            runs: list[tuple[float, list[float]]] = []
+            for _ in range(rounds):
+                base = best_of(lambda x=x, y=y: plain_pass(model, spec, x, y, 64), 1)
+                runs.append((base, [best_of(lambda x=x, y=y, m=method, kw=kw, r=r: embed(
+                    model, spec, x, y, method=m, batch_size=64, **kw,
+                    **({} if r is None else {"retain_bytes": int(r * 2**30)})), 1) for r in variants]))
             note = f" (var_epochs={args.var_epochs}, {args.var_solver})" if method == "variational" else ""
-            print(f"{n:>6} {method:<12} {t:>9.2f} {base:>10.2f} {statistics.median(ratios):>7.2f}  "
-                  f"[{ratios[0]:.2f}, {ratios[-1]:.2f}]{note}", flush=True)
-        breakdown(model, spec, x, y, min(b for b, _ in pairs), args.repeats)
+            for j, r in enumerate(variants):
+                ratios = sorted(ts[j] / max(b, 1e-9) for b, ts in runs)
+                base, t = statistics.median(b for b, _ in runs), statistics.median(ts[j] for _, ts in runs)
+                keep = "default" if r is None else f"{r:g} GiB"
+                print(f"{n:>6} {method:<12} {keep:>8} {t:>9.2f} {base:>10.2f} {statistics.median(ratios):>7.2f}  "
+                      f"[{ratios[0]:.2f}, {ratios[-1]:.2f}]{note}", flush=True)
+        if not args.no_breakdown:
+            breakdown(model, spec, x, y, min(b for b, _ in runs), args.repeats)
 
 
 def breakdown(model: torch.nn.Module, spec: ProbeSpec, x: np.ndarray, y: np.ndarray, base: float,
@@ -353,6 +362,10 @@ def main() -> None:
     ap.add_argument("--zoo-weights", action="store_true",
                     help="speed part: load the zoo's ImageNet weights into --arch (needs the 'zoo' extra)")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--retain-gb", type=float, nargs="+", default=None, metavar="GIB",
+                    help="speed part, montecarlo: time the embedding once per cap on the autograd graphs its features "
+                    "pass may keep (embed's retain_bytes; 0 = run the network forward twice), in the same rounds")
+    ap.add_argument("--no-breakdown", action="store_true", help="speed part: skip the per-part breakdown")
     ap.add_argument("--skip-shuffled", action="store_true", help="skip part 5 (shuffled-label copies of the tasks)")
     args = ap.parse_args()
     args.sizes = args.sizes or ([1000] if args.quick else [1000, 5000])

@@ -227,9 +227,9 @@ def montecarlo_fisher(net: nn.Module, xt: torch.Tensor, batch_size: int, dev: to
 
     Labels are sampled from the model unless ``labels`` (N,) is given (then it is the empirical
     Fisher; used by tests to check the per-sample computation against autograd). ``kept``: the
-    graph-carrying features of every batch and the accumulator hooked while they were computed (from
-    :func:`taskreg.embedders.task2vec.features_keeping_graphs`); the batches then start from there instead of
-    running the network forward again -- the same labels, sums and result.
+    graph-carrying features of each batch (None for a batch whose graph was not kept) and the accumulator hooked
+    while they were computed (from :func:`taskreg.embedders.task2vec.features_keeping_graphs`); the kept batches
+    then start from there instead of running the network forward again -- the same labels, sums and result.
     """
     if kept is None:
         for prm in net.parameters():
@@ -239,7 +239,7 @@ def montecarlo_fisher(net: nn.Module, xt: torch.Tensor, batch_size: int, dev: to
         graphs, acc = kept
     try:
         for b, i in enumerate(range(0, xt.shape[0], batch_size)):
-            if graphs is None:
+            if graphs is None or graphs[b] is None:  # not kept: the network runs forward again
                 logits = net(xt[i : i + batch_size].to(dev))
             else:
                 logits = net.fc(graphs[b])  # type: ignore[operator]
