@@ -75,7 +75,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -190,6 +190,46 @@ def probe_features(model: nn.Module, xt: torch.Tensor, batch_size: int, dev: tor
     return torch.cat(out)
 
 
+class HeadAdam:
+    """``torch.optim.Adam(params, lr, weight_decay=wd)`` for the linear head, its CPU update written out.
+
+    Constructing any ``torch.optim`` optimizer imports ``torch._dynamo`` (about 1.6 s in a fresh process): most of
+    the cost of a small query's probe pass, paid by every ``select`` and ``task add``. This is Adam's single-tensor
+    update (L2 weight decay added to the gradient, betas 0.9/0.999, eps 1e-8, no amsgrad) with the same operations
+    in the same order, so the result is bit-for-bit that of ``torch.optim.Adam`` on the CPU
+    (tests/test_task2vec.py checks it).
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], *, lr: float, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params = list(params)
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        self.steps += 1
+        step = float(self.steps)  # torch keeps the count in a float32 tensor and reads it back as a float
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        step_size = self.lr / bias_correction1
+        for p, exp_avg, exp_avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
+            if p.grad is None:
+                continue
+            grad = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
 def train_head(z: torch.Tensor, y: torch.Tensor, k: int, *, epochs: int, lr: float, weight_decay: float,
                 batch_size: int, gen: torch.Generator) -> tuple[nn.Linear, float, float]:
     """Zero-initialised softmax regression on standardised features, folded back to raw features.
@@ -203,14 +243,14 @@ def train_head(z: torch.Tensor, y: torch.Tensor, k: int, *, epochs: int, lr: flo
     lin = nn.Linear(z.shape[1], k)
     nn.init.zeros_(lin.weight)
     nn.init.zeros_(lin.bias)
-    opt = torch.optim.Adam(lin.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = HeadAdam(lin.parameters(), lr=lr, weight_decay=weight_decay)  # torch.optim.Adam, without its import
     n = z.shape[0]
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
             batch_loss = F.cross_entropy(lin(zs[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             batch_loss.backward()
             opt.step()
     with torch.no_grad():
@@ -243,15 +283,16 @@ def _available_bytes(dev: torch.device) -> int:
 def features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, dev: torch.device,
                              budget: int, tick: Callable[[], None] | None = None
                              ) -> tuple[torch.Tensor, list[torch.Tensor | None], FisherAccumulator] | None:
-    """The features pass of the montecarlo estimator with each batch's autograd graph kept.
+    """The features pass of the montecarlo estimator with the autograd graphs of as many batches as fit kept.
 
-    The Fisher pass then starts from the kept features (head, sampled labels, backward) instead of
-    running the network forward a second time. Returns (features (N, D) on CPU, per-batch graph-carrying
-    features, the hooked accumulator), or None -- nothing kept -- when a forward pass of one image shows that
-    all graphs would need more than ``budget`` bytes (the distinct activation storages autograd saves, weights
-    excluded; ResNet-18 at 32x32: 442 KB per image; EfficientNet-Lite0 at 128 px: 24.7 MiB). Measuring on
-    one image rather than on the first batch wastes one image's forward pass, not a batch's, when nothing is
-    kept.
+    The Fisher pass then starts each kept batch from its graph-carrying features (head, sampled labels, backward)
+    instead of running the network forward a second time; the batches whose graphs did not fit (``None`` in the
+    returned list) run forward again there. Returns (features (N, D) on CPU, per-batch graph-carrying features or
+    None, the hooked accumulator), or None -- nothing kept -- when not even one batch's graph fits in ``budget``
+    bytes (the distinct activation storages autograd saves, weights excluded; ResNet-18 at 32x32: 442 KB per
+    image; EfficientNet-Lite0 at 128 px: 24.7 MiB). The first batch's size is measured on one image, so a budget
+    that holds nothing costs one image's forward pass, not a batch's; later batches are kept while the bytes
+    actually saved so far plus one more batch stay within the budget, so the split is the same on every run.
     """
     if budget <= 0 or type(net).forward is not ProbeNet.forward:
         return None
@@ -276,12 +317,20 @@ def features_keeping_graphs(net: nn.Module, xt: torch.Tensor, batch_size: int, d
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             # its graph is dropped unused; BatchNorm in eval: images independent
             net.features(xt[:1].to(dev))  # type: ignore[operator]
-        if saved * n > budget:
+        per_image, saved = saved, 0
+        if per_image * min(batch_size, n) > budget:
             acc.remove()
             return None
         for i in range(0, n, batch_size):
-            zb = net.features(xt[i : i + batch_size].to(dev))  # type: ignore[operator]
-            graphs.append(zb)
+            xb = xt[i : i + batch_size].to(dev)
+            if saved + per_image * xb.shape[0] <= budget:
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    zb = net.features(xb)  # type: ignore[operator]
+                graphs.append(zb)
+            else:  # no room: features only, this batch runs forward again in the Fisher pass
+                with torch.no_grad():
+                    zb = net.features(xb)  # type: ignore[operator]
+                graphs.append(None)
             feats.append(zb.detach().float().cpu())
             if tick is not None:
                 tick()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -332,8 +333,39 @@ def test_single_forward_montecarlo_equals_the_two_pass_one(probe: torch.nn.Modul
     assert features_keeping_graphs(net, xt, 16, torch.device("cpu"), 1000) is None
     assert not any(m._forward_hooks for _, m in feature_convs(net))  # the fallback leaves no hook behind
     z, graphs, acc = features_keeping_graphs(net, xt, 16, torch.device("cpu"), 2**30)
-    assert z.shape == (40, 64) and len(graphs) == 3 and all(g.requires_grad for g in graphs)
+    assert z.shape == (40, 64) and len(graphs) == 3 and all(g is not None and g.requires_grad for g in graphs)
     acc.remove()
+    # a budget for about two batches: those are kept, the third runs forward again -- still the same embedding
+    per_image = _saved_bytes_per_image(net, xt[:1])
+    z2, graphs2, acc2 = features_keeping_graphs(net, xt, 16, torch.device("cpu"), int(per_image * 35))
+    acc2.remove()
+    assert [g is not None for g in graphs2] == [True, True, False] and torch.equal(z2, z)
+    partial = embed(probe, SPEC, x, y, seed=7, batch_size=32, retain_bytes=int(per_image * 70))
+    assert np.array_equal(kept.vector, partial.vector)
+
+
+def _saved_bytes_per_image(net: torch.nn.Module, x1: torch.Tensor) -> int:
+    """Bytes of the distinct activation storages autograd keeps for one image in the Fisher pass (weights frozen,
+    the graph starting at the first conv's output, as the accumulator's hooks make it; weights excluded)."""
+    from taskreg.embedders.task2vec_kernels import FisherAccumulator
+
+    seen = {t.untyped_storage().data_ptr() for t in (*net.parameters(), *net.buffers())}
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+        return t
+
+    acc = FisherAccumulator(net)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net.features(x1)  # type: ignore[operator]
+    finally:
+        acc.remove()
+    return total
 
 
 def test_input_validation(probe: torch.nn.Module, digits) -> None:
@@ -348,3 +380,39 @@ def test_input_validation(probe: torch.nn.Module, digits) -> None:
                {"var_solver": "adam"}, {"var_lr": 0.0}):
         with pytest.raises(TaskregError):
             embed(probe, SPEC, x, y, method="variational", **kw)
+
+
+def test_the_head_optimizer_is_torch_adam_bit_for_bit() -> None:
+    """HeadAdam (no torch._dynamo import) gives exactly torch.optim.Adam's weights, with and without weight decay."""
+    from taskreg.embedders.task2vec import HeadAdam
+
+    gen = torch.Generator().manual_seed(3)
+    z, y = torch.randn(300, 40, generator=gen), torch.randint(0, 5, (300,), generator=gen)
+    for wd in (0.0, 1e-3):
+        heads = [torch.nn.Linear(40, 5), torch.nn.Linear(40, 5)]
+        heads[1].load_state_dict(heads[0].state_dict())
+        opts = [HeadAdam(heads[0].parameters(), lr=0.01, weight_decay=wd),
+                torch.optim.Adam(heads[1].parameters(), lr=0.01, weight_decay=wd)]
+        for i in range(0, 300, 32):
+            for head, opt in zip(heads, opts, strict=True):
+                opt.zero_grad()
+                F.cross_entropy(head(z[i : i + 32]), y[i : i + 32]).backward()
+                opt.step()
+        for a, b in zip(heads[0].parameters(), heads[1].parameters(), strict=True):
+            assert torch.equal(a, b), wd
+
+
+def test_embedding_a_query_does_not_import_dynamo() -> None:
+    """The probe pass of a fresh process pays no torch._dynamo import (1.6 s): checked in a subprocess."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from taskreg.embedders.probes import create_model; "
+            "from taskreg.embedders.task2vec import embed; from taskreg.data import load; "
+            "from taskreg.embedders.probes import default_spec; d = load('builtin:digits?n=60'); "
+            "torch.manual_seed(0); embed(create_model('cifar_resnet8'), default_spec('cifar_resnet8'), d.x, d.y, "
+            "head_epochs=2); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
+    assert out == ["False"]
