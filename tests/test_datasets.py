@@ -101,6 +101,7 @@ def test_builtin_contents_match_their_packages() -> None:
 
     digits = load("builtin:digits")
     np.testing.assert_allclose(digits.x[:, 0], load_digits().images / 16.0, atol=1e-6)
+    assert np.array_equal(digits.y, load_digits().target)
     assert set(np.unique(digits.x * 16).round(4)) <= set(np.arange(17.0))
 
     faces = load("builtin:faces")
@@ -623,3 +624,14 @@ def test_dataset_record_validates() -> None:
         Dataset(x + 2, y, ["a", "b"], "s", "d")
     with pytest.raises(TaskregError, match="labels must lie"):
         Dataset(x, np.array([0, 2]), ["a", "b"], "s", "d")
+
+
+def test_builtin_digits_loads_without_importing_scikit_learn() -> None:
+    """The digits come from the CSV scikit-learn ships, read directly: its 1.5-2 s import is not paid."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from taskreg.data import load; d = load('builtin:digits'); "
+            "print(d.n, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1797", "False"]
