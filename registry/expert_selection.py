@@ -9,6 +9,7 @@ query data instead; their cost is reported with the answer. The ranking methods 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -121,6 +122,18 @@ class Scored:
     unscored_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class IndexPlan:
+    """What an index method searches, settled (and its Faiss index loaded) before the query's probe pass, inside
+    the prelude's catalog session: the probe (weights checked), the vectors the index holds ("model2vec": the
+    experts' own, "task": their training tasks') and their method ("domain" or the Task2Vec estimator)."""
+
+    probe: catalog.ProbeRecord
+    vectors: str
+    vec_method: str
+    index: faiss.Index | LoggedIndex | None
+
+
 def nonfinite_note(what: str = "features") -> str:
     """Why an expert whose ``what`` (features, outputs) on the query hold NaN or Inf is not scored or measured."""
     return f"NaN or infinite {what} on the query (its weights are broken; `taskreg expert rm` removes it)"
@@ -157,49 +170,58 @@ class SelectionService:
             raise TaskregError(f"--top must be at least 1, got {top}")
         if verify < 0:
             raise TaskregError(f"--verify must be >= 0, got {verify}")
-        with self.side.core.session():  # these reads share one catalog connection
+        with self.side.core.session():  # these reads share one catalog connection, closed before the probe pass
             experts = self.side.experts.list_experts()
             if not experts:
                 raise TaskregError("no experts registered: `taskreg expert add` or `taskreg expert train` first")
             prec = self.side.probes.resolve_probe(probe)
             fitted = self.model2vec.fitted(prec.name, embedding)
-        index_default = "model2vec" if fitted else "asym"
-        if method is None:
-            method = index_default
-        if method == TWO_STAGE:
-            first, selector = self._two_stage_methods(shortlist_by or index_default, rerank, shortlist)
-        else:
-            first, selector = None, get_selector(method)  # an unknown method: one line listing the registered ones
-        for sel_ in (first, selector):
-            if sel_ is not None and "model2vec" in sel_.needs and not fitted:
-                raise TaskregError("Model2Vec is not fitted for this probe: run `taskreg model2vec fit`")
+            index_default = "model2vec" if fitted else "asym"
+            if method is None:
+                method = index_default
+            if method == TWO_STAGE:
+                first, selector = self._two_stage_methods(shortlist_by or index_default, rerank, shortlist)
+            else:
+                first, selector = None, get_selector(method)  # an unknown method: one line listing the registered
+            for sel_ in (first, selector):
+                if sel_ is not None and "model2vec" in sel_.needs and not fitted:
+                    raise TaskregError("Model2Vec is not fitted for this probe: run `taskreg model2vec fit`")
+            by_index = first if first is not None else selector if selector.cost == "index" else None
+            plan = self._index_plan(by_index, prec, embedding) if by_index is not None else None
         ds = dataset if dataset is not None else datasets.load(source)
         by_id = {e.id: e for e in experts}
 
         # the method's cost class and needs decide what is gathered for its scorer, never its name
         stages: tuple[SelectionStage, ...] = ()
-        if first is not None:
-            ranked, scored, cost, stages = self._rank_two_stage(ds, first, selector, prec.name, embedding, alpha,
-                                                                max_samples, seed, device, by_id, shortlist, progress)
-        elif selector.cost == "index":
-            ranked, scored, cost = self._rank_by_index(ds, selector, prec.name, embedding, alpha, max_samples, seed,
-                                                       device, by_id, top, progress, shown=top)
-        elif selector.cost == "forward":
-            ranked, scored, cost = self._rank_by_forward(ds, selector, experts, device, progress)
-        else:
-            stage(progress, f"ranking {len(experts)} experts by {selector.name} (no computation on the query)")
-            ranked, scored, cost = self._rank_without_query(selector, experts, seed), 0, "no computation"
-        # an expert the method cannot score comes last, with its reason instead of a number (never NaN)
-        ranked = [r for r in ranked if r.score is not None] + [r for r in ranked if r.score is None]
+        with contextlib.ExitStack() as after_probe:
+            if first is not None:
+                assert plan is not None
+                ranked, scored, cost, stages = self._rank_two_stage(ds, first, selector, plan, embedding, alpha,
+                                                                    max_samples, seed, device, by_id, shortlist,
+                                                                    progress)
+            elif selector.cost == "index":
+                assert plan is not None
+                query = self._embed_query(ds, selector, plan, embedding, max_samples, seed, device, progress)
+                after_probe.enter_context(self.side.core.session())  # the reads from here on share one connection
+                ranked, scored, cost = self._rank_embedded(ds, selector, plan, embedding, query, alpha, max_samples,
+                                                           by_id, top, shown=top)
+            elif selector.cost == "forward":
+                ranked, scored, cost = self._rank_by_forward(ds, selector, experts, device, progress)
+            else:
+                stage(progress, f"ranking {len(experts)} experts by {selector.name} (no computation on the query)")
+                ranked, scored, cost = self._rank_without_query(selector, experts, seed), 0, "no computation"
+            # an expert the method cannot score comes last, with its reason instead of a number (never NaN)
+            ranked = [r for r in ranked if r.score is not None] + [r for r in ranked if r.score is None]
 
-        if verify:
-            stage(progress, f"verifying the top {min(verify, len(ranked))} with a linear probe on the query")
-        verified, winner = self._verify([r.expert for r in ranked[:verify]], ds, device) if verify else ((), None)
-        with self.side.core.read() as con:  # measured on the query when it is a registered task, else when verified
-            measured = catalog.measured_errors_by_fingerprint(con, ds.fingerprint())
-            # what each score rests on (a ranking may mix kinds: never silently)
-            bases = expert_basis.score_bases(con, selector, prec.name, embedding,
-                                             [r.expert for r in ranked[:top] if r.score is not None])
+            if verify:
+                after_probe.close()  # verifying runs experts forward: no catalog connection is held meanwhile
+                stage(progress, f"verifying the top {min(verify, len(ranked))} with a linear probe on the query")
+            verified, winner = self._verify([r.expert for r in ranked[:verify]], ds, device) if verify else ((), None)
+            with self.side.core.read() as con:  # measured on the query when it is a registered task, else verified
+                measured = catalog.measured_errors_by_fingerprint(con, ds.fingerprint())
+                # what each score rests on (a ranking may mix kinds: never silently)
+                bases = expert_basis.score_bases(con, selector, prec.name, embedding,
+                                                 [r.expert for r in ranked[:top] if r.score is not None])
         verified_errors = {v.expert: v.test_error for v in verified}
         results = tuple(
             RankedExpert(rank=i + 1, expert=r.expert.name, score=r.score, trained_on=r.expert.trained_on,
@@ -227,13 +249,14 @@ class SelectionService:
                                f"got {rerank!r}")
         return first, second
 
-    def _rank_two_stage(self, ds: datasets.Dataset, first: Selector, second: Selector, probe: str, embedding: str,
+    def _rank_two_stage(self, ds: datasets.Dataset, first: Selector, second: Selector, plan: IndexPlan,
+                        embedding: str,
                         alpha: float, max_samples: int | None, seed: int, device: str,
                         by_id: dict[int, catalog.ExpertRecord], shortlist: int,
                         progress: Progress) -> tuple[list[Scored], int, str, tuple[SelectionStage, ...]]:
         """Shortlist by the index method, re-rank the shortlist by the forward method; the rest follow, unscored."""
         t0 = time.perf_counter()
-        ranked1, scored1, cost1 = self._rank_by_index(ds, first, probe, embedding, alpha, max_samples, seed, device,
+        ranked1, scored1, cost1 = self._rank_by_index(ds, first, plan, embedding, alpha, max_samples, seed, device,
                                                       by_id, shortlist, progress)
         short = [r.expert for r in ranked1 if r.score is not None][:shortlist]
         t1 = time.perf_counter()
@@ -278,38 +301,49 @@ class SelectionService:
         verified += [VerifiedExpert(n, None, nonfinite_note()) for n in broken]
         return tuple(verified), winner
 
-    def _rank_by_index(self, ds: datasets.Dataset, selector: Selector, probe: str, embedding: str, alpha: float,
+    def _index_plan(self, selector: Selector, prec: catalog.ProbeRecord, embedding: str) -> IndexPlan:
+        """The index ``selector`` searches, loaded (or rebuilt, when stale) now: before the probe pass, so a writer
+        in another process never waits on a rebuild and the catalog is not held open during the pass. Checks the
+        probe's weights too (sha256), so a damaged probe fails before any work."""
+        self.side.probes.check_weights(prec)
+        vec_method = "domain" if "domain" in selector.needs else embedding
+        vectors = "model2vec" if "model2vec" in selector.needs else "task"  # the experts' own vectors, or their tasks'
+        # Model2Vec: the index holds expert vectors. Task2Vec / domain: it holds task vectors, and an expert is
+        # represented by its training task.
+        index = self.side.index_manager.get(self.side.index_manager.kind(vectors, prec.name, vec_method))
+        return IndexPlan(prec, vectors, vec_method, index)
+
+    def _embed_query(self, ds: datasets.Dataset, selector: Selector, plan: IndexPlan, embedding: str,
+                     max_samples: int | None, seed: int, device: str, progress: Progress) -> np.ndarray:
+        """The query's vector for ``selector``: its Task2Vec (or domain) embedding on the plan's probe, (D,)."""
+        stage(progress, f"embedding the query ({embedding} Task2Vec on probe {plan.probe.name}, "
+                        f"{min(ds.n, max_samples or ds.n)} images)")
+        _, emb, dom = self.side.tasks.embed_dataset(ds, probe=plan.probe, method=embedding, max_samples=max_samples,
+                                                    seed=seed, device=device, progress=progress)
+        stage(progress, f"ranking the experts by {selector.name} (index search and exact re-rank)")
+        return dom if "domain" in selector.needs else emb.vector
+
+    def _rank_by_index(self, ds: datasets.Dataset, selector: Selector, plan: IndexPlan, embedding: str, alpha: float,
                        max_samples: int | None, seed: int, device: str, by_id: dict[int, catalog.ExpertRecord],
-                       top: int, progress: Progress = None, shown: int | None = None
+                       top: int, progress: Progress = None) -> tuple[list[Scored], int, str]:
+        """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last, unscored."""
+        query = self._embed_query(ds, selector, plan, embedding, max_samples, seed, device, progress)
+        with self.side.core.session():  # the catalog reads after the probe pass share one connection
+            return self._rank_embedded(ds, selector, plan, embedding, query, alpha, max_samples, by_id, top)
+
+    def _rank_embedded(self, ds: datasets.Dataset, selector: Selector, plan: IndexPlan, embedding: str,
+                       query: np.ndarray, alpha: float, max_samples: int | None,
+                       by_id: dict[int, catalog.ExpertRecord], top: int, shown: int | None = None
                        ) -> tuple[list[Scored], int, str]:
-        """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last, unscored.
+        """Rank by the plan's index once the query is embedded (``query`` (D,)): Faiss candidates, then the exact
+        distance. Experts without a vector come last, unscored.
 
         ``shown``: only the first ``shown`` rows of the ranking will be read, so it stops there (the unscored
         experts beyond are not listed: finding each one's reason reads every task name of the catalog).
         """
-        stage(progress, f"embedding the query ({embedding} Task2Vec on probe {probe}, "
-                        f"{min(ds.n, max_samples or ds.n)} images)")
-        _, emb, dom = self.side.tasks.embed_dataset(ds, probe=probe, method=embedding, max_samples=max_samples,
-                                                    seed=seed, device=device, progress=progress)
-        stage(progress, f"ranking the experts by {selector.name} (index search and exact re-rank)")
-        query = dom if "domain" in selector.needs else emb.vector
-        vec_method = "domain" if "domain" in selector.needs else embedding
-        vectors = "model2vec" if "model2vec" in selector.needs else "task"  # the experts' own vectors, or their tasks'
-        # Model2Vec: the index holds expert vectors. Task2Vec / domain: it holds task vectors, and an expert is
-        # represented by its training task. Loaded (or rebuilt, when stale) before the session below.
-        index = self.side.index_manager.get(self.side.index_manager.kind(vectors, probe, vec_method))
-        with self.side.core.session():  # the catalog reads after the probe pass share one connection
-            return self._rank_embedded(ds, selector, probe, embedding, vec_method, vectors, index, query, alpha,
-                                       max_samples, by_id, top, shown)
-
-    def _rank_embedded(self, ds: datasets.Dataset, selector: Selector, probe: str, embedding: str, vec_method: str,
-                       vectors: str, index: faiss.Index | LoggedIndex | None, query: np.ndarray, alpha: float,
-                       max_samples: int | None, by_id: dict[int, catalog.ExpertRecord], top: int,
-                       shown: int | None) -> tuple[list[Scored], int, str]:
-        """:meth:`_rank_by_index` once the query is embedded: ``query`` (D,), ``index`` the experts' (``vectors``
-        "model2vec") or their training tasks' ("task") Faiss index of ``vec_method`` vectors."""
         from taskreg.selection.select import rerank
 
+        probe, vectors, vec_method, index = plan.probe.name, plan.vectors, plan.vec_method, plan.index
         t0 = self.side.probes.trivial(probe, embedding) if "trivial" in selector.needs else None
         n_experts = len(by_id)
         want = max(candidate_floor_for(top), top)

@@ -287,43 +287,48 @@ class Registry:
         it is opened untouched and :attr:`damage` says what is wrong.
         """
         reg = cls(Path(root) if root is not None else default_root())
-        version, mine = reg.core.catalog_state()
-        theirs = reg.tracker.stored_registry_id()
+        with reg.core.session():  # the checks share one read-only catalog connection (a write closes it first)
+            reg._settle(repair_indexes=repair_indexes, write=write, damaged_ok=damaged_ok)
+        return reg
+
+    def _settle(self, *, repair_indexes: bool, write: str | None, damaged_ok: bool) -> None:
+        """:meth:`open`'s checks and upkeep on this registry (see there)."""
+        version, mine = self.core.catalog_state()
+        theirs = self.tracker.stored_registry_id()
         if version == 0:
-            store = reg.tracker.store_summary()
+            store = self.tracker.store_summary()
             if store is not None and store.holds_registry():
-                reg.core.damage = missing_catalog(store)
-            elif not reg.catalog_path.exists():
-                raise TaskregError(f"no registry at {reg.root} (run `taskreg init` or pass --registry DIR)")
+                self.core.damage = missing_catalog(store)
+            elif not self.catalog_path.exists():
+                raise TaskregError(f"no registry at {self.root} (run `taskreg init` or pass --registry DIR)")
         elif version > catalog.SCHEMA_VERSION:
             raise TaskregError(
                 f"catalog schema version {version} is newer than this taskreg ({catalog.SCHEMA_VERSION})"
             )
         elif mine is not None and theirs is not None and mine != theirs:
-            reg.core.damage = (f"catalog.duckdb belongs to registry {mine} but mlflow.db to registry {theirs}: a "
+            self.core.damage = (f"catalog.duckdb belongs to registry {mine} but mlflow.db to registry {theirs}: a "
                                f"catalog was created over another registry's MLflow store; {RECOVERY}")
         if write is not None:
-            reg.require_write_access(write)
-        if reg.damage is not None:
+            self.require_write_access(write)
+        if self.damage is not None:
             if damaged_ok:
-                return reg
-            raise TaskregError(reg.damage)
-        read_only = reg.read_only
+                return
+            raise TaskregError(self.damage)
+        read_only = self.read_only
         if version < catalog.SCHEMA_VERSION and read_only:
-            raise TaskregError(f"registry {reg.root} is read-only for this user and its catalog (schema version "
+            raise TaskregError(f"registry {self.root} is read-only for this user and its catalog (schema version "
                                f"{version}) needs an upgrade to {catalog.SCHEMA_VERSION}: its owner must open it "
                                "once with this taskreg")
         if read_only:
-            return reg
-        recorded = reg.tracker.recorded_root()
-        if recorded is not None and recorded != reg.root:
-            with reg.lock():  # the registry was copied or restored elsewhere: point MLflow at our artifacts
-                reg.tracker.relocate()
+            return
+        recorded = self.tracker.recorded_root()
+        if recorded is not None and recorded != self.root:
+            with self.lock():  # the registry was copied or restored elsewhere: point MLflow at our artifacts
+                self.tracker.relocate()
         if version < catalog.SCHEMA_VERSION:
-            with reg.write(transactional=False) as con:
+            with self.write(transactional=False) as con:
                 catalog.migrate(con)
         if mine is None or theirs is None:
-            reg.core.adopt_identity()
+            self.core.adopt_identity()
         if repair_indexes:
-            reg.repair_indexes()
-        return reg
+            self.repair_indexes()

@@ -49,7 +49,10 @@ class ProbeService:
 
     def checked_probe(self, name: str | None = None) -> catalog.ProbeRecord:
         """The probe's record, after checking that its weights file is the registered one (sha256); no torch."""
-        rec = self.resolve_probe(name)
+        return self.check_weights(self.resolve_probe(name))
+
+    def check_weights(self, rec: catalog.ProbeRecord) -> catalog.ProbeRecord:
+        """``rec``, after checking that its weights file is the registered one (sha256); no torch."""
         verified_weights(self.core, rec.weights, rec.sha256, f"probe {rec.name}")
         return rec
 

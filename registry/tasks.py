@@ -88,7 +88,8 @@ class TaskService:
             self.core.tracker.delete_run(run_id)
 
     # ------------------------------------------------------------------ tasks
-    def embed_dataset(self, ds: datasets.Dataset, *, probe: str | None = None, method: str = "montecarlo",
+    def embed_dataset(self, ds: datasets.Dataset, *, probe: str | catalog.ProbeRecord | None = None,
+                      method: str = "montecarlo",
                       max_samples: int | None = 1000, seed: int = 0, device: str = "cpu",
                       progress: Progress = None) -> tuple[catalog.ProbeRecord, TaskEmbedding, np.ndarray]:
         """Embed a dataset with a registered probe: (probe record, Task2Vec embedding, domain embedding).
@@ -98,13 +99,14 @@ class TaskService:
         it) embeds it once.
 
         The domain embedding (mean probe features) comes from the Task2Vec features pass, on the same
-        class-balanced subsample of ``max_samples`` images: no second pass over the data.
+        class-balanced subsample of ``max_samples`` images: no second pass over the data. ``probe``: a name (None:
+        the default probe), or a record whose weights the caller has just checked (``ProbeService.check_weights``).
         """
         from taskreg.devices import device_type
 
         if method not in METHODS:
             raise TaskregError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        rec = self.probes.checked_probe(probe)
+        rec = probe if isinstance(probe, catalog.ProbeRecord) else self.probes.checked_probe(probe)
         dev = device_type(device)  # a GPU's result may differ from the CPU's in the last bits
         path = self.core.cache_dir / "task2vec" / (f"{rec.sha256[:16]}-{rec.input_size}px-{ds.fingerprint()[:16]}-"
                                                    f"{method}-{max_samples}-{seed}-{dev}.npz")
