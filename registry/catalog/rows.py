@@ -20,6 +20,7 @@ def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object]
 
 
 VECTOR_BATCH_ROWS = 16_384  # rows per Arrow record batch when streaming vectors out of DuckDB
+SMALL_VECTOR_ROWS = 4_096  # at most this many rows: DuckDB's numpy fetch, no pyarrow (whose import pulls in pandas)
 
 
 def vectors_to_numpy(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] = ()) -> tuple[
@@ -30,10 +31,13 @@ def vectors_to_numpy(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[
     Streams the result in Arrow record batches of ``VECTOR_BATCH_ROWS`` (a million vectors come back without a
     Python loop over rows) and copies each batch into the result as it arrives: the peak memory is about one
     copy of the vectors. Fetching the whole result as one Arrow table and combining its chunks held about
-    4.7 copies (15 GB for 1M x 784, issue 16).
+    4.7 copies (15 GB for 1M x 784, issue 16). Up to ``SMALL_VECTOR_ROWS`` rows (a query's candidates) come
+    through DuckDB's numpy fetch instead: importing pyarrow imports pandas, 0.3 s of a fresh ``select``.
     """
     con.execute("SELECT 1").fetchall()  # finish a result the caller left half-read
     n = int(con.execute(f"SELECT count(*) FROM ({sql})", list(params)).fetchall()[0][0])
+    if n <= SMALL_VECTOR_ROWS:
+        return _small_vectors(con, sql, params, n)
     rel = con.sql(sql, params=list(params))  # a relation streams; a DB-API result would be materialised first
     if rel is None:  # only a statement without a result set (not a SELECT) gives none
         raise RuntimeError(f"catalog query returned no result set: {sql}")
@@ -59,6 +63,20 @@ def vectors_to_numpy(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[
     if start != n:
         raise RuntimeError(f"catalog query returned {start} rows after counting {n}: {sql}")
     return ids, out
+
+
+def _small_vectors(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object], n: int) -> tuple[
+    np.ndarray, np.ndarray
+]:
+    """:func:`vectors_to_numpy` for ``n`` rows or so, fetched as numpy columns (the vectors: one array per row)."""
+    cols = list(con.execute(sql, list(params)).fetchnumpy().values())
+    ids = np.asarray(cols[0], dtype=np.int64)
+    if len(ids) == 0:
+        return ids, np.zeros((0, 0), dtype=np.float32)
+    rows = [np.asarray(v, dtype=np.float32) for v in cols[1]]
+    if len({r.shape for r in rows}) != 1 or rows[0].ndim != 1:
+        raise TaskregError("catalog holds vectors of different lengths under one kind; run `taskreg check`")
+    return ids, np.stack(rows)
 
 
 def vector_param(v: np.ndarray) -> list[float]:

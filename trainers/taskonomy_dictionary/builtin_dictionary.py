@@ -7,7 +7,6 @@ import math
 import warnings
 
 import numpy as np
-from scipy import ndimage
 
 from taskreg.data.images import load_photograph, resize_image, short_side_shape
 from taskreg.errors import TaskregError
@@ -18,6 +17,7 @@ from taskreg.trainers.taskonomy_dictionary.definition import Crops, Dictionary
 def _load_disparity() -> np.ndarray:
     """Motorcycle disparity (H, W) float32 in [0, 1]; occlusions filled with the nearest valid value."""
     import skimage.data
+    from scipy import ndimage  # here, not at the top: every probe network's module imports this package
 
     _, _, disp = skimage.data.stereo_motorcycle()
     disp = np.asarray(disp, dtype=np.float32)
