@@ -27,6 +27,7 @@ from taskreg.registry.model2vec_fitting import Model2VecFitter
 if TYPE_CHECKING:
     import faiss
 
+    from taskreg.registry.core import Core
     from taskreg.registry.index import LoggedIndex
     from taskreg.selection.selectors import Selector
 
@@ -134,6 +135,48 @@ class IndexPlan:
     index: faiss.Index | LoggedIndex | None
 
 
+class ListedExperts:
+    """The experts a ranking may name, all listed up front (forward methods, two-stage): ``by_id`` is every one."""
+
+    def __init__(self, experts: list[catalog.ExpertRecord]) -> None:
+        self.by_id = {e.id: e for e in experts}
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def records(self, ids: list[int]) -> dict[int, catalog.ExpertRecord]:
+        return {i: self.by_id[i] for i in ids if i in self.by_id}
+
+    def others(self, exclude: set[int], limit: int | None) -> list[catalog.ExpertRecord]:
+        rest = [e for e in self.by_id.values() if e.id not in exclude]
+        return rest if limit is None else rest[:max(0, limit)]
+
+
+class CatalogExperts:
+    """The experts a ranking may name, read from the catalog as needed: an index method names the few the index
+    proposes (of 10,000: listing them all cost 0.1-0.2 s of a select). Call inside a catalog session."""
+
+    def __init__(self, core: Core, count: int) -> None:
+        self.core = core
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def records(self, ids: list[int]) -> dict[int, catalog.ExpertRecord]:
+        with self.core.read() as con:
+            return {e.id: e for e in catalog.experts_by_ids(con, ids)}
+
+    def others(self, exclude: set[int], limit: int | None) -> list[catalog.ExpertRecord]:
+        with self.core.read() as con:
+            if limit is None:
+                return [e for e in catalog.list_experts(con) if e.id not in exclude]
+            return catalog.experts_except(con, sorted(exclude), limit) if limit > 0 else []
+
+
+ExpertPool = ListedExperts | CatalogExperts
+
+
 def nonfinite_note(what: str = "features") -> str:
     """Why an expert whose ``what`` (features, outputs) on the query hold NaN or Inf is not scored or measured."""
     return f"NaN or infinite {what} on the query (its weights are broken; `taskreg expert rm` removes it)"
@@ -171,8 +214,9 @@ class SelectionService:
         if verify < 0:
             raise TaskregError(f"--verify must be >= 0, got {verify}")
         with self.side.core.session():  # these reads share one catalog connection, closed before the probe pass
-            experts = self.side.experts.list_experts()
-            if not experts:
+            with self.side.core.read() as con:
+                n_experts = catalog.count_experts(con)
+            if not n_experts:
                 raise TaskregError("no experts registered: `taskreg expert add` or `taskreg expert train` first")
             prec = self.side.probes.resolve_probe(probe)
             fitted = self.model2vec.fitted(prec.name, embedding)
@@ -188,23 +232,27 @@ class SelectionService:
                     raise TaskregError("Model2Vec is not fitted for this probe: run `taskreg model2vec fit`")
             by_index = first if first is not None else selector if selector.cost == "index" else None
             plan = self._index_plan(by_index, prec, embedding) if by_index is not None else None
+            # an index method alone names only the experts the index proposes: no need to list them all
+            listed = first is not None or selector.cost != "index"
+            experts = self.side.experts.list_experts() if listed else []
         ds = dataset if dataset is not None else datasets.load(source)
-        by_id = {e.id: e for e in experts}
+        pool: ExpertPool = ListedExperts(experts) if listed else CatalogExperts(self.side.core, n_experts)
 
         # the method's cost class and needs decide what is gathered for its scorer, never its name
         stages: tuple[SelectionStage, ...] = ()
         with contextlib.ExitStack() as after_probe:
             if first is not None:
                 assert plan is not None
+                assert isinstance(pool, ListedExperts)
                 ranked, scored, cost, stages = self._rank_two_stage(ds, first, selector, plan, embedding, alpha,
-                                                                    max_samples, seed, device, by_id, shortlist,
+                                                                    max_samples, seed, device, pool, shortlist,
                                                                     progress)
             elif selector.cost == "index":
                 assert plan is not None
                 query = self._embed_query(ds, selector, plan, embedding, max_samples, seed, device, progress)
                 after_probe.enter_context(self.side.core.session())  # the reads from here on share one connection
                 ranked, scored, cost = self._rank_embedded(ds, selector, plan, embedding, query, alpha, max_samples,
-                                                           by_id, top, shown=top)
+                                                           pool, top, shown=top)
             elif selector.cost == "forward":
                 ranked, scored, cost = self._rank_by_forward(ds, selector, experts, device, progress)
             else:
@@ -230,7 +278,7 @@ class SelectionService:
                          basis=bases.get(r.expert.id))
             for i, r in enumerate(ranked[:top]))
         return Selection(query=source, method=method, results=results, seconds=time.perf_counter() - t_start,
-                         cost=cost, candidates_scored=scored, n_experts=len(experts), verified=verified,
+                         cost=cost, candidates_scored=scored, n_experts=n_experts, verified=verified,
                          measured_winner=winner, better=selector.better, stages=stages)
 
     @staticmethod
@@ -252,12 +300,12 @@ class SelectionService:
     def _rank_two_stage(self, ds: datasets.Dataset, first: Selector, second: Selector, plan: IndexPlan,
                         embedding: str,
                         alpha: float, max_samples: int | None, seed: int, device: str,
-                        by_id: dict[int, catalog.ExpertRecord], shortlist: int,
+                        pool: ListedExperts, shortlist: int,
                         progress: Progress) -> tuple[list[Scored], int, str, tuple[SelectionStage, ...]]:
         """Shortlist by the index method, re-rank the shortlist by the forward method; the rest follow, unscored."""
         t0 = time.perf_counter()
         ranked1, scored1, cost1 = self._rank_by_index(ds, first, plan, embedding, alpha, max_samples, seed, device,
-                                                      by_id, shortlist, progress)
+                                                      pool, shortlist, progress)
         short = [r.expert for r in ranked1 if r.score is not None][:shortlist]
         t1 = time.perf_counter()
         ranked2, scored2, cost2 = self._rank_by_forward(ds, second, short, device, progress)
@@ -324,16 +372,16 @@ class SelectionService:
         return dom if "domain" in selector.needs else emb.vector
 
     def _rank_by_index(self, ds: datasets.Dataset, selector: Selector, plan: IndexPlan, embedding: str, alpha: float,
-                       max_samples: int | None, seed: int, device: str, by_id: dict[int, catalog.ExpertRecord],
+                       max_samples: int | None, seed: int, device: str, pool: ExpertPool,
                        top: int, progress: Progress = None) -> tuple[list[Scored], int, str]:
         """Embed the query once; Faiss candidates; exact re-rank. Experts without a vector come last, unscored."""
         query = self._embed_query(ds, selector, plan, embedding, max_samples, seed, device, progress)
         with self.side.core.session():  # the catalog reads after the probe pass share one connection
-            return self._rank_embedded(ds, selector, plan, embedding, query, alpha, max_samples, by_id, top)
+            return self._rank_embedded(ds, selector, plan, embedding, query, alpha, max_samples, pool, top)
 
     def _rank_embedded(self, ds: datasets.Dataset, selector: Selector, plan: IndexPlan, embedding: str,
                        query: np.ndarray, alpha: float, max_samples: int | None,
-                       by_id: dict[int, catalog.ExpertRecord], top: int, shown: int | None = None
+                       pool: ExpertPool, top: int, shown: int | None = None
                        ) -> tuple[list[Scored], int, str]:
         """Rank by the plan's index once the query is embedded (``query`` (D,)): Faiss candidates, then the exact
         distance. Experts without a vector come last, unscored.
@@ -345,10 +393,10 @@ class SelectionService:
 
         probe, vectors, vec_method, index = plan.probe.name, plan.vectors, plan.vec_method, plan.index
         t0 = self.side.probes.trivial(probe, embedding) if "trivial" in selector.needs else None
-        n_experts = len(by_id)
+        n_experts = len(pool)
         want = max(candidate_floor_for(top), top)
         while True:
-            pairs = self._candidates(index, vectors, probe, vec_method, query, want, by_id)
+            pairs = self._candidates(index, vectors, probe, vec_method, query, want, pool)
             if len({e.id for e, _ in pairs}) >= min(top, n_experts) or want >= 4 * n_experts + 64:
                 break
             want *= 4
@@ -363,9 +411,7 @@ class SelectionService:
                     seen.add(e.id)
                     ranked.append(Scored(e, r.score))
         ranked_ids = {x.expert.id for x in ranked}
-        rest = [e for e in by_id.values() if e.id not in ranked_ids]
-        if shown is not None:
-            rest = rest[:max(0, shown - len(ranked))]
+        rest = pool.others(ranked_ids, None if shown is None else shown - len(ranked))
         if rest:
             reasons = self._unscored_reasons(vectors, probe, vec_method, rest, want)
             ranked += [Scored(e, None, reasons[e.id]) for e in rest]
@@ -379,7 +425,7 @@ class SelectionService:
             return expert_basis.unscored_reasons(con, method, probe, vec_method, experts, want)
 
     def _candidates(self, index: faiss.Index | LoggedIndex | None, method: str, probe: str, vec_method: str,
-                    query: np.ndarray, want: int, by_id: dict[int, catalog.ExpertRecord]
+                    query: np.ndarray, want: int, pool: ExpertPool
                     ) -> list[tuple[catalog.ExpertRecord, np.ndarray]]:
         """(expert, vector) pairs for the top ``want`` hits of ``index`` (``method``'s: "model2vec" or "task")."""
         if index is None:
@@ -388,6 +434,7 @@ class SelectionService:
         ids, _ = search(index, query, want)
         with self.side.core.read() as con:
             found, vectors = fetch(con, probe, vec_method, ids.tolist())
+        by_id = pool.records(sorted({int(i) for i in found}))
         return [(by_id[int(i)], v) for i, v in zip(found, vectors, strict=True) if int(i) in by_id]
 
     def _rank_by_forward(self, ds: datasets.Dataset, selector: Selector, experts: list[catalog.ExpertRecord],

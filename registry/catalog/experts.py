@@ -57,6 +57,22 @@ def list_experts(con: duckdb.DuckDBPyConnection) -> list[ExpertRecord]:
     return fetch_rows(con, f"SELECT {_EXPERT_COLS} FROM experts ORDER BY id", (), ExpertRecord)
 
 
+def count_experts(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT count(*) FROM experts").fetchall()[0][0])
+
+
+def experts_by_ids(con: duckdb.DuckDBPyConnection, ids: Sequence[int]) -> list[ExpertRecord]:
+    """The records of those of ``ids`` that exist, by id."""
+    return fetch_rows(con, f"SELECT {_EXPERT_COLS} FROM experts WHERE id IN (SELECT unnest(?::INTEGER[])) "
+                      "ORDER BY id", ([int(i) for i in ids],), ExpertRecord)
+
+
+def experts_except(con: duckdb.DuckDBPyConnection, exclude: Sequence[int], limit: int) -> list[ExpertRecord]:
+    """The first ``limit`` experts by id that are not in ``exclude``."""
+    return fetch_rows(con, f"SELECT {_EXPERT_COLS} FROM experts WHERE id NOT IN (SELECT unnest(?::INTEGER[])) "
+                      "ORDER BY id LIMIT ?", ([int(i) for i in exclude], int(limit)), ExpertRecord)
+
+
 def get_expert(con: duckdb.DuckDBPyConnection, name: str) -> ExpertRecord | None:
     rows = fetch_rows(con, f"SELECT {_EXPERT_COLS} FROM experts WHERE name = ?", (name,), ExpertRecord)
     return rows[0] if rows else None

@@ -36,10 +36,11 @@ def model2vec_rows(con: duckdb.DuckDBPyConnection, expert_id: int) -> list[tuple
 def model2vec_with_bias(con: duckdb.DuckDBPyConnection, probe: str, method: str,
                         expert_ids: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """expert id -> (vector, bias) for those of ``expert_ids`` fitted with ``probe``/``method``."""
-    rows = con.execute("SELECT expert_id, vector, bias FROM model2vec WHERE probe = ? AND method = ? AND "
+    cols = con.execute("SELECT expert_id, vector, bias FROM model2vec WHERE probe = ? AND method = ? AND "
                        "expert_id IN (SELECT unnest(?::INTEGER[]))", [probe, method, [int(i) for i in expert_ids]]
-                       ).fetchall()
-    return {int(i): (np.asarray(v, dtype=np.float32), np.asarray(b, dtype=np.float32)) for i, v, b in rows}
+                       ).fetchnumpy()  # columns as numpy (a vector per row): no Python float per element
+    return {int(i): (np.asarray(v, dtype=np.float32), np.asarray(b, dtype=np.float32))
+            for i, v, b in zip(cols["expert_id"], cols["vector"], cols["bias"], strict=True)}
 
 
 def model2vec_kinds_of_expert(con: duckdb.DuckDBPyConnection, expert_id: int) -> list[str]:
