@@ -39,7 +39,14 @@ SQ_GRAD_FORMS = ("direct", "cols_gram", "shifted_gram", "native")  # see per_fil
 _MEM_WEIGHT = 4.0
 _UNFOLD_FIXED = 40_000.0
 _UNFOLD_PER_ROW = 200.0
-_NATIVE_PER_MAC = 4.0  # torch's conv weight-gradient kernel, per multiply-add, relative to a matmul's
+# torch's conv weight-gradient kernel (``native``), per multiply-add, relative to a matmul's: a grouped conv (B x G
+# groups of few channels: depthwise) or a 1x1 conv pays 4; a dense conv with a spatial kernel (B groups of a full
+# conv) runs near oneDNN's speed where it has many output positions P and slows down where it has few:
+# 0.47 + 58 / P, fitted to `--forms` on ResNet-18 at 224 px (at P = 3,136 native takes 1.8-2.0 ms per image, direct
+# 5.8-6.4 ms; at P = 49, 5.8-7.0 vs 3.7-4.4 ms; benchmarks/RESULTS.md, "Issue 16: the per-sample form at 224 px").
+_NATIVE_PER_MAC = 4.0
+_NATIVE_DENSE_PER_MAC = 0.47
+_NATIVE_DENSE_PER_POSITION = 58.0
 _MAX_CHUNK_FLOATS = 600_000  # floats of per-sample intermediates per chunk (~2.4 MB, sq_grad_plans): chunks that stay
 # in cache made the per-sample pass of ResNet-18 ~30% faster than whole 64-image batches (9.4 MB per layer-1 conv)
 
@@ -84,8 +91,10 @@ def sq_grad_plans(conv: nn.Conv2d, a_shape: Sequence[int], g_shape: Sequence[int
     hw2 = (h * w) ** 2
     padded2 = ((h + 2 * conv.padding[0]) * (w + 2 * conv.padding[1])) ** 2  # type: ignore[operator]
     unfold = 0.0 if _is_pointwise(conv) else _UNFOLD_FIXED + _UNFOLD_PER_ROW * k + _MEM_WEIGHT * k * p
+    dense = groups == 1 and taps > 1  # a full conv with a spatial kernel; 1x1 convs are plain matmuls for direct
+    native_per_mac = _NATIVE_DENSE_PER_MAC + _NATIVE_DENSE_PER_POSITION / p if dense else _NATIVE_PER_MAC
     return {
-        "native": (_NATIVE_PER_MAC * o * p * k_g + _MEM_WEIGHT * o * k_g, o * k_g),
+        "native": (native_per_mac * o * p * k_g + _MEM_WEIGHT * o * k_g, o * k_g),
         "direct": (unfold + o * p * k_g + _MEM_WEIGHT * o * k_g, k * p + o * k_g),
         "cols_gram": (unfold + p * p * k + o * p * p + _MEM_WEIGHT * groups * p * p, k * p + groups * p * p),
         "shifted_gram": (hw2 * c + o * p * p + _MEM_WEIGHT * groups * (hw2 + padded2 + 2 * taps * p * p),

@@ -125,36 +125,46 @@ def test_receptive_energy_is_the_squared_weight_jacobian(case: tuple[int, ...]) 
         assert torch.isclose(energy[idx], grad.square().sum(), rtol=1e-12)
 
 
-def test_per_sample_forms_picked_for_resnet18_at_32px() -> None:
-    """At 32 px the cost model unfolds the stem's input (1,024 positions, 3 channels) and uses the unfold-free
-    patch Gram for the 3x3 convs of every stage (at most 64 input positions)."""
-    net = create_model("resnet18").eval()
+def _picked_forms(arch: str, size: int) -> dict[str, str]:
+    """conv name -> the per-sample form the cost model picks for it at ``size`` px."""
+    net = create_model(arch).eval()
     shapes: dict[str, tuple[torch.nn.Conv2d, torch.Size, torch.Size]] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, (mod, i[0].shape, o.shape)))
              for n, m in feature_convs(net)]
     with torch.no_grad():
-        net(torch.zeros(2, 3, 32, 32))
+        net(torch.zeros(2, 3, size, size))
     for hk in hooks:
         hk.remove()
-    picked = {n: cheapest_form(sq_grad_plans(*v)) for n, v in shapes.items()}
-    assert picked["conv1"] == "direct"
+    return {n: cheapest_form(sq_grad_plans(*v)) for n, v in shapes.items()}
+
+
+def test_per_sample_forms_picked_for_resnet18_at_32px() -> None:
+    """At 32 px the stem (256 output positions) goes through torch's weight-gradient kernel and the 3x3 convs of
+    every stage (at most 64 input positions) through the unfold-free patch Gram."""
+    picked = _picked_forms("resnet18", 32)
+    assert picked["conv1"] == "native"
     assert all(form == "shifted_gram" for n, form in picked.items() if n.startswith("layer") and "downsample" not in n)
+
+
+def test_per_sample_forms_picked_for_resnet18_at_224px() -> None:
+    """At 224 px the stem and the 3x3 convs of the first two stages (784 to 12,544 output positions) go through
+    torch's weight-gradient kernel (measured 1.6-3.2x faster than unfolding there: RESULTS.md), the last stage
+    (49 positions) through the Gram forms, and no 1x1 conv through the kernel."""
+    picked = _picked_forms("resnet18", 224)
+    assert picked["conv1"] == "native"
+    assert all(f == "native" for n, f in picked.items() if n.startswith(("layer1", "layer2")) and "downsample" not in n)
+    assert all(f in ("cols_gram", "shifted_gram") for n, f in picked.items() if n.startswith("layer4"))
+    assert all(f != "native" for n, f in picked.items() if "downsample" in n)
 
 
 def test_per_sample_forms_picked_for_efficientnet_lite0_at_128px() -> None:
     """Depthwise convs go through torch's weight-gradient kernel with the images folded into the groups (the
-    unfold of ``direct`` would feed one (1 x P) @ (P x taps) product per image and channel); dense convs never."""
-    net = create_model("efficientnet_lite0").eval()
-    shapes: dict[str, tuple[torch.nn.Conv2d, torch.Size, torch.Size]] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, (mod, i[0].shape, o.shape)))
-             for n, m in feature_convs(net)]
-    with torch.no_grad():
-        net(torch.zeros(2, 3, 128, 128))
-    for hk in hooks:
-        hk.remove()
-    picked = {n: cheapest_form(sq_grad_plans(*v)) for n, v in shapes.items()}
+    unfold of ``direct`` would feed one (1 x P) @ (P x taps) product per image and channel), so does the 3x3 stem;
+    the 1x1 convs never (their per-sample gradient is a plain matmul of the input itself)."""
+    picked = _picked_forms("efficientnet_lite0", 128)
     assert {f for n, f in picked.items() if "depthwise" in n} == {"native"}
-    assert "native" not in {f for n, f in picked.items() if "depthwise" not in n}
+    assert picked["_conv_stem"] == "native"
+    assert "native" not in {f for n, f in picked.items() if "depthwise" not in n and n != "_conv_stem"}
 
 
 def test_embedding_shape_metadata_and_model_untouched(probe: torch.nn.Module, digits) -> None:
