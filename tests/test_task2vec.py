@@ -394,7 +394,7 @@ def test_input_validation(probe: torch.nn.Module, digits) -> None:
 
 def test_the_head_optimizer_is_torch_adam_bit_for_bit() -> None:
     """HeadAdam (no torch._dynamo import) gives exactly torch.optim.Adam's weights, with and without weight decay."""
-    from taskreg.embedders.task2vec import HeadAdam
+    from taskreg.embedders.linear_head import HeadAdam
 
     gen = torch.Generator().manual_seed(3)
     z, y = torch.randn(300, 40, generator=gen), torch.randint(0, 5, (300,), generator=gen)
