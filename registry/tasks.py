@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from taskreg import data as datasets
+from taskreg.embedders.task_jobs import DataInfo, cache_name, embedding_arrays, embedding_from_arrays
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
 from taskreg.registry import catalog
@@ -108,16 +109,16 @@ class TaskService:
             raise TaskregError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         rec = probe if isinstance(probe, catalog.ProbeRecord) else self.probes.checked_probe(probe)
         dev = device_type(device)  # a GPU's result may differ from the CPU's in the last bits
-        path = self.core.cache_dir / "task2vec" / (f"{rec.sha256[:16]}-{rec.input_size}px-{ds.fingerprint()[:16]}-"
-                                                   f"{method}-{max_samples}-{seed}-{dev}.npz")
-        emb = _embedding_from_arrays(load_arrays(path))
+        path = self.core.cache_dir / "task2vec" / cache_name(rec.sha256, rec.input_size, ds.fingerprint(), method,
+                                                             max_samples, seed, dev)
+        emb = embedding_from_arrays(load_arrays(path))
         if emb is None:  # only now torch and the probe's network: a cached query needs neither
             from taskreg.embedders.task2vec import embed
 
             _, model, spec = self.probes.load_checked_probe(rec)
             emb = embed(model, spec, ds.x, ds.y, method=method, max_samples=max_samples, seed=seed, device=device,
                         progress=progress)
-            save_arrays(self.core, path, _embedding_arrays(emb))
+            save_arrays(self.core, path, embedding_arrays(emb))
         assert emb.mean_features is not None
         return rec, emb, emb.mean_features
 
@@ -139,11 +140,22 @@ class TaskService:
                 have = catalog.has_embedding(con, existing.id, prec.name, method)
             if have:
                 raise TaskregError(f"task {name!r} already has a {method} embedding with probe {prec.name}")
-        rec, emb, dom = self.embed_dataset(ds, probe=prec.name, method=method, max_samples=max_samples, seed=seed,
-                                           device=device, progress=progress)
-        params = {"task": name, "source": ds.source, "probe": rec.name, "arch": rec.arch, "method": method,
-                  "max_samples": max_samples, "seed": seed, "n_samples": emb.n_samples, "n_classes": ds.n_classes,
-                  "fingerprint": ds.fingerprint(), "domain": ds.domain, "dataset_size": ds.n}  # all a rebuild needs
+        rec, emb, _ = self.embed_dataset(ds, probe=prec.name, method=method, max_samples=max_samples, seed=seed,
+                                         device=device, progress=progress)
+        return self.commit_task(name, DataInfo.of(ds), rec, method=method, max_samples=max_samples, seed=seed,
+                                emb=emb)
+
+    def commit_task(self, name: str, data: DataInfo, rec: catalog.ProbeRecord, *, method: str,
+                    max_samples: int | None, seed: int, emb: TaskEmbedding) -> catalog.TaskRecord:
+        """Store a computed embedding of ``data`` as task ``name`` (created if new): its MLflow run, its catalog rows
+        (the Task2Vec vector and, unless the task has it, the domain vector ``emb.mean_features``) in one
+        transaction, then the index vectors; all or nothing. Refused (nothing written) if the task exists meanwhile
+        with other data or already has this embedding. Used by :meth:`add_task` and ``task add-many``'s driver."""
+        dom = emb.mean_features
+        assert dom is not None
+        params = {"task": name, "source": data.source, "probe": rec.name, "arch": rec.arch, "method": method,
+                  "max_samples": max_samples, "seed": seed, "n_samples": emb.n_samples, "n_classes": data.n_classes,
+                  "fingerprint": data.fingerprint, "domain": data.domain, "dataset_size": data.n}  # a rebuild's all
         kinds = [self.index_manager.kind("task", rec.name, method), self.index_manager.kind("task", rec.name, "domain")]
         tags = {"taskreg.kind": "task_embedding"}
         with pending_run(self.core, "tasks", f"task-{name}-{method}", params, tags) as run:
@@ -158,11 +170,12 @@ class TaskService:
             with self.core.write() as con:
                 existing = catalog.get_task(con, name)  # again: another process may have added or removed it
                 if existing is None:
-                    task_id = catalog.insert_task(con, name=name, source=ds.source, domain=ds.domain,
-                                                  n_samples=ds.n, n_classes=ds.n_classes, fingerprint=ds.fingerprint())
+                    task_id = catalog.insert_task(con, name=name, source=data.source, domain=data.domain,
+                                                  n_samples=data.n, n_classes=data.n_classes,
+                                                  fingerprint=data.fingerprint)
                 else:
                     task_id = existing.id
-                    if existing.fingerprint != ds.fingerprint():
+                    if existing.fingerprint != data.fingerprint:
                         raise TaskregError(f"task {name!r} already exists with different data ({existing.source})")
                     if catalog.has_embedding(con, task_id, rec.name, method):
                         raise TaskregError(f"task {name!r} already has a {method} embedding with probe {rec.name}")
@@ -264,34 +277,3 @@ class TaskService:
         if ds.fingerprint() != rec.fingerprint:
             raise TaskregError(f"task {rec.name}: the data at {rec.source} changed since it was registered")
         return ds
-
-
-_EMBEDDING_SCALARS = ("method", "arch", "n_samples", "n_classes", "seed", "head_train_accuracy", "head_train_loss",
-                      "seconds")
-
-
-def _embedding_arrays(emb: TaskEmbedding) -> dict[str, np.ndarray]:
-    """A TaskEmbedding as plain arrays for the cache (no pickled objects)."""
-    assert emb.mean_features is not None
-    out = {"vector": emb.vector, "mean_features": emb.mean_features,
-           "layout_names": np.array([n for n, _ in emb.layout], dtype=np.str_),
-           "layout_sizes": np.array([k for _, k in emb.layout], dtype=np.int64)}
-    out.update({k: np.array(getattr(emb, k)) for k in _EMBEDDING_SCALARS})
-    return out
-
-
-def _embedding_from_arrays(arrays: dict[str, np.ndarray] | None) -> TaskEmbedding | None:
-    """The TaskEmbedding cached by :func:`_embedding_arrays`; None for a miss or a file of another shape."""
-    from taskreg.embedders.task_embedding import TaskEmbedding
-
-    want = {"vector", "mean_features", "layout_names", "layout_sizes", *_EMBEDDING_SCALARS}
-    if arrays is None or set(arrays) != want:
-        return None
-    a = arrays
-    return TaskEmbedding(
-        vector=a["vector"], method=str(a["method"]), arch=str(a["arch"]), n_samples=int(a["n_samples"]),
-        n_classes=int(a["n_classes"]), seed=int(a["seed"]),
-        layout=[(str(n), int(k)) for n, k in zip(a["layout_names"], a["layout_sizes"], strict=True)],
-        head_train_accuracy=float(a["head_train_accuracy"]), head_train_loss=float(a["head_train_loss"]),
-        seconds=float(a["seconds"]), mean_features=a["mean_features"],
-    )
