@@ -13,10 +13,11 @@ another source (or with another domain) is an error.
 The other rows run as jobs on an executor (``local``: in this process, the default; ``local:N``; ``ray[:N|:ADDRESS]``;
 :func:`taskreg.embedders.task_jobs.run_embed_job`): a worker loads the row's data and computes its Task2Vec and
 domain embeddings from the probe's weight file, and never opens the catalog. This process (the single writer)
-commits each outcome as it arrives through :meth:`TaskService.commit_task`, the commit of ``task add`` (its catalog
-rows, MLflow run and index vectors, all or nothing), so an interrupted call keeps every row committed before the
-interruption. A row that fails while loading, embedding or committing is reported with its line number and the
-one-line error ``task add`` would give, and leaves nothing of itself behind.
+commits the outcomes in batches as they arrive (every 2 s) through :meth:`TaskService.commit_tasks`, the commit of
+``task add`` (per task an MLflow run, catalog rows and index vectors; one transaction and one index update per
+batch), so an interrupted call keeps what was embedded before the interruption (a kill loses at most one batch).
+A row that fails while loading, embedding or committing is reported with its line number and the one-line error
+``task add`` would give, and leaves nothing of itself behind.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ from taskreg.registry.array_cache import save_arrays
 from taskreg.registry.names import check_name
 from taskreg.registry.probes import probe_spec
 from taskreg.registry.runs import verified_weights
-from taskreg.registry.tasks import METHODS, TaskService
+from taskreg.registry.tasks import METHODS, TaskCommit, TaskService
 
 KEYS = ("name", "source", "domain", "seed")
 MAX_ROWS = 100_000
@@ -184,12 +186,13 @@ def _row(line: int, fields: dict[str, object]) -> ManifestRow:
 
 
 def add_many(tasks: TaskService, rows: list[ManifestRow], *, probe: str | None, method: str,
-             max_samples: int | None, seed: int, device: str, executor: str = "local",
+             max_samples: int | None, seed: int, device: str, executor: str = "local", batch_seconds: float = 2.0,
              progress: Callable[[int, int], None] | None = None) -> BulkReport:
     """Register each row (each all-or-nothing): rows already registered are skipped, the others are embedded on
-    ``executor`` and committed here as they arrive; a row that fails is reported, the others go in.
-    ``progress(done, total)`` after each embedded row. The executor spec, the method, the probe and its weights
-    are checked first: a problem there is one TaskregError for the whole call, before any work."""
+    ``executor`` and committed here in batches (every ``batch_seconds``, and what is pending when the call ends or
+    is interrupted); a row that fails is reported, the others go in. ``progress(done, total)`` after each embedded
+    row. The executor spec, the method, the probe and its weights are checked first: a problem there is one
+    TaskregError for the whole call, before any work."""
     from taskreg.trainers.executors import RayExecutor, get_executor
 
     core = tasks.core
@@ -203,20 +206,37 @@ def add_many(tasks: TaskService, rows: list[ManifestRow], *, probe: str | None, 
     jobs = _jobs(tasks, rows, report, prec, str(weights), method=method, max_samples=max_samples, seed=seed,
                  device=device)
     added: dict[int, catalog.TaskRecord] = {}  # line -> the task its row registered
+    pending: dict[int, TaskCommit] = {}  # line -> an embedding to commit
+    last_commit = time.monotonic()
+
+    def commit() -> None:
+        batch = dict(pending)
+        pending.clear()
+        try:
+            added.update(zip(batch, tasks.commit_tasks(prec, list(batch.values())), strict=True))
+        except TaskregError:  # a row of the batch conflicts (e.g. its name taken meanwhile): one row at a time
+            for line, item in batch.items():
+                try:
+                    added[line] = tasks.commit_tasks(prec, [item])[0]
+                except TaskregError as exc:
+                    report.problems.append(RowProblem(line, item.name, str(exc)))
+
     with contextlib.ExitStack() as stack:
         if isinstance(run_on, RayExecutor):
             stack.enter_context(run_on)  # a Ray runtime this call started is shut down after it
-        for job, out in run_on.map(run_embed_job, jobs, progress=progress):  # Ctrl-C: what is committed stays
-            if out.error is not None or out.data is None or out.embedding is None:
-                report.problems.append(RowProblem(out.line, out.name, out.error or "not embedded"))
-                continue
-            if out.cache_path is not None and not out.cached:  # workers only read the cache
-                save_arrays(core, Path(out.cache_path), embedding_arrays(out.embedding))
-            try:
-                added[out.line] = tasks.commit_task(out.name, out.data, prec, method=method, max_samples=max_samples,
-                                                    seed=job.seed, emb=out.embedding)
-            except TaskregError as exc:
-                report.problems.append(RowProblem(out.line, out.name, str(exc)))
+        try:
+            for job, out in run_on.map(run_embed_job, jobs, progress=progress):
+                if out.error is not None or out.data is None or out.embedding is None:
+                    report.problems.append(RowProblem(out.line, out.name, out.error or "not embedded"))
+                    continue
+                if out.cache_path is not None and not out.cached:  # workers only read the cache
+                    save_arrays(core, Path(out.cache_path), embedding_arrays(out.embedding))
+                pending[out.line] = TaskCommit(out.name, out.data, method, max_samples, job.seed, out.embedding)
+                if time.monotonic() - last_commit >= batch_seconds:
+                    commit()
+                    last_commit = time.monotonic()
+        finally:  # what was embedded before an error or Ctrl-C is kept: the rerun skips it
+            commit()
     report.added = [added[line] for line in sorted(added)]
     report.problems.sort(key=lambda p: p.line)
     return report

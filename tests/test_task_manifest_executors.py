@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from taskreg.cli import app
 from taskreg.registry import Registry
-from taskreg.registry.task_manifest import add_many, read_manifest
+from taskreg.registry.task_manifest import ManifestRow, add_many, read_manifest
 from tests.conftest import snapshot
 from tests.procs import copy_registry
 
@@ -140,3 +140,23 @@ def test_a_bad_executor_or_altered_probe_weights_stop_before_any_work(probe_temp
         assert code != 0 and len(lines) == 1 and "probe default: weights file" in lines[0], lines
         assert "missing or altered" in lines[0]
     assert snapshot(root) == before
+
+
+def test_a_name_taken_meanwhile_is_refused_and_the_rest_of_its_batch_goes_in(probe_template: Path,
+                                                                           tmp_path: Path) -> None:
+    root = copy_registry(probe_template, tmp_path / "reg")
+    reg, other_writer = Registry.open(root), Registry.open(root)
+    rows = [ManifestRow(1, "a", GOOD["d12"]), ManifestRow(2, "b", GOOD["d34"]), ManifestRow(3, "c", GOOD["d89"])]
+
+    def meanwhile(done: int, total: int) -> None:
+        if done == 1:  # after the driver's checks, before its (single, batch_seconds) commit
+            other_writer.add_task("b", GOOD["d567"], max_samples=20)
+
+    report = add_many(reg.tasks, rows, probe=None, method="montecarlo", max_samples=20, seed=0, device="cpu",
+                      batch_seconds=3600, progress=meanwhile)
+    assert [t.name for t in report.added] == ["a", "c"] and not report.already
+    assert [(p.line, p.error) for p in report.problems] == [
+        (2, f"task 'b' already exists with different data ({GOOD['d567']})")]
+    assert {t.name: t.source for t in reg.list_tasks()} == {"a": GOOD["d12"], "b": GOOD["d567"], "c": GOOD["d89"]}
+    assert reg.check().ok  # the refused batch's runs are gone; the index holds a, b (the other writer's) and c
+    assert reg.neighbors("a", k=2)[0].name in ("b", "c")
