@@ -77,8 +77,8 @@ def test_workers_register_the_in_process_vectors_and_refuse_the_same_rows(
     assert "missing.npz" in errors[0] and "only one class" in errors[1] and "nan.npz" in errors[2]
     got = vectors(root)
     assert sorted(got) == sorted(want) and len(got) == 8  # 4 tasks x (Task2Vec, domain); nothing of the bad rows
-    for key in want:  # same seeds and data; each worker runs 1 torch thread: bit-for-bit here
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    for key in want:  # same seeds and data; only the torch thread count may differ (bit-for-bit on 2 cores)
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6 * np.abs(want[key]).max(), err_msg=key)
     reg = Registry.open(root)
     assert reg.check().ok  # no run, vector or index entry of the refused rows
     assert {t.name: t.domain for t in reg.list_tasks()} == dict.fromkeys(GOOD, "digits")
@@ -104,7 +104,7 @@ def test_an_interrupted_call_keeps_what_it_committed_and_the_rerun_does_the_rest
     assert res["already_registered"] == ["d12"] and sorted(res["added"]) == ["d34", "d567", "d89"]
     assert [r["line"] for r in res["refused"]] == [2, 4, 6]  # the bad rows stay errors
     assert vectors(root).keys() == serial[0].keys()
-    for key, vec in vectors(root).items():
+    for key, vec in vectors(root).items():  # in-process both times: the same computation
         np.testing.assert_array_equal(vec, serial[0][key], err_msg=key)
     # a third run: nothing left to do, nothing written; a name taken by another source is an error, not skipped
     before = snapshot(root)
