@@ -713,8 +713,8 @@ def task_add_many(
     as_json: JsonOpt = False,
 ) -> None:
     """Register every task of a manifest; a bad row is reported with its line number and nothing of it is written,
-    the others go in (exit code 1 when any row was refused). Rows already registered (same source) are skipped, so
-    rerunning an interrupted call does only the rest."""
+    the others go in (exit code 1 when any row was refused). Rows whose task is already registered from the same
+    source with this probe and estimator are skipped, so rerunning an interrupted call does only the rest."""
     from taskreg.registry.task_manifest import add_many, read_manifest
 
     if max_samples < 1:
