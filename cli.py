@@ -706,29 +706,34 @@ def task_add_many(
     max_samples: FisherSamplesOpt = 1000,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
+    executor: Annotated[str, typer.Option(help="Where the rows are embedded: local (this process), local:N "
+                                               "(processes), ray, ray:N or ray:ADDRESS; tasks are committed here.")
+                        ] = "local",
     registry: RegistryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register every task of a manifest in one process; a bad row is reported with its line number and nothing
-    of it is written, the others go in (exit code 1 when any row was refused)."""
+    """Register every task of a manifest; a bad row is reported with its line number and nothing of it is written,
+    the others go in (exit code 1 when any row was refused). Rows whose task is already registered from the same
+    source with this probe and estimator are skipped, so rerunning an interrupted call does only the rest."""
     from taskreg.registry.task_manifest import add_many, read_manifest
 
     if max_samples < 1:
         raise TaskregError(f"--max-samples must be >= 1, got {max_samples}")
     rows, problems = read_manifest(manifest)
     reg = open_registry(registry, "task add-many")
-    with progress_bar(f"embedding {len(rows)} tasks ({estimator})") as bar:
-        bar(0, len(rows))
+    with progress_bar(f"embedding the tasks of {manifest.name} ({estimator})") as bar:
         report = add_many(reg.tasks, rows, probe=probe, method=estimator, max_samples=max_samples, seed=seed,
-                          device=device, progress=bar)
+                          device=device, executor=executor, progress=bar)
     refused = sorted([*problems, *report.problems], key=lambda p: p.line)
     if as_json:
-        print_json({"added": [r.name for r in report.added],
+        print_json({"added": [r.name for r in report.added], "already_registered": [r.name for r in report.already],
                     "refused": [{"line": p.line, "name": p.name, "error": p.error} for p in refused]})
     else:
         for p in refused:
             typer.echo(f"error: {p.text(manifest)}", err=True)
-        typer.echo(f"registered {len(report.added)} of {len(report.added) + len(refused)} tasks from {manifest}"
+        total = len(report.added) + len(report.already) + len(refused)
+        typer.echo(f"registered {len(report.added)} of {total} tasks from {manifest}"
+                   + (f"; {len(report.already)} already registered" if report.already else "")
                    + (f"; {len(refused)} refused (above)" if refused else ""))
     if refused:
         raise typer.Exit(1)

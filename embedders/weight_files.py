@@ -3,6 +3,7 @@
 - :func:`load_state_dict_file` reads a ``state_dict`` from ``.pt``/``.pth``/``.safetensors``-style files with
   ``torch.load(weights_only=True)`` (never a plain unpickle: a file that would run code is refused in one line);
 - :func:`load_weights` copies one into a network after a strict check of names and shapes;
+- :func:`load_network` builds a registered network (probe or expert) from its weight file, in eval mode;
 - :func:`weights_sha256` digests the *content* of the weights, whatever the file's wrapper.
 """
 
@@ -16,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskreg.embedders.probes import ProbeNet
+from taskreg.embedders.probes import ProbeNet, create_model
 from taskreg.errors import TaskregError
+from taskreg.files import head_classes
 
 
 def _unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
@@ -152,6 +154,14 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, ig
     with torch.no_grad():
         for key, value in to_load.items():
             own[key].copy_(value.to(dtype=own[key].dtype))
+
+
+def load_network(path: str | Path, arch: str) -> ProbeNet:
+    """The network ``arch`` with every weight of the file at ``path`` (its head sized by the file), in eval mode."""
+    state = load_state_dict_file(path)
+    model = create_model(arch, num_classes=head_classes(state))
+    load_weights(model, state, ignore_head=False)
+    return model.eval()
 
 
 def weights_sha256(weights: Mapping[str, torch.Tensor] | str | Path) -> str:

@@ -8,12 +8,11 @@ Everything is read with ``allow_pickle=False``: a cache file cannot run code.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from taskreg.arrays import load_npy, save_npy
+from taskreg.arrays import load_npy, load_npz, save_npy, save_npz
 from taskreg.registry.core import Core
 
 __all__ = ["load_array", "load_arrays", "save_array", "save_arrays"]
@@ -32,20 +31,10 @@ def save_array(core: Core, path: Path, arr: np.ndarray) -> None:
 
 def load_arrays(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of the ``.npz`` at ``path``, or None if absent or unreadable."""
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-        return None
+    return load_npz(path)
 
 
 def save_arrays(core: Core, path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Store named arrays at ``path`` (``.npz``) atomically, unless the registry is read-only."""
-    if core.read_only:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]
-    tmp.replace(path)
+    if not core.read_only:
+        save_npz(path, arrays)

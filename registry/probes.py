@@ -61,16 +61,10 @@ class ProbeService:
 
     def load_checked_probe(self, rec: catalog.ProbeRecord) -> tuple[catalog.ProbeRecord, nn.Module, ProbeSpec]:
         """The network of a probe whose weights :meth:`checked_probe` verified: (record, model in eval mode, spec)."""
-        from taskreg.embedders.probes import ProbeSpec, create_model
-        from taskreg.embedders.weight_files import load_state_dict_file, load_weights
+        from taskreg.embedders.weight_files import load_network
 
-        state = load_state_dict_file(self.core.tracker.local_file(rec.weights))
-        model = create_model(rec.arch, num_classes=head_classes(state))
-        load_weights(model, state, ignore_head=False)
-        model.eval()
-        spec = ProbeSpec(arch=rec.arch, input_size=rec.input_size, in_chans=rec.in_chans, mean=rec.mean,
-                         std=rec.std)
-        return rec, model, spec
+        model = load_network(self.core.tracker.local_file(rec.weights), rec.arch)
+        return rec, model, probe_spec(rec)
 
     def list_probes(self) -> list[catalog.ProbeRecord]:
         with self.core.read() as con:
@@ -161,3 +155,10 @@ class ProbeService:
         if vector is None:
             raise TaskregError(f"probe {probe!r} has no trivial embedding for method {method!r}")
         return vector
+
+
+def probe_spec(rec: catalog.ProbeRecord) -> ProbeSpec:
+    """How a registered probe is fed images (its architecture, input size, channels, normalisation)."""
+    from taskreg.embedders.probes import ProbeSpec
+
+    return ProbeSpec(arch=rec.arch, input_size=rec.input_size, in_chans=rec.in_chans, mean=rec.mean, std=rec.std)

@@ -1,29 +1,44 @@
-"""Bulk registration: ``taskreg task add-many MANIFEST`` (issue 17).
+"""Bulk registration: ``taskreg task add-many MANIFEST [--executor SPEC]`` (issue 17).
 
 A manifest lists tasks to register, one per row, as CSV (a header row naming the columns) or JSON Lines (one
 object per line; blank lines are skipped). Columns / keys: ``name`` and ``source`` (required), ``domain`` (optional,
 overrides the data source's domain) and ``seed`` (optional integer, default the command's ``--seed``).
 
 Every row is checked before anything is embedded; a row that is wrong (a missing name, an unknown key, a seed
-that is not an integer, a name used twice) is reported with its line number and skipped; the others go in. Each
-task is registered by :meth:`TaskService.add_task`, one all-or-nothing step per row (its catalog rows, MLflow run
-and index vectors), so a row that fails while loading or embedding leaves nothing of itself behind. All rows are
-embedded in this one process: the probe, MLflow and DuckDB start once, not once per task.
+that is not an integer, a name used twice) is reported with its line number and skipped; the others go in. A row
+whose task is already registered from the same source with this probe and method is skipped as *already
+registered* (not an error): a rerun of an interrupted call does only what is missing. A name registered from
+another source (or with another domain) is an error.
+
+The other rows run as jobs on an executor (``local``: in this process, the default; ``local:N``; ``ray[:N|:ADDRESS]``;
+:func:`taskreg.embedders.task_jobs.run_embed_job`): a worker loads the row's data and computes its Task2Vec and
+domain embeddings from the probe's weight file, and never opens the catalog. This process (the single writer)
+commits the outcomes in batches as they arrive (every 2 s) through :meth:`TaskService.commit_tasks`, the commit of
+``task add`` (per task an MLflow run, catalog rows and index vectors; one transaction and one index update per
+batch), so an interrupted call keeps what was embedded before the interruption (a kill loses at most one batch).
+A row that fails while loading, embedding or committing is reported with its line number and the one-line error
+``task add`` would give, and leaves nothing of itself behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from taskreg import data as datasets
+from taskreg.embedders.task_jobs import EmbedJob, embedding_arrays, run_embed_job
 from taskreg.errors import TaskregError
 from taskreg.registry import catalog
+from taskreg.registry.array_cache import save_arrays
 from taskreg.registry.names import check_name
-from taskreg.registry.tasks import TaskService
+from taskreg.registry.probes import probe_spec
+from taskreg.registry.runs import verified_weights
+from taskreg.registry.tasks import METHODS, TaskCommit, TaskService
 
 KEYS = ("name", "source", "domain", "seed")
 MAX_ROWS = 100_000
@@ -54,10 +69,12 @@ class RowProblem:
 
 @dataclass
 class BulkReport:
-    """What ``add-many`` did: the tasks registered (in manifest order) and the rows refused."""
+    """What ``add-many`` did: the tasks registered (in manifest order), the rows refused, and the rows skipped
+    because their task is already registered (same source, probe and method)."""
 
     added: list[catalog.TaskRecord]
     problems: list[RowProblem]
+    already: list[ManifestRow] = field(default_factory=list)
 
 
 def read_manifest(path: Path) -> tuple[list[ManifestRow], list[RowProblem]]:
@@ -169,23 +186,89 @@ def _row(line: int, fields: dict[str, object]) -> ManifestRow:
 
 
 def add_many(tasks: TaskService, rows: list[ManifestRow], *, probe: str | None, method: str,
-             max_samples: int | None, seed: int, device: str,
+             max_samples: int | None, seed: int, device: str, executor: str = "local", batch_seconds: float = 2.0,
              progress: Callable[[int, int], None] | None = None) -> BulkReport:
-    """Register each row with :meth:`TaskService.add_task` (each all-or-nothing); a row that fails is reported,
-    the others go in. ``progress(done, total)`` after each row."""
-    tasks.probes.resolve_probe(probe)  # an unknown probe is one error for the whole call, before any work
+    """Register each row (each all-or-nothing): rows already registered are skipped, the others are embedded on
+    ``executor`` and committed here in batches (every ``batch_seconds``, and what is pending when the call ends or
+    is interrupted); a row that fails is reported, the others go in. ``progress(done, total)`` after each embedded
+    row. The executor spec, the method, the probe and its weights are checked first: a problem there is one
+    TaskregError for the whole call, before any work."""
+    from taskreg.trainers.executors import RayExecutor, get_executor
+
+    core = tasks.core
+    core.require_write_access("task add-many")
+    if method not in METHODS:
+        raise TaskregError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    run_on = get_executor(executor)
+    prec = tasks.probes.resolve_probe(probe)
+    weights = verified_weights(core, prec.weights, prec.sha256, f"probe {prec.name}")
     report = BulkReport([], [])
-    for i, row in enumerate(rows):
+    jobs = _jobs(tasks, rows, report, prec, str(weights), method=method, max_samples=max_samples, seed=seed,
+                 device=device)
+    added: dict[int, catalog.TaskRecord] = {}  # line -> the task its row registered
+    pending: dict[int, TaskCommit] = {}  # line -> an embedding to commit
+    last_commit = time.monotonic()
+
+    def commit() -> None:
+        batch = dict(pending)
+        pending.clear()
         try:
-            ds = datasets.load(row.source)
-            if row.domain is not None:
-                ds = replace(ds, domain=row.domain)
-            report.added.append(tasks.add_task(row.name, ds.source, probe=probe, method=method,
-                                               max_samples=max_samples, seed=seed if row.seed is None else row.seed,
-                                               device=device, dataset=ds))
-        except TaskregError as exc:
-            report.problems.append(RowProblem(row.line, row.name, str(exc)))
-        if progress is not None:
-            progress(i + 1, len(rows))
+            added.update(zip(batch, tasks.commit_tasks(prec, list(batch.values())), strict=True))
+        except TaskregError:  # a row of the batch conflicts (e.g. its name taken meanwhile): one row at a time
+            for line, item in batch.items():
+                try:
+                    added[line] = tasks.commit_tasks(prec, [item])[0]
+                except TaskregError as exc:
+                    report.problems.append(RowProblem(line, item.name, str(exc)))
+
+    with contextlib.ExitStack() as stack:
+        if isinstance(run_on, RayExecutor):
+            stack.enter_context(run_on)  # a Ray runtime this call started is shut down after it
+        try:
+            for job, out in run_on.map(run_embed_job, jobs, progress=progress):
+                if out.error is not None or out.data is None or out.embedding is None:
+                    report.problems.append(RowProblem(out.line, out.name, out.error or "not embedded"))
+                    continue
+                if out.cache_path is not None and not out.cached:  # workers only read the cache
+                    save_arrays(core, Path(out.cache_path), embedding_arrays(out.embedding))
+                pending[out.line] = TaskCommit(out.name, out.data, method, max_samples, job.seed, out.embedding)
+                if time.monotonic() - last_commit >= batch_seconds:
+                    commit()
+                    last_commit = time.monotonic()
+        finally:  # what was embedded before an error or Ctrl-C is kept: the rerun skips it
+            commit()
+    report.added = [added[line] for line in sorted(added)]
     report.problems.sort(key=lambda p: p.line)
     return report
+
+
+def _jobs(tasks: TaskService, rows: list[ManifestRow], report: BulkReport, prec: catalog.ProbeRecord, weights: str,
+          *, method: str, max_samples: int | None, seed: int, device: str) -> list[EmbedJob]:
+    """One job per row still to embed; rows already registered go to ``report.already``, rows whose name is taken
+    by other data (or another domain), or whose source does not parse, to ``report.problems``."""
+    cache_dir = str(tasks.core.cache_dir / "task2vec")
+    spec = probe_spec(prec)
+    jobs = []
+    with tasks.core.read() as con:
+        for row in rows:
+            try:
+                source = datasets.canonical_source(row.source)  # absolute paths: a worker may run elsewhere
+                existing = catalog.get_task(con, row.name)
+                registered = None
+                if existing is not None:
+                    if existing.source != source:
+                        raise TaskregError(f"task {row.name!r} is already registered from another source "
+                                           f"({existing.source})")
+                    if row.domain is not None and row.domain != existing.domain:
+                        raise TaskregError(f"task {row.name!r} is already registered with domain "
+                                           f"{existing.domain!r}, not {row.domain!r}")
+                    if catalog.has_embedding(con, existing.id, prec.name, method):
+                        report.already.append(row)
+                        continue
+                    registered = (existing.source, existing.fingerprint)  # add this embedding to the same data
+            except TaskregError as exc:
+                report.problems.append(RowProblem(row.line, row.name, str(exc)))
+                continue
+            jobs.append(EmbedJob(row.line, row.name, source, row.domain, registered, prec.name, weights, prec.sha256,
+                                 spec, method, max_samples, seed if row.seed is None else row.seed, device, cache_dir))
+    return jobs

@@ -6,8 +6,9 @@ catalog transaction under the lock, commit tag, index).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from taskreg import data as datasets
+from taskreg.embedders.task_jobs import DataInfo, cache_name, embedding_arrays, embedding_from_arrays
 from taskreg.errors import TaskregError
 from taskreg.progress import Progress
 from taskreg.registry import catalog
@@ -24,11 +26,26 @@ from taskreg.registry.index import IndexManager, search
 from taskreg.registry.names import check_name
 from taskreg.registry.probes import ProbeService
 from taskreg.registry.runs import marking_removal, pending_run
+from taskreg.registry.tracking import RunRef
 
 if TYPE_CHECKING:
+    import duckdb
+
     from taskreg.embedders.task_embedding import TaskEmbedding
 
 METHODS = ("montecarlo", "variational")
+
+
+@dataclass(frozen=True)
+class TaskCommit:
+    """One computed embedding to store as a task (:meth:`TaskService.commit_tasks`)."""
+
+    name: str
+    data: DataInfo
+    method: str
+    max_samples: int | None
+    seed: int
+    emb: TaskEmbedding
 
 
 @dataclass(frozen=True)
@@ -108,16 +125,16 @@ class TaskService:
             raise TaskregError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         rec = probe if isinstance(probe, catalog.ProbeRecord) else self.probes.checked_probe(probe)
         dev = device_type(device)  # a GPU's result may differ from the CPU's in the last bits
-        path = self.core.cache_dir / "task2vec" / (f"{rec.sha256[:16]}-{rec.input_size}px-{ds.fingerprint()[:16]}-"
-                                                   f"{method}-{max_samples}-{seed}-{dev}.npz")
-        emb = _embedding_from_arrays(load_arrays(path))
+        path = self.core.cache_dir / "task2vec" / cache_name(rec.sha256, rec.input_size, ds.fingerprint(), method,
+                                                             max_samples, seed, dev)
+        emb = embedding_from_arrays(load_arrays(path))
         if emb is None:  # only now torch and the probe's network: a cached query needs neither
             from taskreg.embedders.task2vec import embed
 
             _, model, spec = self.probes.load_checked_probe(rec)
             emb = embed(model, spec, ds.x, ds.y, method=method, max_samples=max_samples, seed=seed, device=device,
                         progress=progress)
-            save_arrays(self.core, path, _embedding_arrays(emb))
+            save_arrays(self.core, path, embedding_arrays(emb))
         assert emb.mean_features is not None
         return rec, emb, emb.mean_features
 
@@ -139,47 +156,88 @@ class TaskService:
                 have = catalog.has_embedding(con, existing.id, prec.name, method)
             if have:
                 raise TaskregError(f"task {name!r} already has a {method} embedding with probe {prec.name}")
-        rec, emb, dom = self.embed_dataset(ds, probe=prec.name, method=method, max_samples=max_samples, seed=seed,
-                                           device=device, progress=progress)
-        params = {"task": name, "source": ds.source, "probe": rec.name, "arch": rec.arch, "method": method,
-                  "max_samples": max_samples, "seed": seed, "n_samples": emb.n_samples, "n_classes": ds.n_classes,
-                  "fingerprint": ds.fingerprint(), "domain": ds.domain, "dataset_size": ds.n}  # all a rebuild needs
-        kinds = [self.index_manager.kind("task", rec.name, method), self.index_manager.kind("task", rec.name, "domain")]
-        tags = {"taskreg.kind": "task_embedding"}
-        with pending_run(self.core, "tasks", f"task-{name}-{method}", params, tags) as run:
-            norm = float(np.linalg.norm(emb.vector))
-            self.core.tracker.log_metrics(run.run_id, {"norm": norm, "seconds": emb.seconds,
-                                                  "head_train_accuracy": emb.head_train_accuracy})
-            with tempfile.TemporaryDirectory() as tmp:
-                np.save(Path(tmp) / "task2vec.npy", emb.vector)
-                np.save(Path(tmp) / "domain.npy", dom)
-                for f in ("task2vec.npy", "domain.npy"):
-                    self.core.tracker.log_artifact(run.run_id, Path(tmp) / f, "vectors")
+        rec, emb, _ = self.embed_dataset(ds, probe=prec.name, method=method, max_samples=max_samples, seed=seed,
+                                         device=device, progress=progress)
+        return self.commit_task(name, DataInfo.of(ds), rec, method=method, max_samples=max_samples, seed=seed,
+                                emb=emb)
+
+    def commit_task(self, name: str, data: DataInfo, rec: catalog.ProbeRecord, *, method: str,
+                    max_samples: int | None, seed: int, emb: TaskEmbedding) -> catalog.TaskRecord:
+        """Store one computed embedding of ``data`` as task ``name``: :meth:`commit_tasks` with a batch of one."""
+        return self.commit_tasks(rec, [TaskCommit(name, data, method, max_samples, seed, emb)])[0]
+
+    def commit_tasks(self, rec: catalog.ProbeRecord, items: Sequence[TaskCommit]) -> list[catalog.TaskRecord]:
+        """Store computed embeddings (made with probe ``rec``) as tasks, created where new; all or nothing for the
+        whole batch: one MLflow run per item, the catalog rows of every item (its Task2Vec vector and, unless the
+        task has it, its domain vector ``emb.mean_features``) in one transaction, then one index update per vector
+        kind. Refused (nothing written; TaskregError naming the task) if a task exists meanwhile with other data or
+        already has that embedding. Used by :meth:`add_task` (a batch of one) and by ``task add-many``'s driver.
+        Returns the tasks' records, in the order of ``items``."""
+        if not items:
+            return []
+        added: dict[str, tuple[list[int], list[np.ndarray]]] = {}  # vector kind -> the ids and vectors added to it
+        with contextlib.ExitStack() as runs_stack:  # a failure deletes every run of the batch
+            runs = [runs_stack.enter_context(self._logged_run(rec, item)) for item in items]
             with self.core.write() as con:
-                existing = catalog.get_task(con, name)  # again: another process may have added or removed it
-                if existing is None:
-                    task_id = catalog.insert_task(con, name=name, source=ds.source, domain=ds.domain,
-                                                  n_samples=ds.n, n_classes=ds.n_classes, fingerprint=ds.fingerprint())
-                else:
-                    task_id = existing.id
-                    if existing.fingerprint != ds.fingerprint():
-                        raise TaskregError(f"task {name!r} already exists with different data ({existing.source})")
-                    if catalog.has_embedding(con, task_id, rec.name, method):
-                        raise TaskregError(f"task {name!r} already has a {method} embedding with probe {rec.name}")
-                catalog.insert_embedding(con, task_id, rec.name, method, emb.vector, emb.n_samples, seed, emb.seconds,
-                                  run.run_id)
-                added = {kinds[0]: emb.vector}  # vector kind -> the vector this commit adds to it
-                has_domain = catalog.has_embedding(con, task_id, rec.name, "domain")
-                if not has_domain:
-                    catalog.insert_embedding(con, task_id, rec.name, "domain", dom, emb.n_samples, seed, None,
-                                             run.run_id)
-                    added[kinds[1]] = dom
+                for item, run in zip(items, runs, strict=True):
+                    self._insert_embedding(con, rec, item, run, added)
                 for kind in added:
                     catalog.bump_generation(con, kind)
-        self.core.tracker.commit(run.run_id)
-        for kind, vec in added.items():  # append to the index on disk; a full rebuild only when it is not current
-            self.index_manager.add(kind, np.array([task_id], dtype=np.int64), vec[None, :])
-        return self.get_task(name)
+        for run in runs:
+            self.core.tracker.commit(run.run_id)
+        for kind, (ids, vecs) in added.items():  # append to the index on disk; a rebuild only when it is not current
+            self.index_manager.add(kind, np.array(ids, dtype=np.int64), np.stack(vecs))
+        with self.core.session():
+            return [self.get_task(item.name) for item in items]
+
+    @contextlib.contextmanager
+    def _logged_run(self, rec: catalog.ProbeRecord, item: TaskCommit) -> Iterator[RunRef]:
+        """The pending MLflow run of one embedding: its parameters (all a rebuild needs), metrics and vectors."""
+        emb, data = item.emb, item.data
+        params = {"task": item.name, "source": data.source, "probe": rec.name, "arch": rec.arch,
+                  "method": item.method, "max_samples": item.max_samples, "seed": item.seed,
+                  "n_samples": emb.n_samples, "n_classes": data.n_classes, "fingerprint": data.fingerprint,
+                  "domain": data.domain, "dataset_size": data.n}
+        tags = {"taskreg.kind": "task_embedding"}
+        with pending_run(self.core, "tasks", f"task-{item.name}-{item.method}", params, tags) as run:
+            norm = float(np.linalg.norm(emb.vector))
+            self.core.tracker.log_metrics(run.run_id, {"norm": norm, "seconds": emb.seconds,
+                                                       "head_train_accuracy": emb.head_train_accuracy})
+            with tempfile.TemporaryDirectory() as tmp:
+                assert emb.mean_features is not None
+                np.save(Path(tmp) / "task2vec.npy", emb.vector)
+                np.save(Path(tmp) / "domain.npy", emb.mean_features)
+                for f in ("task2vec.npy", "domain.npy"):
+                    self.core.tracker.log_artifact(run.run_id, Path(tmp) / f, "vectors")
+            yield run
+
+    def _insert_embedding(self, con: duckdb.DuckDBPyConnection, rec: catalog.ProbeRecord, item: TaskCommit,
+                          run: RunRef, added: dict[str, tuple[list[int], list[np.ndarray]]]) -> None:
+        """Inside the write transaction: the task's row (if new) and its embedding rows; records in ``added`` the
+        vectors each index kind gains."""
+        name, data, emb, dom = item.name, item.data, item.emb, item.emb.mean_features
+        assert dom is not None
+        existing = catalog.get_task(con, name)  # again: another process may have added or removed it
+        if existing is None:
+            task_id = catalog.insert_task(con, name=name, source=data.source, domain=data.domain, n_samples=data.n,
+                                          n_classes=data.n_classes, fingerprint=data.fingerprint)
+        else:
+            task_id = existing.id
+            if existing.fingerprint != data.fingerprint:
+                raise TaskregError(f"task {name!r} already exists with different data ({existing.source})")
+            if catalog.has_embedding(con, task_id, rec.name, item.method):
+                raise TaskregError(f"task {name!r} already has a {item.method} embedding with probe {rec.name}")
+        catalog.insert_embedding(con, task_id, rec.name, item.method, emb.vector, emb.n_samples, item.seed,
+                                 emb.seconds, run.run_id)
+        vectors = [(self.index_manager.kind("task", rec.name, item.method), emb.vector)]
+        if not catalog.has_embedding(con, task_id, rec.name, "domain"):
+            catalog.insert_embedding(con, task_id, rec.name, "domain", dom, emb.n_samples, item.seed, None,
+                                     run.run_id)
+            vectors.append((self.index_manager.kind("task", rec.name, "domain"), dom))
+        for kind, vec in vectors:
+            ids, vecs = added.setdefault(kind, ([], []))
+            ids.append(task_id)
+            vecs.append(vec)
 
     def _existing_task(self, name: str, ds: datasets.Dataset) -> catalog.TaskRecord | None:
         with self.core.read() as con:
@@ -264,34 +322,3 @@ class TaskService:
         if ds.fingerprint() != rec.fingerprint:
             raise TaskregError(f"task {rec.name}: the data at {rec.source} changed since it was registered")
         return ds
-
-
-_EMBEDDING_SCALARS = ("method", "arch", "n_samples", "n_classes", "seed", "head_train_accuracy", "head_train_loss",
-                      "seconds")
-
-
-def _embedding_arrays(emb: TaskEmbedding) -> dict[str, np.ndarray]:
-    """A TaskEmbedding as plain arrays for the cache (no pickled objects)."""
-    assert emb.mean_features is not None
-    out = {"vector": emb.vector, "mean_features": emb.mean_features,
-           "layout_names": np.array([n for n, _ in emb.layout], dtype=np.str_),
-           "layout_sizes": np.array([k for _, k in emb.layout], dtype=np.int64)}
-    out.update({k: np.array(getattr(emb, k)) for k in _EMBEDDING_SCALARS})
-    return out
-
-
-def _embedding_from_arrays(arrays: dict[str, np.ndarray] | None) -> TaskEmbedding | None:
-    """The TaskEmbedding cached by :func:`_embedding_arrays`; None for a miss or a file of another shape."""
-    from taskreg.embedders.task_embedding import TaskEmbedding
-
-    want = {"vector", "mean_features", "layout_names", "layout_sizes", *_EMBEDDING_SCALARS}
-    if arrays is None or set(arrays) != want:
-        return None
-    a = arrays
-    return TaskEmbedding(
-        vector=a["vector"], method=str(a["method"]), arch=str(a["arch"]), n_samples=int(a["n_samples"]),
-        n_classes=int(a["n_classes"]), seed=int(a["seed"]),
-        layout=[(str(n), int(k)) for n, k in zip(a["layout_names"], a["layout_sizes"], strict=True)],
-        head_train_accuracy=float(a["head_train_accuracy"]), head_train_loss=float(a["head_train_loss"]),
-        seconds=float(a["seconds"]), mean_features=a["mean_features"],
-    )

@@ -90,12 +90,13 @@ def test_add_many_registers_the_good_rows_and_nothing_of_the_bad(probe_template:
     alone = copy_registry(probe_template, tmp_path / "alone")
     Registry.open(alone).add_task("b", B, max_samples=20, seed=5)
     assert (Registry.open(alone).task_vector("b") == reg.task_vector("b")).all()
-    # again: every row is refused now (the names are taken), nothing changes
+    # again: the registered rows are skipped (already registered), the bad ones refused again, nothing changes
     before = snapshot(root)
     again = runner.invoke(app, ["--registry", str(root), "task", "add-many", str(m), "--max-samples", "20", "--json"])
     assert again.exit_code == 1
     out = json.loads(again.stdout)
-    assert out["added"] == [] and [r["line"] for r in out["refused"]] == [2, 3, 4, 5, 6]
+    assert out["added"] == [] and out["already_registered"] == ["a", "b", "c"]
+    assert [r["line"] for r in out["refused"]] == [4, 6]
     assert snapshot(root) == before
 
 
