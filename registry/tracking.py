@@ -160,9 +160,9 @@ class _ServerClient:
                 if why is None:
                     raise
                 self._down = TrackingServerDown(
-                    f"tracking server {self._uri} stopped answering ({why}): nothing this command did not finish is "
-                    "in the catalog; once the server is back, `taskreg check` lists what it left there and "
-                    "`taskreg check --fix` clears it")
+                    f"tracking server {self._uri} stopped answering ({why}): the command stopped and the catalog keeps "
+                    "only what it had committed; once the server is back, `taskreg check` lists what the command left "
+                    "there and `taskreg check --fix` clears it")
                 raise TrackingServerDown(str(self._down)) from None
 
         return call

@@ -102,7 +102,7 @@ def test_check_reports_an_artifact_lost_on_the_server(team_root: Path, server: T
         shutil.rmtree(copy / "cache" / "artifacts")
         report = reg.check()
         assert any("default.pt is missing" in p for p in report.problems), report.problems
-        with pytest.raises(TaskregError, match="cannot be copied from here"):
+        with pytest.raises(TaskregError, match="cannot copy or put back"):
             reg.backup(tmp_path / "backup")
         assert not (tmp_path / "backup").exists()
     finally:
@@ -126,6 +126,26 @@ def test_an_unreachable_server_is_one_line(team_root: Path, tmp_path: Path) -> N
         assert len(res.output.strip().splitlines()) == 1, res.output
     res = runner.invoke(app, ["--registry", str(team_root), "init", "--tracking-uri", dead])
     assert res.exit_code != 0 and "cannot move an existing registry" in res.output
+
+
+def test_backup_and_restore_say_what_a_remote_store_cannot_do(team_root: Path, server: TrackingServer,
+                                                              tmp_path: Path) -> None:
+    """A backup would need the server's database and artifacts: refused on one line naming what to back up instead,
+    before anything is created; a copied directory of such a registry is not restored either."""
+    dest = tmp_path / "new" / "backup"
+    res = runner.invoke(app, ["--registry", str(team_root), "backup", str(dest)])
+    line = one_error_line(res.output)
+    assert res.exit_code == 2 and line.startswith(f"error: backup: this registry's runs, weights and registered "
+                                                  f"models live on the tracking server {server.uri}"), res.output
+    assert "pg_dump" in line and "catalog.duckdb" in line
+    assert not (tmp_path / "new").exists()
+    copy = tmp_path / "copy"
+    shutil.copytree(team_root, copy)
+    target = tmp_path / "restored"
+    res = runner.invoke(app, ["--registry", str(target), "restore", str(copy)])
+    line = one_error_line(res.output)
+    assert res.exit_code == 2 and line.startswith("error: restore: this registry's runs"), res.output
+    assert not target.exists()
 
 
 # --------------------------------------------------------------------------- the server stops mid-command
@@ -264,6 +284,27 @@ def test_the_server_stops_mid_command(team_root: Path, server: TrackingServer, f
     assert catalog_view(team_root) == before
     assert_whole_on_server(team_root, server.uri)
 
+
+
+def test_recover_rebuilds_a_lost_record_from_the_server(team_root: Path, server: TrackingServer) -> None:
+    """A catalog that lost an expert's row (e.g. restored alone, older than the server): `check` reports the record
+    the server holds, `recover` rebuilds it from the server's run, registered model and weights."""
+    import duckdb
+
+    before = catalog_view(team_root)
+    with duckdb.connect(str(team_root / "catalog.duckdb")) as con:
+        (expert_id,) = con.execute("SELECT id FROM experts WHERE name = 'e1'").fetchone()
+        con.execute("DELETE FROM expert_task_results WHERE expert_id = ?", [expert_id])
+        con.execute("DELETE FROM experts WHERE id = ?", [expert_id])
+    shutil.rmtree(team_root / "cache" / "artifacts")
+    res = runner.invoke(app, ["--registry", str(team_root), "check"])
+    assert res.exit_code != 0 and "the catalog lost this record" in res.output, res.output
+    res = runner.invoke(app, ["--registry", str(team_root), "recover"])
+    assert res.exit_code == 0 and "1 expert(s)" in res.output, res.output
+    assert catalog_view(team_root) == before
+    assert_whole_on_server(team_root, server.uri)
+    res = runner.invoke(app, ["--registry", str(team_root), "check"])
+    assert res.exit_code == 0, res.output
 
 
 # --------------------------------------------------------------------------- a writer killed (SIGKILL)
