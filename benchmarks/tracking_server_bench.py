@@ -73,12 +73,16 @@ def main() -> None:
                     t0 = time.perf_counter()
                     fn(root, i)
                     times.setdefault((op, label), []).append(time.perf_counter() - t0)
-        print(f"| operation (median of {args.repeats}) | local sqlite | tracking server | server / local |")
+        print(f"| operation (median of {args.repeats}, [min, max]) | local sqlite | tracking server | server / local |")
         print("|---|---|---|---|")
         for op in ops:
+            cells = []
+            for label in roots:
+                ts = times[(op, label)]
+                cells.append(f"{statistics.median(ts):.3f} s [{min(ts):.3f}, {max(ts):.3f}]")
             local = statistics.median(times[(op, "local sqlite")])
             remote = statistics.median(times[(op, "tracking server")])
-            print(f"| {op} | {local:.3f} s | {remote:.3f} s | {remote / local:.2f}x |")
+            print(f"| {op} | {cells[0]} | {cells[1]} | {remote / local:.2f}x |")
 
 
 if __name__ == "__main__":
