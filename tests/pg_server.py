@@ -32,14 +32,19 @@ class TrackingServer:
     def __init__(self, argv: list[str], env: dict[str, str], uri: str, artifacts: Path, log: Path) -> None:
         self.argv, self.env, self.uri, self.artifacts, self.log = argv, env, uri, artifacts, log
         self.proc: subprocess.Popen | None = None
+        self._server: tuple[list[str], dict[str, str]] | None = None  # the uvicorn command `mlflow server` ran
 
     def start(self) -> None:
-        """Start the server (if it is not running) and wait until it answers ``/health``."""
+        """Start the server (if it is not running) and wait until it answers ``/health``.
+
+        The first start runs ``mlflow server``, which checks the database and then runs uvicorn on MLflow's app as
+        its child, with the settings in that child's environment; a restart runs that same uvicorn command with the
+        same environment directly (the same server, about 3 s sooner: one heavy Python start instead of two)."""
         if self.proc is not None and self.proc.poll() is None:
             return
+        argv, env = self._server or (self.argv, self.env)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + SERVER_WAIT
         while True:
             try:
@@ -51,6 +56,19 @@ class TrackingServer:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise Unavailable(f"mlflow server did not come up: {_last_line(self.log.read_text())}")
             time.sleep(0.2)
+
+    def _record_server_command(self) -> None:
+        """Remember the command and environment of the uvicorn process `mlflow server` started (Linux /proc; without
+        it a restart runs `mlflow server` again)."""
+        assert self.proc is not None
+        try:
+            (child,) = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")[:-1]
+            pairs = [item.split("=", 1) for item in Path(f"/proc/{child}/environ").read_bytes().decode().split("\0")]
+        except (OSError, ValueError, UnicodeDecodeError):
+            return
+        if "uvicorn" in argv:
+            self._server = (argv, {k: v for k, v in (pair for pair in pairs if len(pair) == 2)})
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         """Stop the server and every process of its group (default: killed, as a crash would)."""
@@ -147,6 +165,7 @@ def tracking_server() -> Iterator[TrackingServer]:
                 "--workers", "1"]
         mlflow = TrackingServer(argv, env, f"http://127.0.0.1:{ml_port}", artifacts, base / "mlflow.log")
         mlflow.start()
+        mlflow._record_server_command()
         yield mlflow
     finally:
         if mlflow is not None:
