@@ -1227,12 +1227,20 @@ def restore(
 
 @app.command()
 @handle_errors
-def recover(registry: RegistryOpt = None, device: DeviceOpt = "cpu") -> None:
+def recover(
+    registry: RegistryOpt = None, device: DeviceOpt = "cpu",
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="The tracking server of a registry whose catalog is lost (only the catalog names it; "
+        "see `init --tracking-uri`).", show_default=False)] = None,
+) -> None:
     """Rebuild the probes, tasks and experts that MLflow holds into a lost or emptied catalog."""
     from taskreg.registry import Registry
     from taskreg.registry.recovery import NOT_IN_MLFLOW
 
-    reg = Registry.open(root(registry), damaged_ok=True, write="recover")
+    if tracking_uri is not None:
+        reg = Registry.open_on_server(root(registry), tracking_uri)
+    else:
+        reg = Registry.open(root(registry), damaged_ok=True, write="recover")
     report = reg.recover(device=device)
     if not report.found:
         typer.echo("nothing to recover: the catalog accounts for every committed record MLflow holds")

@@ -286,25 +286,51 @@ def test_the_server_stops_mid_command(team_root: Path, server: TrackingServer, f
 
 
 
-def test_recover_rebuilds_a_lost_record_from_the_server(team_root: Path, server: TrackingServer) -> None:
-    """A catalog that lost an expert's row (e.g. restored alone, older than the server): `check` reports the record
-    the server holds, `recover` rebuilds it from the server's run, registered model and weights."""
+def test_recover_rebuilds_lost_records_from_the_server(team_root: Path, server: TrackingServer) -> None:
+    """A catalog that lost the rows of an expert and of the probe (e.g. restored alone, older than the server): `check`
+    reports the records the server holds, `recover` rebuilds them from the server's runs, models and weights."""
     import duckdb
 
-    before = catalog_view(team_root)
+    from tests.procs import catalog_rows
+
+    probes = "SELECT name, arch, sha256, weights, run_id FROM probes ORDER BY name"
+    before, probes_before = catalog_view(team_root), catalog_rows(team_root, probes)
     with duckdb.connect(str(team_root / "catalog.duckdb")) as con:
         (expert_id,) = con.execute("SELECT id FROM experts WHERE name = 'e1'").fetchone()
         con.execute("DELETE FROM expert_task_results WHERE expert_id = ?", [expert_id])
         con.execute("DELETE FROM experts WHERE id = ?", [expert_id])
+        con.execute("DELETE FROM trivial_embeddings WHERE probe = 'default'")
+        con.execute("DELETE FROM probes WHERE name = 'default'")
     shutil.rmtree(team_root / "cache" / "artifacts")
     res = runner.invoke(app, ["--registry", str(team_root), "check"])
     assert res.exit_code != 0 and "the catalog lost this record" in res.output, res.output
     res = runner.invoke(app, ["--registry", str(team_root), "recover"])
-    assert res.exit_code == 0 and "1 expert(s)" in res.output, res.output
-    assert catalog_view(team_root) == before
+    assert res.exit_code == 0 and "recovered 1 probe(s), 0 task(s) (0 embeddings), 1 expert(s)" in res.output, \
+        res.output
+    assert catalog_view(team_root) == before and catalog_rows(team_root, probes) == probes_before
     assert_whole_on_server(team_root, server.uri)
     res = runner.invoke(app, ["--registry", str(team_root), "check"])
     assert res.exit_code == 0, res.output
+
+
+def test_recover_a_lost_catalog_from_the_server(team_root: Path, server: TrackingServer, tmp_path: Path) -> None:
+    """The registry directory is gone (only its catalog named the server): `recover --tracking-uri` on a new directory
+    rebuilds the catalog from the server (probe, task, experts, same runs) and binds it to that server."""
+    from tests.procs import catalog_rows
+
+    lost = tmp_path / "lost"
+    res = runner.invoke(app, ["--registry", str(lost), "recover"])  # no catalog, no mlflow.db: nothing known here
+    assert res.exit_code == 2 and "no registry at" in one_error_line(res.output), res.output
+    res = runner.invoke(app, ["--registry", str(lost), "recover", "--tracking-uri", server.uri])
+    assert res.exit_code == 0 and "recovered 1 probe(s), 1 task(s)" in res.output, res.output
+    assert catalog_view(lost) == catalog_view(team_root)
+    uri = "SELECT value FROM registry_info WHERE key = 'tracking_uri'"
+    assert catalog_rows(lost, uri) == catalog_rows(team_root, uri)
+    assert not (lost / "mlflow.db").exists()
+    res = runner.invoke(app, ["--registry", str(lost), "check"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["--registry", str(lost), "recover", "--tracking-uri", f"http://127.0.0.1:{free_port()}"])
+    assert res.exit_code == 2 and "not on http://127.0.0.1:" in one_error_line(res.output), res.output
 
 
 # --------------------------------------------------------------------------- a writer killed (SIGKILL)
