@@ -1167,7 +1167,10 @@ def backup(
     dest: Annotated[Path, typer.Argument(help="New or empty directory that receives the copy.")],
     registry: RegistryOpt = None,
 ) -> None:
-    """Copy the registry consistently: catalog, MLflow database, artifacts and indexes (not the cache)."""
+    """Copy the registry consistently: catalog, MLflow database, artifacts and indexes (not the cache).
+
+    Refused for a registry on a tracking server (init --tracking-uri): back up the server's PostgreSQL database and
+    artifact store together with the catalog there (README, "Running it for a team")."""
     reg = open_registry(registry)
     t0 = time.perf_counter()
     out = reg.backup(dest)
@@ -1200,7 +1203,7 @@ def restore(
     """Restore a backup as the registry (--registry, else TASKREG_HOME); an existing one is replaced only with --force.
 
     The directory about to be replaced is named before anything changes, so a wrong --registry / TASKREG_HOME
-    is seen on the terminal, not discovered later.
+    is seen on the terminal, not discovered later. A registry on a tracking server has no such backup (see backup).
     """
     from taskreg.registry import Registry
     from taskreg.registry.core import default_root
@@ -1224,12 +1227,20 @@ def restore(
 
 @app.command()
 @handle_errors
-def recover(registry: RegistryOpt = None, device: DeviceOpt = "cpu") -> None:
+def recover(
+    registry: RegistryOpt = None, device: DeviceOpt = "cpu",
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="The tracking server of a registry whose catalog is lost (only the catalog names it; "
+        "see `init --tracking-uri`).", show_default=False)] = None,
+) -> None:
     """Rebuild the probes, tasks and experts that MLflow holds into a lost or emptied catalog."""
     from taskreg.registry import Registry
     from taskreg.registry.recovery import NOT_IN_MLFLOW
 
-    reg = Registry.open(root(registry), damaged_ok=True, write="recover")
+    if tracking_uri is not None:
+        reg = Registry.open_on_server(root(registry), tracking_uri)
+    else:
+        reg = Registry.open(root(registry), damaged_ok=True, write="recover")
     report = reg.recover(device=device)
     if not report.found:
         typer.echo("nothing to recover: the catalog accounts for every committed record MLflow holds")

@@ -5,6 +5,10 @@ registry lock, then the artifacts (written before the catalog rows that referenc
 afterwards, so the snapshot's records all find their files); the cache is skipped. Both write into a hidden
 sibling directory and rename it into place, so an interrupted backup or restore never leaves a
 half-written registry under the final name.
+
+A registry whose MLflow store is a tracking server (``init --tracking-uri``) is refused by both, in one line
+(:func:`remote_store_refusal`): its runs, weights and registered models are the server's, in PostgreSQL and the
+server's artifact store, and only a backup of those taken together with the catalog restores a consistent registry.
 """
 
 from __future__ import annotations
@@ -25,12 +29,23 @@ from taskreg.registry.tracking import Tracker
 BACKUP_MANIFEST = "backup.json"
 
 
+def remote_store_refusal(what: str, uri: str) -> str:
+    """One line: what ``backup`` / ``restore`` cannot do for a registry whose MLflow store is the tracking server
+    ``uri``, and what to do instead (README, "Running it for a team")."""
+    return (f"{what}: this registry's runs, weights and registered models live on the tracking server {uri}, which "
+            "taskreg cannot copy or put back; back up the server's PostgreSQL database (pg_dump) and artifact store "
+            "there, together with this directory's catalog.duckdb and index/ while no taskreg command writes, and "
+            "restore them together (README: Running it for a team)")
+
+
 def backup(core: Core, dest: Path | str) -> Path:
     """Write a consistent copy of the registry into ``dest`` (a new or empty directory); returns it.
 
     The copy is itself a registry (its MLflow paths point at it): ``taskreg restore`` puts it back,
     and ``Registry.open`` works on it directly.
     """
+    if core.tracker.remote:  # before anything is created (the copy needs the whole MLflow store)
+        raise TaskregError(remote_store_refusal("backup", core.tracker.uri))
     dest = Path(dest).expanduser().resolve()
     _refuse_nested(core.root, dest)
     if dest.exists() and not _is_empty_dir(dest):
@@ -69,6 +84,10 @@ def restore(backup: Path | str, root: Path | str | None = None, *, force: bool =
     """
     src = Path(backup).expanduser().resolve()
     target = (Path(root) if root is not None else default_root()).expanduser().resolve()
+    if (src / "catalog.duckdb").is_file() and not (src / "mlflow.db").is_file():
+        uri = Core(src).tracking_uri()  # a copy of a tracking-server registry's directory
+        if uri is not None:
+            raise TaskregError(remote_store_refusal("restore", uri))
     if not (src / "catalog.duckdb").is_file() or not (src / "mlflow.db").is_file():
         raise TaskregError(f"{src} is not a taskreg backup (it needs catalog.duckdb and mlflow.db)")
     _refuse_nested(src, target)

@@ -22,7 +22,14 @@ from taskreg.registry.damage import clear_stray_model, refuse_lost_model
 from taskreg.registry.index import IndexManager
 from taskreg.registry.names import check_name
 from taskreg.registry.probes import ProbeService
-from taskreg.registry.runs import marking_removal, pending_run, store_weights, verified_weights
+from taskreg.registry.runs import (
+    after_commit,
+    best_effort,
+    marking_removal,
+    pending_run,
+    store_weights,
+    verified_weights,
+)
 from taskreg.registry.tasks import TaskService
 from taskreg.registry.weights import head_classes
 
@@ -135,11 +142,13 @@ class ExpertService:
                 catalog.delete_expert(con, rec.id)
                 for kind in kinds:
                     catalog.bump_generation(con, kind)
-            self.core.tracker.delete_registered_model(f"expert-{rec.name}")
+            with after_commit(f"expert {name} is removed"):
+                self.core.tracker.delete_registered_model(f"expert-{rec.name}")
         for kind in kinds:
             self.index_manager.rebuild(kind)
         if rec.run_id:
-            self.core.tracker.delete_run(rec.run_id)
+            with after_commit(f"expert {name} is removed"):
+                self.core.tracker.delete_run(rec.run_id)
 
     # ------------------------------------------------------------------ registration
     def load_expert(self, name: str) -> tuple[catalog.ExpertRecord, nn.Module, ProbeSpec]:
@@ -307,8 +316,10 @@ class ExpertService:
                                               reference_accuracy=None if reference is None else reference.accuracy,
                                               reference=None if reference is None else reference.task)
                 except BaseException:
-                    self.core.tracker.delete_registered_model(f"expert-{name}")
+                    with best_effort():
+                        self.core.tracker.delete_registered_model(f"expert-{name}")
                     raise
-        self.core.tracker.commit(run.run_id)
+        with after_commit(f"expert {name} is registered"):
+            self.core.tracker.commit(run.run_id)
         return self.get_expert(name)
 

@@ -273,6 +273,31 @@ class Registry:
         return reg
 
     @classmethod
+    def open_on_server(cls, root: Path | str | None, tracking_uri: str) -> Registry:
+        """Open, for ``recover``, a registry whose MLflow store is the tracking server ``tracking_uri`` although its
+        catalog (the only place that names the server) is lost: opened damaged, bound to that server. A directory
+        whose catalog exists must name the same server (then it is :meth:`open` with ``damaged_ok``); a server that
+        holds no registry has nothing to recover."""
+        uri = check_tracking_uri(tracking_uri)
+        reg = cls(Path(root) if root is not None else default_root())
+        reg.require_write_access("recover")
+        if reg.core.catalog_state()[0] > 0:
+            current = reg.core.tracking_uri()
+            if current != uri:
+                raise TaskregError(f"registry {reg.root} keeps its MLflow store in {current or 'mlflow.db'}, not on "
+                                   f"{uri}: run `taskreg recover` without --tracking-uri")
+            return cls.open(reg.root, damaged_ok=True, write="recover")
+        if (reg.root / "mlflow.db").exists():
+            raise TaskregError(f"{reg.root} holds a local mlflow.db: its records are there, not on {uri}; run "
+                               "`taskreg recover` without --tracking-uri")
+        reg.core.use_tracking_server(uri)
+        store = reg.tracker.store_summary()  # one line when the server is unreachable
+        if store is None or not store.holds_registry():
+            raise TaskregError(f"tracking server {uri} holds no taskreg registry: nothing to recover")
+        reg.core.damage = missing_catalog(store)
+        return reg
+
+    @classmethod
     def open(cls, root: Path | str | None = None, *, repair_indexes: bool = True,
              write: str | None = None, damaged_ok: bool = False) -> Registry:
         """Open an existing registry: migrate an older catalog, rebuild stale or missing indexes.

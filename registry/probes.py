@@ -16,7 +16,7 @@ from taskreg.progress import Progress
 from taskreg.registry import catalog
 from taskreg.registry.core import Core
 from taskreg.registry.names import check_name
-from taskreg.registry.runs import pending_run, store_weights, verified_weights
+from taskreg.registry.runs import after_commit, pending_run, store_weights, verified_weights
 from taskreg.registry.weights import head_classes
 
 if TYPE_CHECKING:
@@ -144,7 +144,8 @@ class ProbeService:
                 catalog.insert_probe(con, rec)
                 for method, vec in trivial.items():
                     catalog.insert_trivial_embedding(con, name, method, vec)
-        self.core.tracker.commit(run.run_id)
+        with after_commit(f"probe {name} is registered"):
+            self.core.tracker.commit(run.run_id)
         return rec
 
     def trivial(self, probe: str, method: str) -> np.ndarray:

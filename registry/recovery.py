@@ -28,7 +28,7 @@ from taskreg.registry.core import Core
 from taskreg.registry.damage import unaccounted
 from taskreg.registry.index import IndexManager
 from taskreg.registry.names import check_name
-from taskreg.registry.tracking import RunData, RunRef
+from taskreg.registry.tracking import RunData, RunRef, TrackingServerDown
 from taskreg.registry.weights import file_sha256, head_classes
 
 NOT_IN_MLFLOW = ("expert evaluations (`taskreg expert eval`)", "Model2Vec fits (`taskreg model2vec fit`)",
@@ -112,6 +112,8 @@ class Recovery:
             catalog.migrate(con)
             if catalog.registry_id(con) is None:
                 catalog.set_registry_id(con, theirs or uuid.uuid4().hex)
+            if self.core.tracker.remote and catalog.tracking_uri(con) is None:  # a lost catalog of a server's registry
+                catalog.set_tracking_uri(con, self.core.tracker.uri)
         if theirs is None:
             self.core.adopt_identity()
         self.core.damage = None
@@ -163,9 +165,11 @@ class Recovery:
                 if run.params.get("input_size", "").isdigit():
                     spec = ProbeSpec(arch=arch, input_size=int(run.params["input_size"]), in_chans=spec.in_chans,
                                      mean=spec.mean, std=spec.std)
-                state = load_state_dict_file(self.core.root / found[0])
+                state = load_state_dict_file(self.core.tracker.local_file(found[0]))  # a server's: its cached copy
                 model = create_model(arch, num_classes=head_classes(state))
                 load_weights(model, state, ignore_head=False)
+            except TrackingServerDown:
+                raise  # not a property of the run: recover stops (and may be run again)
             except (TaskregError, KeyError, ValueError, RuntimeError) as exc:
                 report.skipped.append(f"probe {name}: its weights do not load as {arch!r} ({str(exc).splitlines()[0]})")
                 continue

@@ -6,6 +6,10 @@ validate and compute everything first (no lock held), then log the MLflow run (t
 registry lock, then mark the run committed and refresh the index. A failure before the commit deletes
 the run; a crash before it leaves only a pending run, which ``taskreg check --fix`` removes. Removing a
 record marks its runs ``removing`` inside the transaction that deletes its rows (:func:`marking_removal`).
+
+A tracking server that stops answering mid-command (:class:`~taskreg.registry.tracking.TrackingServerDown`) is the
+same as a crash at that point, reported on one line: before the catalog commit nothing is committed and the cleanup
+is left to ``check --fix`` (:func:`best_effort`); after it, the error says the change is made (:func:`after_commit`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from taskreg.errors import TaskregError
-from taskreg.registry.tracking import RunRef
+from taskreg.registry.tracking import RunRef, TrackingServerDown
 from taskreg.registry.weights import file_sha256
 
 if TYPE_CHECKING:
@@ -34,9 +38,31 @@ def pending_run(core: Core, experiment: str, run_name: str, params: dict,
     try:
         yield run
     except BaseException:
-        core.tracker.delete_run(run.run_id)
+        with best_effort():
+            core.tracker.delete_run(run.run_id)
         raise
     core.tracker.finish(run.run_id)
+
+
+@contextmanager
+def best_effort() -> Iterator[None]:
+    """Cleanup of a failed command (deleting its pending run, its registered model): a tracking server that stopped
+    answering leaves the leftover for ``check --fix`` instead of hiding the command's own error."""
+    try:
+        yield
+    except TrackingServerDown:
+        pass
+
+
+@contextmanager
+def after_commit(done: str) -> Iterator[None]:
+    """MLflow calls made after the catalog commit (the commit tag, deleting a removed record's runs): when the
+    tracking server stops answering there, the error says that the command's change is made (``done``, e.g. "expert
+    e1 is registered") and what is left for ``check --fix``."""
+    try:
+        yield
+    except TrackingServerDown as exc:
+        raise TaskregError(f"{done} in the catalog, but {exc}") from None
 
 
 @contextmanager
@@ -55,8 +81,9 @@ def marking_removal(tracker: Tracker) -> Iterator[Callable[[list[str]], None]]:
     try:
         yield mark
     except BaseException:
-        for run_id in marked:
-            tracker.commit(run_id)
+        with best_effort():
+            for run_id in marked:
+                tracker.commit(run_id)
         raise
 
 

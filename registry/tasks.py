@@ -25,7 +25,7 @@ from taskreg.registry.core import Core
 from taskreg.registry.index import IndexManager, search
 from taskreg.registry.names import check_name
 from taskreg.registry.probes import ProbeService
-from taskreg.registry.runs import marking_removal, pending_run
+from taskreg.registry.runs import after_commit, marking_removal, pending_run
 from taskreg.registry.tracking import RunRef
 
 if TYPE_CHECKING:
@@ -101,8 +101,9 @@ class TaskService:
                 catalog.bump_generation(con, kind)
         for kind in kinds:  # drop the vector from the saved index; a rebuild only when that index is not current
             self.index_manager.remove(kind, np.array([rec.id], dtype=np.int64))
-        for run_id in runs:
-            self.core.tracker.delete_run(run_id)
+        with after_commit(f"task {name} is removed"):
+            for run_id in runs:
+                self.core.tracker.delete_run(run_id)
 
     # ------------------------------------------------------------------ tasks
     def embed_dataset(self, ds: datasets.Dataset, *, probe: str | catalog.ProbeRecord | None = None,
@@ -183,8 +184,11 @@ class TaskService:
                     self._insert_embedding(con, rec, item, run, added)
                 for kind in added:
                     catalog.bump_generation(con, kind)
-        for run in runs:
-            self.core.tracker.commit(run.run_id)
+        done = (f"task {items[0].name} ({items[0].method}) is" if len(items) == 1 else
+                f"{len(items)} tasks ({items[0].name} ... {items[-1].name}) are")
+        with after_commit(f"{done} registered"):  # a server that stops here: the index is rebuilt on the next open
+            for run in runs:
+                self.core.tracker.commit(run.run_id)
         for kind, (ids, vecs) in added.items():  # append to the index on disk; a rebuild only when it is not current
             self.index_manager.add(kind, np.array(ids, dtype=np.int64), np.stack(vecs))
         with self.core.session():

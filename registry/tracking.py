@@ -46,7 +46,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from taskreg.errors import TaskregError
 from taskreg.registry.catalog import mlflow_store
@@ -94,6 +94,80 @@ def require_reachable(uri: str, timeout: float = 5.0) -> None:
     raise TaskregError(f"tracking server {uri} is unreachable ({why}): start it or fix the registry's tracking URI")
 
 
+class TrackingServerDown(TaskregError):
+    """The tracking server stopped answering in the middle of a command (connection refused or lost, a timeout, a 5xx
+    answer after MLflow's retries). Raised by every later call of the same :class:`Tracker` at once: a command does
+    not wait out the retries again for its best-effort cleanup."""
+
+
+def _server_failure(exc: BaseException) -> str | None:
+    """Why ``exc`` (raised by an MLflow client call) means the server did not answer, in a few words; None when it is
+    an answer (a missing run or model, a refused request), which callers handle as before."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, requests.HTTPError):
+        status = exc.response.status_code if exc.response is not None else 0
+        return f"HTTP {status}" if status >= 500 else None
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        text = str(exc)
+    elif isinstance(exc, MlflowException):
+        text = str(exc.message)  # also a download's "failures occurred while downloading" naming such a request
+        if "API request to " not in text:
+            return None
+        code = text.partition(" failed with error code ")[2][:3]
+        if code.isdigit():
+            return f"HTTP {code}" if int(code) >= 500 else None
+        if " failed with timeout exception" in text:
+            return "timed out"
+        if " failed with exception " not in text:
+            return None
+    else:
+        return None
+    for needle, why in (("Connection refused", "connection refused"), ("RemoteDisconnected", "connection lost"),
+                        ("Connection aborted", "connection lost"), ("Connection reset", "connection lost"),
+                        ("Read timed out", "timed out"), ("ResponseError", "HTTP 5xx after retries"),
+                        ("Max retries exceeded", "no answer after retries")):
+        if needle in text:
+            return why
+    return "no answer"
+
+
+class _ServerClient:
+    """The ``MlflowClient`` of a tracking server, each of whose calls turns a server that does not answer into one
+    :class:`TrackingServerDown` (instead of MLflow's exception with a traceback, or a caller mistaking it for a missing
+    run); once that happened, every later call fails the same way at once."""
+
+    def __init__(self, client: MlflowClient, uri: str) -> None:
+        self._client = client
+        self._uri = uri
+        self._down: TrackingServerDown | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._down is not None:
+                raise TrackingServerDown(str(self._down))
+            try:
+                return attr(*args, **kwargs)
+            except Exception as exc:
+                why = _server_failure(exc)
+                if why is None:
+                    raise
+                self._down = TrackingServerDown(
+                    f"tracking server {self._uri} stopped answering ({why}): the command stopped and the catalog keeps "
+                    "only what it had committed; once the server is back, `taskreg check` lists what the command left "
+                    "there and `taskreg check --fix` clears it")
+                raise TrackingServerDown(str(self._down)) from None
+
+        return call
+
+
 def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -139,6 +213,7 @@ class Tracker:
         if self._client is None:
             if self.remote:  # fail in one line (not after MLflow's minutes of retries) when the server is down
                 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # two retries within ~2 s
                 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
                 os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # stdout is the command's (--json)
                 require_reachable(self.uri)
@@ -146,7 +221,8 @@ class Tracker:
             from mlflow.tracking import MlflowClient
 
             _quiet_mlflow()  # mlflow configures its loggers on import
-            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self._client = cast("MlflowClient", _ServerClient(client, self.uri)) if self.remote else client
         return self._client
 
     def experiment_id(self, name: str) -> str:

@@ -60,6 +60,8 @@ for line in sys.stdin:
                 fd = os.open(req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC); os.dup2(fd, 1)
                 fd = os.open(req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC); os.dup2(fd, 2)
                 os.environ.update(req["env"])
+                if req.get("prelude"):  # test code run in the child first (e.g. a hook that stops a server)
+                    exec(req["prelude"], {})
                 try:
                     taskreg.cli.main(req["argv"])
                     code = 0
@@ -154,15 +156,17 @@ class ForkServer:
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
-    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> Child:
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None, prelude: str = "") -> Child:
+        """Fork a child that runs ``taskreg argv`` with ``env`` added, after executing the Python code ``prelude``."""
         self.count += 1
         out, err = self.tmp / f"{self.count}.out", self.tmp / f"{self.count}.err"
         pid = self._request({"op": "spawn", "argv": [str(a) for a in argv], "env": env or {}, "out": str(out),
-                             "err": str(err)})["pid"]
+                             "err": str(err), "prelude": prelude})["pid"]
         return Child(self, pid, out, err)
 
-    def run(self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 300.0) -> Done:
-        return self.spawn(argv, env).wait(timeout)
+    def run(self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 300.0,
+            prelude: str = "") -> Done:
+        return self.spawn(argv, env, prelude).wait(timeout)
 
     def close(self) -> None:
         self.proc.stdin.close()
