@@ -25,7 +25,6 @@ import numpy as np
 from taskreg.arrays import load_npz
 from taskreg.embedders.task_embedding import TaskEmbedding
 from taskreg.errors import TaskregError
-from taskreg.files import sha256_file
 
 if TYPE_CHECKING:
     from torch import nn
@@ -121,23 +120,10 @@ class EmbedOutcome:
     error: str | None = None
 
 
-_LOADED: dict[str, nn.Module] = {}  # sha256 -> the probe this worker loaded last (every job of a call uses one)
-
-
 def _probe(job: EmbedJob) -> nn.Module:
-    from taskreg.embedders.weight_files import load_network
+    from taskreg.embedders.weight_files import load_verified_network
 
-    if job.sha256 not in _LOADED:
-        try:
-            digest = sha256_file(job.weights)
-        except OSError:
-            digest = None
-        if digest != job.sha256:
-            raise TaskregError(f"probe {job.probe}: weights file {job.weights} is missing or altered (run check)")
-        model = load_network(job.weights, job.spec.arch)
-        _LOADED.clear()
-        _LOADED[job.sha256] = model
-    return _LOADED[job.sha256]
+    return load_verified_network(job.weights, job.spec.arch, job.sha256, f"probe {job.probe}")
 
 
 def embed_job_data(job: EmbedJob) -> Dataset:

@@ -19,7 +19,7 @@ from torch import nn
 
 from taskreg.embedders.probes import ProbeNet, create_model
 from taskreg.errors import TaskregError
-from taskreg.files import head_classes
+from taskreg.files import head_classes, sha256_file
 
 
 def _unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
@@ -162,6 +162,27 @@ def load_network(path: str | Path, arch: str) -> ProbeNet:
     model = create_model(arch, num_classes=head_classes(state))
     load_weights(model, state, ignore_head=False)
     return model.eval()
+
+
+_LAST_VERIFIED: dict[tuple[str, str], ProbeNet] = {}  # (sha256, arch) -> the network a worker loaded last
+
+
+def load_verified_network(path: str | Path, arch: str, sha256: str, what: str) -> ProbeNet:
+    """:func:`load_network` of the file at ``path`` after checking that its SHA-256 is ``sha256`` (one line naming
+    ``what``, e.g. "expert e1", when it is missing or altered). For executor workers, whose jobs come grouped by
+    network: the last network loaded is kept and returned again for the same digest (callers must not modify it)."""
+    key = (sha256, arch)
+    if key not in _LAST_VERIFIED:
+        try:
+            digest: str | None = sha256_file(path)
+        except OSError:
+            digest = None
+        if digest != sha256:
+            raise TaskregError(f"{what}: weights file {path} is missing or altered (run check)")
+        model = load_network(path, arch)
+        _LAST_VERIFIED.clear()
+        _LAST_VERIFIED[key] = model
+    return _LAST_VERIFIED[key]
 
 
 def weights_sha256(weights: Mapping[str, torch.Tensor] | str | Path) -> str:

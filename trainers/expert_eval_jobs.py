@@ -17,7 +17,6 @@ import numpy as np
 
 from taskreg.arrays import load_npy, save_npy
 from taskreg.errors import TaskregError
-from taskreg.files import head_classes, sha256_file
 
 if TYPE_CHECKING:
     from torch import nn
@@ -59,7 +58,6 @@ class EvalOutcome:
     seconds: float = 0.0
 
 
-_LOADED: dict[str, nn.Module] = {}  # sha256 -> the last expert this worker loaded (jobs come grouped by expert)
 _DATA: dict[str, Dataset] = {}  # fingerprint -> dataset, the most recently used last, at most DATA_BYTES in all
 DATA_BYTES = 512 * 2**20
 
@@ -81,22 +79,9 @@ def _dataset(job: EvalJob) -> Dataset:
 
 
 def _expert(job: EvalJob) -> nn.Module:
-    from taskreg.embedders.probes import create_model
-    from taskreg.embedders.weight_files import load_state_dict_file, load_weights
+    from taskreg.embedders.weight_files import load_verified_network
 
-    if job.sha256 not in _LOADED:
-        try:
-            digest = sha256_file(job.weights)
-        except OSError:
-            digest = None
-        if digest != job.sha256:
-            raise TaskregError(f"expert {job.expert}: weights file {job.weights} is missing or altered (run check)")
-        state = load_state_dict_file(job.weights)
-        model = create_model(job.arch, num_classes=head_classes(state))
-        load_weights(model, state, ignore_head=False)
-        _LOADED.clear()
-        _LOADED[job.sha256] = model.eval()
-    return _LOADED[job.sha256]
+    return load_verified_network(job.weights, job.arch, job.sha256, f"expert {job.expert}")
 
 
 def run_eval_job(job: EvalJob) -> EvalOutcome:
