@@ -1,6 +1,7 @@
 """MLflow tracking inside the registry: runs, artifacts and registered models.
 
-Size: the whole MLflow boundary is this one module by design (issue 13); a local store and a tracking server differ
+Reason: the whole MLflow boundary is this one module by design (issue 13; tests/test_layering.py allows MLflow
+imports here only), so the tracking-server failure handling lives here too; a local store and a server differ
 method by method, side by side.
 
 This is the whole MLflow boundary by design (issue 13): the client calls, the batched logging, and the fast
